@@ -1,0 +1,131 @@
+"""Kafka adapter of the ResultStream port (kafka-python), plus the reader the CLI, tests and benchmarks
+use to follow a batch's events.
+
+Producer settings: acks=all, retries with idempotence where the broker supports it, JSON values,
+UTF-8 keys (the user id). The reader assigns every partition of the topic itself instead of joining a
+consumer group: it needs no committed offsets and starts at once (a group join costs seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+
+class ResultStreamError(RuntimeError):
+    pass
+
+
+def ensure_topic(bootstrap: str, topic: str, *, partitions: int = 3, timeout_seconds: float = 15.0) -> None:
+    """Create the results topic if it is missing (keyed by user, so partitions keep each user's order)."""
+    deadline = time.monotonic() + timeout_seconds
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="imgpipe-admin", request_timeout_ms=5000)
+            try:
+                if topic in admin.list_topics():
+                    return
+                admin.create_topics([NewTopic(name=topic, num_partitions=partitions, replication_factor=1)])
+                return
+            except TopicAlreadyExistsError:
+                return
+            finally:
+                admin.close()
+        except KafkaError as exc:  # broker still starting
+            last = exc
+            time.sleep(0.2)
+    raise ResultStreamError(f"could not create Kafka topic {topic!r} on {bootstrap}: {last}")
+
+
+class KafkaResultStream:
+    def __init__(self, bootstrap: str, topic: str, *, client_id: str = "imgpipe-results"):
+        self.topic = topic
+        self.bootstrap = bootstrap
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=bootstrap,
+                client_id=client_id,
+                acks="all",
+                retries=5,
+                linger_ms=5,
+                max_block_ms=10_000,
+                request_timeout_ms=10_000,
+                key_serializer=lambda k: k.encode("utf-8"),
+                value_serializer=lambda v: json.dumps(v, sort_keys=True, default=str).encode("utf-8"),
+            )
+        except KafkaError as exc:
+            raise ResultStreamError(f"Kafka broker at {bootstrap} is not reachable: {exc}") from exc
+        self._pending: list = []
+
+    def publish(self, key: str, event: Mapping[str, Any]) -> None:
+        headers = [("event_type", str(event.get("type", "")).encode()), ("event_id", str(event.get("event_id", "")).encode())]
+        self._pending.append(self._producer.send(self.topic, key=key, value=dict(event), headers=headers))
+
+    def flush(self, timeout_seconds: float = 30.0) -> None:
+        self._producer.flush(timeout=timeout_seconds)
+        pending, self._pending = self._pending, []
+        for future in pending:
+            try:
+                future.get(timeout=timeout_seconds)
+            except KafkaError as exc:
+                raise ResultStreamError(f"publishing to {self.topic!r} on {self.bootstrap} failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)
+
+
+class ResultReader:
+    """Reads the results topic from the beginning and yields decoded events; callers filter by batch/user.
+
+    (Tansu answers ``end_offsets`` and ``offsets_for_times`` unreliably, so "from now" is not offered.)"""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.topic = topic
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id="imgpipe-reader",
+            value_deserializer=lambda b: json.loads(b.decode("utf-8")),
+            key_deserializer=lambda b: b.decode("utf-8") if b is not None else None,
+        )
+        partitions = None
+        deadline = time.monotonic() + 10
+        while not partitions and time.monotonic() < deadline:
+            partitions = self._consumer.partitions_for_topic(topic)
+            if not partitions:
+                time.sleep(0.1)
+        if not partitions:
+            self._consumer.close()
+            raise ResultStreamError(f"topic {topic!r} does not exist on {bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_beginning(*tps)
+
+    def poll(self, timeout_seconds: float = 0.5) -> list[tuple[str | None, dict]]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_seconds * 1000))
+        out = []
+        for records in batches.values():
+            out.extend((r.key, r.value) for r in records)
+        return out
+
+    def follow(
+        self, until: Callable[[str | None, dict], bool], *, timeout_seconds: float
+    ) -> Iterator[tuple[str | None, dict]]:
+        """Yield events until ``until(key, event)`` is true for one of them (which is yielded too)."""
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            for key, event in self.poll(min(0.5, max(0.05, deadline - time.monotonic()))):
+                yield key, event
+                if until(key, event):
+                    return
+        raise TimeoutError(f"no matching event on {self.topic!r} within {timeout_seconds:.0f} s")
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,127 @@
+"""Local MetadataStore adapter: documents as JSON text in one SQLite table.
+
+Queries use ``json_extract`` with bound parameters, which gives the same answers as the Cosmos DB
+query the Azure adapter sends for the same filters.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from orchestration.adapters._sqlite import connect, init_db
+from orchestration.ports.metadata import (
+    PARTITION_KEYS,
+    Conflict,
+    DocumentNotFound,
+    MetadataError,
+    PreconditionFailed,
+    check_field,
+    partition_value,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    container TEXT NOT NULL,
+    pk        TEXT NOT NULL,
+    id        TEXT NOT NULL,
+    etag      TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    PRIMARY KEY (container, pk, id)
+);
+"""
+
+
+class SqliteMetadataStore:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        init_db(self.path, _SCHEMA)
+
+    @staticmethod
+    def _stored(doc: Mapping[str, Any], etag: str) -> tuple[dict, str]:
+        body = {k: v for k, v in doc.items() if k != "_etag"}
+        body["_etag"] = etag
+        return body, json.dumps(body, sort_keys=True, default=str)
+
+    def _write(self, container: str, doc: Mapping[str, Any], *, mode: str, if_match: str | None) -> dict:
+        pk = partition_value(container, doc)
+        etag = f'"{uuid.uuid4()}"'
+        body, text = self._stored(doc, etag)
+        with connect(self.path, immediate=True) as conn:
+            row = conn.execute(
+                "SELECT etag FROM documents WHERE container=? AND pk=? AND id=?", (container, pk, doc["id"])
+            ).fetchone()
+            if mode == "create" and row is not None:
+                raise Conflict(f"{container}/{pk}/{doc['id']} already exists")
+            if mode == "replace" and row is None:
+                raise DocumentNotFound(f"{container}/{pk}/{doc['id']}")
+            if if_match is not None and (row is None or row["etag"] != if_match):
+                raise PreconditionFailed(f"{container}/{pk}/{doc['id']}: etag {if_match} is stale")
+            conn.execute(
+                "INSERT INTO documents(container, pk, id, etag, body) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(container, pk, id) DO UPDATE SET etag=excluded.etag, body=excluded.body",
+                (container, pk, doc["id"], etag, text),
+            )
+        return body
+
+    def create(self, container: str, doc: Mapping[str, Any]) -> dict:
+        return self._write(container, doc, mode="create", if_match=None)
+
+    def upsert(self, container: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> dict:
+        return self._write(container, doc, mode="upsert", if_match=if_match)
+
+    def replace(self, container: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> dict:
+        return self._write(container, doc, mode="replace", if_match=if_match)
+
+    def read(self, container: str, id: str, partition_key: str) -> dict | None:
+        if container not in PARTITION_KEYS:
+            raise MetadataError(f"unknown container {container!r}")
+        with connect(self.path) as conn:
+            row = conn.execute(
+                "SELECT body FROM documents WHERE container=? AND pk=? AND id=?", (container, partition_key, id)
+            ).fetchone()
+        return json.loads(row["body"]) if row else None
+
+    def delete(self, container: str, id: str, partition_key: str) -> bool:
+        with connect(self.path, immediate=True) as conn:
+            cur = conn.execute(
+                "DELETE FROM documents WHERE container=? AND pk=? AND id=?", (container, partition_key, id)
+            )
+        return cur.rowcount > 0
+
+    def query(
+        self,
+        container: str,
+        where: Mapping[str, Any] | None = None,
+        *,
+        partition_key: str | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[dict]:
+        if container not in PARTITION_KEYS:
+            raise MetadataError(f"unknown container {container!r}")
+        sql = ["SELECT body FROM documents WHERE container = ?"]
+        params: list[Any] = [container]
+        if partition_key is not None:
+            sql.append("AND pk = ?")
+            params.append(partition_key)
+        for field, value in (where or {}).items():
+            expr = f"json_extract(body, '$.{check_field(field)}')"
+            if value is None:
+                sql.append(f"AND {expr} IS NULL")
+            elif isinstance(value, (str, int, float, bool)):
+                sql.append(f"AND {expr} = ?")
+                params.append(value)
+            else:
+                raise TypeError(f"filter value for {field!r} must be a scalar, got {type(value).__name__}")
+        if order_by:
+            sql.append(f"ORDER BY json_extract(body, '$.{check_field(order_by)}') {'DESC' if descending else 'ASC'}, id")
+        if limit is not None:
+            sql.append("LIMIT ?")
+            params.append(int(limit))
+        with connect(self.path) as conn:
+            rows = conn.execute(" ".join(sql), params).fetchall()
+        return iter([json.loads(r["body"]) for r in rows])

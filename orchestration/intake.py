@@ -1,0 +1,240 @@
+"""Intake — where a batch enters the system. Used by `imgpipe upload` and (later) the web app.
+
+For each file: sniff its type from its bytes, refuse what is too large, empty or not a supported
+image (with the file's name and the reason), and store the raw bytes of everything not over the size
+cap in the lake under the batch (claim check). Then write the manifest to the lake, record the batch
+document (status 'received') and send the manifest on the queue with ``message_id = batch_id`` (so a
+retried send is dropped as a duplicate). Returns at once; the processing happens in a Dagster run.
+
+Refused files stay in the manifest with their reason, so the run records them as rejected images and
+the user sees every file of the batch in its status — nothing a user sent disappears silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from assets.core.sniff import SUPPORTED_IMAGE_TYPES, sniff_type
+from orchestration.manifest import (
+    META_KEY_PATTERN,
+    USER_ID_PATTERN,
+    BatchManifest,
+    ManifestImage,
+    Refusal,
+    manifest_path,
+    raw_path,
+)
+from orchestration.wiring import Services
+
+
+class IntakeError(ValueError):
+    """The batch as a whole cannot be accepted (bad user id, bad metadata, no files, ...)."""
+
+
+@dataclass(frozen=True)
+class IntakeItem:
+    """One file offered for upload; ``read`` is only called when the file is within the size cap."""
+
+    name: str
+    size: int
+    read: Callable[[], bytes]
+
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes) -> "IntakeItem":
+        return cls(name=name, size=len(data), read=lambda: data)
+
+    @classmethod
+    def from_path(cls, path: Path) -> "IntakeItem":
+        return cls(name=path.name, size=path.stat().st_size, read=path.read_bytes)
+
+
+@dataclass(frozen=True)
+class FileReport:
+    name: str
+    image_id: str
+    accepted: bool
+    sniffed_type: str
+    size: int
+    code: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class UploadResult:
+    batch_id: str
+    files: list[FileReport] = field(default_factory=list)
+    sent: bool = True
+
+    @property
+    def accepted(self) -> list[FileReport]:
+        return [f for f in self.files if f.accepted]
+
+    @property
+    def refused(self) -> list[FileReport]:
+        return [f for f in self.files if not f.accepted]
+
+
+def new_batch_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return f"b-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files given directly, plus the regular files inside given directories (recursively, sorted,
+    hidden files skipped). A path that does not exist is an error naming it."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                rel = child.relative_to(path)
+                if child.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    out.append(child)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise IntakeError(f"{path}: no such file or directory")
+    return out
+
+
+def parse_metadata(pairs: Iterable[str]) -> dict[str, str]:
+    """``key=value`` strings from the command line into a dict."""
+    meta: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise IntakeError(f"metadata {pair!r} is not key=value")
+        meta[key.strip()] = value
+    return meta
+
+
+def validate_metadata(meta: Mapping[str, str], max_bytes: int) -> dict[str, str]:
+    clean: dict[str, str] = {}
+    for key, value in meta.items():
+        if not re.match(META_KEY_PATTERN, key):
+            raise IntakeError(f"metadata key {key!r} must be 1-64 letters, digits, '_', '.', '-'")
+        if not isinstance(value, str):
+            raise IntakeError(f"metadata value of {key!r} must be text")
+        clean[key] = value
+    size = len(json.dumps(clean).encode())
+    if size > max_bytes:
+        raise IntakeError(f"metadata is {size} bytes; the limit is {max_bytes} bytes")
+    return clean
+
+
+def _display_name(name: str) -> str:
+    """The user's file name for display: the last path component, control characters removed."""
+    base = re.split(r"[\\/]", name)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip()
+    return (base or "unnamed")[:255]
+
+
+def upload_batch(
+    services: Services,
+    items: Iterable[IntakeItem],
+    *,
+    user_id: str,
+    metadata: Mapping[str, str] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> UploadResult:
+    settings = services.settings
+    if not re.match(USER_ID_PATTERN, user_id or ""):
+        raise IntakeError(f"user id {user_id!r} must be 1-128 letters, digits, '_', '.', '@', '-'")
+    meta = validate_metadata(metadata or {}, settings.max_metadata_bytes)
+    items = list(items)
+    if not items:
+        raise IntakeError("a batch needs at least one file")
+    if len(items) > settings.max_files_per_batch:
+        raise IntakeError(f"{len(items)} files; a batch holds at most {settings.max_files_per_batch}")
+
+    batch_id = new_batch_id()
+    result = UploadResult(batch_id=batch_id)
+    entries: list[ManifestImage] = []
+    for index, item in enumerate(items, start=1):
+        image_id = f"i{index:04d}"
+        name = _display_name(item.name)
+        if progress:
+            progress(index - 1, len(items), name)
+        refused: Refusal | None = None
+        sha = lake_path = None
+        mime = "unknown"
+        if item.size > settings.max_file_bytes:
+            refused = Refusal(
+                code="file_too_large",
+                reason=f"{item.size:,} bytes exceeds the {settings.max_file_bytes:,}-byte limit per file",
+            )
+        else:
+            try:
+                data = item.read()
+            except OSError as exc:
+                data = None
+                refused = Refusal(code="unreadable", reason=f"could not read the file: {exc.strerror or exc}")
+            if data is not None:
+                mime = sniff_type(data[:64])
+                sha = hashlib.sha256(data).hexdigest()
+                lake_path = raw_path(batch_id, image_id)
+                # Stored even when refused below: the user's bytes are never lost, and an operator can look.
+                services.lake.write(lake_path, data, content_type="application/octet-stream")
+                if not data:
+                    refused = Refusal(code="empty_file", reason="the file is empty")
+                elif mime not in SUPPORTED_IMAGE_TYPES:
+                    refused = Refusal(
+                        code="unsupported_type",
+                        reason=f"not a supported image: its content looks like {mime} "
+                        f"(supported: {', '.join(sorted(t.split('/')[1] for t in SUPPORTED_IMAGE_TYPES))})",
+                    )
+        entries.append(
+            ManifestImage(
+                image_id=image_id, name=name, size=item.size, sha256=sha, sniffed_type=mime,
+                lake_path=lake_path, refused=refused,
+            )
+        )
+        result.files.append(
+            FileReport(
+                name=name, image_id=image_id, accepted=refused is None, sniffed_type=mime, size=item.size,
+                code=refused.code if refused else None, reason=refused.reason if refused else None,
+            )
+        )
+    if progress:
+        progress(len(items), len(items), "")
+
+    manifest = BatchManifest(
+        batch_id=batch_id, user_id=user_id, created_at=datetime.now(timezone.utc), metadata=meta, images=entries
+    )
+    body = manifest.model_dump_json().encode()
+    services.lake.write(manifest_path(batch_id), body, content_type="application/json")
+    services.metadata.upsert("batches", batch_document(manifest))
+    result.sent = services.queue.send(body, message_id=batch_id, application_properties={"user_id": user_id})
+    return result
+
+
+def batch_document(manifest: BatchManifest) -> dict:
+    """The batch document as intake records it (status 'received'); the run updates it."""
+    return {
+        "id": manifest.batch_id,
+        "type": "batch",
+        "user_id": manifest.user_id,
+        "batch_id": manifest.batch_id,
+        "status": "received",
+        "created_at": manifest.created_at.isoformat(),
+        "metadata": manifest.metadata,
+        "image_count": len(manifest.images),
+        "images": [
+            {
+                "image_id": img.image_id,
+                "name": img.name,
+                "size": img.size,
+                "sniffed_type": img.sniffed_type,
+                "refused": img.refused.model_dump() if img.refused else None,
+            }
+            for img in manifest.images
+        ],
+    }

@@ -1,0 +1,105 @@
+"""All configuration, read from ``IMGPIPE_*`` environment variables (table in README.md).
+
+Every piece of state lives under one data dir (``IMGPIPE_DATA_DIR``), outside the source tree:
+
+    <data_dir>/lake/            local Lake adapter (ADLS Gen2 stand-in), with .deleted/ for soft deletes
+    <data_dir>/metadata.sqlite  local MetadataStore adapter (Cosmos DB stand-in)
+    <data_dir>/queue.sqlite     local BatchQueue adapter (Service Bus stand-in)
+    <data_dir>/signals/         local Signal adapter (Event Grid stand-in)
+    <data_dir>/dagster_home/    DAGSTER_HOME of the local stack (runs, event logs, schedules)
+    <data_dir>/logs/            logs of the processes `imgpipe dev` starts
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "imgpipe"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMGPIPE_", extra="ignore", frozen=True)
+
+    profile: str = Field("local", description="Which adapters to use. Only 'local' exists so far.")
+    data_dir: Path = Field(default_factory=default_data_dir, description="Root of all local state.")
+
+    # Intake limits
+    max_file_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Larger uploads are refused.")
+    max_files_per_batch: int = Field(500, gt=0)
+    max_metadata_bytes: int = Field(16 * 1024, gt=0, description="Size cap of the user's key/value metadata.")
+
+    # Queue (Service Bus semantics)
+    queue_lock_seconds: float = Field(60.0, gt=0, description="Peek-lock duration.")
+    queue_max_delivery_count: int = Field(10, gt=0, description="Deliveries before automatic dead-letter.")
+    queue_duplicate_window_seconds: float = Field(600.0, ge=0, description="Duplicate detection window.")
+
+    # Lake (ADLS Gen2 semantics)
+    lake_soft_delete_days: float = Field(7.0, gt=0, description="Soft-delete retention before purge.")
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="host:port of the Kafka broker.")
+    kafka_topic: str = Field("imgpipe.results", description="Topic the results are published to.")
+
+    # Sensor
+    sensor_interval_seconds: int = Field(1, ge=1, description="Minimum time between two sensor ticks.")
+    sensor_safety_poll_seconds: float = Field(
+        30.0, gt=0, description="Receive from the queue at least this often even without a signal."
+    )
+
+    # Processing
+    workers: int = Field(0, ge=0, description="Threads per batch run for image work; 0 = number of CPUs.")
+
+    # Local stack
+    webserver_port: int = Field(3000, gt=0, lt=65536)
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if value not in {"local"}:
+            raise ValueError(f"IMGPIPE_PROFILE={value!r} is not a known profile (known: 'local')")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.data_dir / "lake"
+
+    @property
+    def metadata_db(self) -> Path:
+        return self.data_dir / "metadata.sqlite"
+
+    @property
+    def queue_db(self) -> Path:
+        return self.data_dir / "queue.sqlite"
+
+    @property
+    def signal_dir(self) -> Path:
+        return self.data_dir / "signals"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster_home"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment; ``overrides`` win (used by tests and the CLI)."""
+    return Settings(**overrides)

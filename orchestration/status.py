@@ -1,0 +1,64 @@
+"""`imgpipe status`: a batch's state and each image's outcome, from the metadata store."""
+
+from __future__ import annotations
+
+from orchestration.wiring import Services
+
+
+class BatchNotFound(LookupError):
+    pass
+
+
+def batch_status(services: Services, batch_id: str, user_id: str | None = None) -> dict:
+    """``{batch_id, user_id, status, error, images: [{image_id, name, outcome, reason, code, renditions}]}``.
+
+    ``user_id`` is the partition key; without it the batch is looked up by id across partitions.
+    Images not yet processed show outcome 'pending' (or 'rejected' when intake refused them).
+    """
+    store = services.metadata
+    if user_id:
+        doc = store.read("batches", batch_id, user_id)
+    else:
+        doc = next(iter(store.query("batches", {"id": batch_id}, limit=1)), None)
+    if doc is None:
+        raise BatchNotFound(f"no batch {batch_id!r}" + (f" for user {user_id!r}" if user_id else ""))
+    processed = {d["image_id"]: d for d in store.query("images", partition_key=batch_id)}
+    images = []
+    for entry in doc.get("images", []):
+        d = processed.get(entry["image_id"])
+        if d is not None:
+            images.append(
+                {
+                    "image_id": d["image_id"],
+                    "name": d["name"],
+                    "outcome": d["outcome"],
+                    "code": d.get("code"),
+                    "reason": d.get("reason"),
+                    "renditions": [
+                        {"name": r["name"], "width": r["width"], "height": r["height"], "path": r["path"]}
+                        for r in d.get("renditions", [])
+                    ],
+                }
+            )
+        else:
+            refused = entry.get("refused")
+            images.append(
+                {
+                    "image_id": entry["image_id"],
+                    "name": entry["name"],
+                    "outcome": "rejected" if refused else "pending",
+                    "code": refused["code"] if refused else None,
+                    "reason": refused["reason"] if refused else None,
+                    "renditions": [],
+                }
+            )
+    return {
+        "batch_id": batch_id,
+        "user_id": doc["user_id"],
+        "status": doc.get("status"),
+        "error": doc.get("error"),
+        "created_at": doc.get("created_at"),
+        "metadata": doc.get("metadata", {}),
+        "dagster_run_id": doc.get("dagster_run_id"),
+        "images": images,
+    }

@@ -1,0 +1,220 @@
+"""The batch sensor: turns queue messages into one Dagster run per batch.
+
+Design — nothing lost, nothing run twice
+-----------------------------------------
+The queue gives *at-least-once* delivery (peek-lock); Dagster gives *at-most-once* run creation per
+``run_key``. Together they give exactly one run per batch:
+
+1. On each tick the sensor drains the Signal (cheap). Only when it saw a signal, when the previous
+   tick left a backlog, or when the safety-net interval has passed does it ``receive`` from the queue
+   (peek-lock: the message stays on the queue, locked for ``lock_duration``).
+2. Each message is validated against ``BatchManifest``. An invalid one is dead-lettered at once with
+   reason ``InvalidManifest`` and the validation error as description (``imgpipe dead-letters`` shows
+   it; the batch document, when one can be found, gets status 'invalid' with the same reason).
+3. A valid message whose batch already has a run (tag ``dagster/run_key`` = batch id) is completed:
+   it is a redelivery after a crash further down.
+4. Otherwise the tick returns ``RunRequest(run_key=batch_id, partition_key=batch_id)`` plus the request
+   to add the dynamic partition, and remembers the message's lock in the cursor. It does *not* complete
+   the message yet: Dagster creates the run only after the tick returns.
+5. The next tick completes every remembered message whose run now exists.
+
+Crash points (each tested in tests/test_sensor.py):
+- dies after ``receive`` but before the tick returns: nothing was created; the lock expires, the message
+  is delivered again and step 4 requests the run.
+- dies after the tick returned but before Dagster created the run (the cursor is not saved either): the
+  same as above.
+- dies after the run was created but before the message was completed: the message comes back after its
+  lock expires; step 3 sees the run and completes it. Should the run be requested again anyway, Dagster
+  skips a ``run_key`` it has seen, so there is still one run.
+- a message that keeps failing (e.g. the sensor cannot create runs at all) is dead-lettered by the queue
+  after ``max_delivery_count`` deliveries — kept, with a reason, never dropped.
+
+Timing: ``minimum_interval_seconds`` (``IMGPIPE_SENSOR_INTERVAL_SECONDS``, default 1 s) bounds the delay
+from upload to run request; the sensor is cheap per tick because it only lists the signal directory
+unless there is work. The safety-net poll (default 30 s) covers a lost signal.
+"""
+
+
+import json
+import time
+from datetime import datetime, timezone
+
+from dagster import (
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
+from pydantic import ValidationError
+
+from assets.batch import batches_partitions
+from orchestration.manifest import BatchManifest
+from orchestration.ports.queue import MessageLockLost, ReceivedMessage
+from orchestration.resources import BatchQueueResource, MetadataStoreResource, SignalResource
+from orchestration.settings import load_settings
+
+RECEIVE_BATCH = 20
+INVALID_MANIFEST = "InvalidManifest"
+RUN_KEY_TAG = "dagster/run_key"
+
+
+def _run_exists(context: SensorEvaluationContext, batch_id: str) -> bool:
+    return bool(context.instance.get_run_records(filters=RunsFilter(tags={RUN_KEY_TAG: batch_id}), limit=1))
+
+
+def _encode(msg: ReceivedMessage) -> dict:
+    return {
+        "message_id": msg.message_id,
+        "sequence_number": msg.sequence_number,
+        "delivery_count": msg.delivery_count,
+        "enqueued_at": msg.enqueued_at.timestamp(),
+        "locked_until": msg.locked_until.timestamp(),
+        "lock_token": msg.lock_token,
+    }
+
+
+def _decode(d: dict) -> ReceivedMessage:
+    return ReceivedMessage(
+        message_id=d["message_id"],
+        body=b"",
+        sequence_number=d["sequence_number"],
+        delivery_count=d["delivery_count"],
+        enqueued_at=datetime.fromtimestamp(d["enqueued_at"], timezone.utc),
+        locked_until=datetime.fromtimestamp(d["locked_until"], timezone.utc),
+        lock_token=d["lock_token"],
+    )
+
+
+def _mark_invalid(metadata: MetadataStoreResource, body: bytes, description: str) -> None:
+    """Best effort: if the broken message still names a batch we know, record why it will not run."""
+    try:
+        raw = json.loads(body)
+        batch_id, user_id = raw["batch_id"], raw["user_id"]
+        store = metadata.client()
+        doc = store.read("batches", str(batch_id), str(user_id))
+    except Exception:
+        return
+    if doc:
+        store.upsert("batches", {**doc, "status": "invalid", "error": f"{INVALID_MANIFEST}: {description}"})
+
+
+def evaluate_batch_sensor(
+    context: SensorEvaluationContext,
+    queue: BatchQueueResource,
+    signal: SignalResource,
+    metadata: MetadataStoreResource,
+    *,
+    safety_poll_seconds: float,
+    now: float | None = None,
+) -> SensorResult | SkipReason:
+    now = time.time() if now is None else now
+    state = json.loads(context.cursor) if context.cursor else {}
+    pending: list[dict] = state.get("pending", [])
+    q = queue.client()
+
+    # Step 5: complete messages whose runs were created after the previous tick.
+    still_pending = []
+    for entry in pending:
+        msg = _decode(entry)
+        if _run_exists(context, msg.message_id):
+            try:
+                q.complete(msg)
+            except MessageLockLost:
+                context.log.info(f"lock of {msg.message_id} expired; its redelivery will be completed")
+        elif entry["locked_until"] > now:
+            still_pending.append(entry)
+    pending = still_pending
+
+    signals = signal.client().drain()
+    due = now - state.get("last_receive", 0.0) >= safety_poll_seconds
+    if not (signals or state.get("backlog") or due):
+        return SensorResult(cursor=json.dumps({**state, "pending": pending}), skip_reason="no new batches signalled")
+
+    run_requests, new_partitions = [], []
+    received = q.receive(max_messages=RECEIVE_BATCH)
+    for msg in received:
+        try:
+            manifest = BatchManifest.model_validate_json(msg.body)
+            if manifest.batch_id != msg.message_id:
+                raise ValueError(f"manifest batch_id {manifest.batch_id!r} != message_id {msg.message_id!r}")
+        except (ValidationError, ValueError) as exc:
+            description = str(exc)[:4000]
+            context.log.warning(f"dead-lettering message {msg.message_id!r}: {INVALID_MANIFEST}: {description}")
+            q.dead_letter(msg, reason=INVALID_MANIFEST, description=description)
+            _mark_invalid(metadata, msg.body, description)
+            continue
+        if _run_exists(context, manifest.batch_id):  # redelivery after a crash: the run is there
+            q.complete(msg)
+            continue
+        new_partitions.append(manifest.batch_id)
+        run_requests.append(
+            RunRequest(
+                run_key=manifest.batch_id,
+                partition_key=manifest.batch_id,
+                tags={"imgpipe/user_id": manifest.user_id, "imgpipe/images": str(len(manifest.images))},
+            )
+        )
+        pending.append(_encode(msg))
+
+    cursor = json.dumps(
+        {"pending": pending, "last_receive": now, "backlog": len(received) >= RECEIVE_BATCH}
+    )
+    return SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=[batches_partitions.build_add_request(new_partitions)] if new_partitions else [],
+        cursor=cursor,
+        skip_reason=None if run_requests else f"received {len(received)} message(s), no new batch",
+    )
+
+
+def build_batch_sensor(job, *, interval_seconds: int | None = None, safety_poll_seconds: float | None = None):
+    settings = load_settings()
+    interval = interval_seconds or settings.sensor_interval_seconds
+    safety = safety_poll_seconds or settings.sensor_safety_poll_seconds
+
+    @sensor(
+        name="batch_sensor",
+        job=job,
+        minimum_interval_seconds=interval,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Receives batch manifests from the queue (woken by the signal, with a safety-net poll) "
+        "and requests one run per batch (run_key = batch id).",
+    )
+    def batch_sensor(
+        context: SensorEvaluationContext,
+        queue: BatchQueueResource,
+        signal: SignalResource,
+        metadata: MetadataStoreResource,
+    ):
+        return evaluate_batch_sensor(context, queue, signal, metadata, safety_poll_seconds=safety)
+
+    return batch_sensor
+
+
+def build_failure_sensor(job):
+    @run_failure_sensor(
+        name="batch_failure_sensor",
+        monitored_jobs=[job],
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=5,
+        description="Marks the batch document 'failed' with the error when a whole run fails "
+        "(it can be re-executed from the UI; writes are idempotent).",
+    )
+    def batch_failure_sensor(context: RunFailureSensorContext, metadata: MetadataStoreResource):
+        run = context.dagster_run
+        batch_id = run.tags.get("dagster/partition")
+        user_id = run.tags.get("imgpipe/user_id")
+        if not batch_id or not user_id:
+            return
+        store = metadata.client()
+        doc = store.read("batches", batch_id, user_id)
+        if doc and doc.get("status") != "completed":
+            message = context.failure_event.message or "run failed"
+            store.upsert("batches", {**doc, "status": "failed", "error": message[:2000], "dagster_run_id": run.run_id})
+
+    return batch_failure_sensor
