@@ -54,8 +54,11 @@ class KafkaResultStream:
                 acks="all",
                 retries=5,
                 linger_ms=5,
+                enable_idempotence=True,  # broker-side dedupe of producer retries
                 max_block_ms=10_000,
                 request_timeout_ms=10_000,
+                delivery_timeout_ms=30_000,
+                bootstrap_timeout_ms=10_000,  # a dead broker is reported in 10 s, not 30
                 key_serializer=lambda k: k.encode("utf-8"),
                 value_serializer=lambda v: json.dumps(v, sort_keys=True, default=str).encode("utf-8"),
             )
@@ -92,6 +95,7 @@ class ResultReader:
             group_id=None,
             enable_auto_commit=False,
             client_id="imgpipe-reader",
+            bootstrap_timeout_ms=10_000,
             value_deserializer=lambda b: json.loads(b.decode("utf-8")),
             key_deserializer=lambda b: b.decode("utf-8") if b is not None else None,
         )

@@ -1,0 +1,52 @@
+"""Shared fixtures. The Kafka broker is real (Tansu): `.ci/run` starts one and exports
+IMGPIPE_TEST_KAFKA_BOOTSTRAP; without it the session starts its own and stops it by PID."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from orchestration import kafka_broker
+from orchestration.settings import load_settings
+from orchestration.wiring import Services
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory):
+    given = os.environ.get("IMGPIPE_TEST_KAFKA_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    port = kafka_broker.free_port()
+    proc = kafka_broker.start_broker(port, log_path=tmp_path_factory.mktemp("kafka") / "tansu.log")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        kafka_broker.stop_process(proc)
+
+
+@pytest.fixture
+def kafka_topic(kafka_bootstrap):
+    from orchestration.adapters.kafka_results import ensure_topic
+
+    topic = f"test.{uuid.uuid4().hex[:10]}"
+    ensure_topic(kafka_bootstrap, topic)
+    return topic
+
+
+@pytest.fixture
+def settings(tmp_path, kafka_bootstrap, kafka_topic):
+    return load_settings(data_dir=tmp_path / "data", kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic, workers=2)
+
+
+@pytest.fixture
+def offline_settings(tmp_path):
+    """Settings for tests that never touch Kafka."""
+    return load_settings(data_dir=tmp_path / "data", workers=2)
+
+
+@pytest.fixture
+def services(offline_settings):
+    return Services.from_settings(offline_settings)

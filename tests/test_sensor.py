@@ -1,0 +1,174 @@
+"""The batch sensor, including every crash point named in its docstring.
+
+A "crash" is simulated the way the daemon experiences it: the tick's result (runs to create, new cursor)
+is thrown away, and the next tick starts from the last saved cursor."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
+from dagster._core.test_utils import create_run_for_test
+
+from orchestration.intake import IntakeItem, upload_batch
+from orchestration.resources import BatchQueueResource, MetadataStoreResource, SignalResource
+from orchestration.sample import _photo, jpeg_bytes
+from orchestration.wiring import Services
+from sensors.batch_sensor import INVALID_MANIFEST, evaluate_batch_sensor
+
+LOCK = 1.0
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def res(offline_settings):
+    d = str(offline_settings.data_dir)
+    return {
+        "queue": BatchQueueResource(data_dir=d, lock_seconds=LOCK),
+        "signal": SignalResource(data_dir=d),
+        "metadata": MetadataStoreResource(data_dir=d),
+    }
+
+
+def _tick(instance: DagsterInstance, res, cursor=None, *, safety=30.0, now=None):
+    ctx = build_sensor_context(instance=instance, cursor=cursor)
+    return evaluate_batch_sensor(ctx, res["queue"], res["signal"], res["metadata"], safety_poll_seconds=safety, now=now)
+
+
+def _upload(services: Services, user="alice"):
+    return upload_batch(services, [IntakeItem.from_bytes("a.jpg", jpeg_bytes(_photo(64, 48, 0, "a")))], user_id=user)
+
+
+def _create_run(instance, batch_id):
+    """What Dagster does with the tick's RunRequest."""
+    create_run_for_test(instance, job_name="process_batch", tags={"dagster/run_key": batch_id, "dagster/partition": batch_id})
+
+
+def test_signalled_batch_becomes_one_run_request_and_message_completes_after_run_exists(instance, res, services):
+    batch = _upload(services).batch_id
+    result = _tick(instance, res)
+    assert isinstance(result, SensorResult)
+    [req] = result.run_requests
+    assert req.run_key == batch and req.partition_key == batch
+    assert req.tags["imgpipe/user_id"] == "alice"
+    [add] = result.dynamic_partitions_requests
+    assert list(add.partition_keys) == [batch] and add.partitions_def_name == "batches"
+    assert services.queue.active_message_count() == 1  # not completed before the run exists
+
+    _create_run(instance, batch)
+    second = _tick(instance, res, result.cursor)
+    assert not second.run_requests
+    assert services.queue.active_message_count() == 0
+    assert json.loads(second.cursor)["pending"] == []
+
+
+def test_no_signal_means_no_receive_until_safety_poll(instance, res, services):
+    first = _tick(instance, res, now=1000.0)  # nothing yet; records the receive time
+    services.queue.send(b"{}", message_id="quiet")  # the local queue raises the signal on send...
+    res["signal"].client().drain()  # ...drop it, to model a lost Event Grid notification
+    quiet = _tick(instance, res, first.cursor, now=1010.0)
+    assert not quiet.run_requests and quiet.skip_reason and "no new batches" in str(quiet.skip_reason)
+    assert services.queue.active_message_count() == 1 and not services.queue.peek_dead_letter()
+    due = _tick(instance, res, quiet.cursor, now=1031.0)  # the safety-net poll receives it
+    assert not due.run_requests
+    [dl] = services.queue.peek_dead_letter()
+    assert dl.reason == INVALID_MANIFEST
+
+
+def test_crash_after_receive_before_tick_returns(instance, res, services):
+    batch = _upload(services).batch_id
+    _tick(instance, res)  # received and locked, then the daemon dies: result and cursor lost
+    assert _tick(instance, res).run_requests == []  # still locked: no second request meanwhile
+    time.sleep(LOCK + 0.1)
+    res["signal"].client().notify()
+    retry = _tick(instance, res)
+    [req] = retry.run_requests
+    assert req.run_key == batch
+    _create_run(instance, batch)
+    _tick(instance, res, retry.cursor)
+    assert services.queue.active_message_count() == 0
+    assert len(instance.get_run_records()) == 1
+
+
+def test_crash_after_run_created_before_message_completed(instance, res, services):
+    batch = _upload(services).batch_id
+    first = _tick(instance, res)
+    assert [r.run_key for r in first.run_requests] == [batch]
+    _create_run(instance, batch)  # Dagster created the run, then the daemon died before saving the cursor
+    time.sleep(LOCK + 0.1)
+    after = _tick(instance, res, None, safety=0.01)  # cursor lost; safety poll receives the redelivery
+    assert after.run_requests == []  # the run exists: no second run requested
+    assert services.queue.active_message_count() == 0  # and the redelivered message is completed
+    assert len(instance.get_run_records()) == 1
+
+
+def test_lock_lost_before_completion_is_harmless(instance, res, services):
+    batch = _upload(services).batch_id
+    first = _tick(instance, res)
+    _create_run(instance, batch)
+    time.sleep(LOCK + 0.1)  # the next tick comes too late to complete with this lock
+    late = _tick(instance, res, first.cursor, safety=0.01)
+    assert late.run_requests == []
+    assert services.queue.active_message_count() == 0  # completed through the redelivery path
+
+
+def test_invalid_manifest_is_dead_lettered_with_reason_and_batch_marked(instance, res, services):
+    batch = _upload(services).batch_id
+    [msg] = services.queue.receive()
+    services.queue.complete(msg)  # replace the good message with a broken one for the same batch
+    broken = json.loads(msg.body)
+    broken["images"][0]["sha256"] = "not-a-hash"
+    services.queue.send(json.dumps(broken).encode(), message_id=batch + "-x")
+    result = _tick(instance, res)
+    assert not result.run_requests
+    [dl] = services.queue.peek_dead_letter()
+    assert dl.reason == INVALID_MANIFEST and "sha256" in dl.description
+    doc = services.metadata.read("batches", batch, "alice")
+    assert doc["status"] == "invalid" and "sha256" in doc["error"]
+
+
+def test_garbage_message_is_dead_lettered(instance, res, services):
+    services.queue.send(b"\x00\xffnot json", message_id="junk")
+    _tick(instance, res)
+    [dl] = services.queue.peek_dead_letter()
+    assert dl.message_id == "junk" and dl.reason == INVALID_MANIFEST
+
+
+def test_message_id_must_match_batch_id(instance, res, services):
+    batch = _upload(services).batch_id
+    [msg] = services.queue.receive()
+    services.queue.complete(msg)
+    services.queue.send(msg.body, message_id="someone-else")
+    _tick(instance, res)
+    [dl] = services.queue.peek_dead_letter()
+    assert "message_id" in dl.description and batch in dl.description
+
+
+def test_many_batches_in_one_tick_each_get_their_own_run(instance, res, services):
+    batches = {_upload(services, user=f"u{i}").batch_id for i in range(5)}
+    result = _tick(instance, res)
+    assert {r.run_key for r in result.run_requests} == batches
+    assert set(result.dynamic_partitions_requests[0].partition_keys) == batches
+
+
+def test_sensor_definition_runs_with_code_location_resources(instance, offline_settings, monkeypatch, services):
+    """The sensor as registered in Definitions (resources bound from IMGPIPE_* settings)."""
+    monkeypatch.setenv("IMGPIPE_DATA_DIR", str(offline_settings.data_dir))
+    import importlib
+
+    import orchestration.definitions as definitions
+
+    importlib.reload(definitions)
+    batch = _upload(services).batch_id
+    sensor_def = definitions.defs.resolve_sensor_def("batch_sensor")
+    ctx = build_sensor_context(instance=instance, resources=definitions.defs.resources,
+                               definitions=definitions.defs)
+    result = sensor_def(ctx)
+    assert [r.run_key for r in result.run_requests] == [batch]
