@@ -165,7 +165,7 @@ def process_image(
     except Image.DecompressionBombWarning as exc:
         raise ImageRejected("decompression_bomb", str(exc)) from None
     except UnidentifiedImageError:
-        raise ImageRejected("undecodable", f"content looks like {mime} but no decoder could read it") from None
+        raise ImageRejected("corrupt", f"content looks like {mime} but its header could not be read") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError) as exc:
         raise ImageRejected("corrupt", f"{mime} could not be decoded: {exc}") from None
     except MemoryError:

@@ -1,0 +1,156 @@
+"""End to end on the real local stack: `imgpipe dev` starts the Kafka broker and `dagster dev` (webserver
++ daemon running the batch sensor); a batch goes in through intake and comes out on Kafka."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from orchestration import kafka_broker
+from orchestration.adapters.kafka_results import ResultReader
+from orchestration.intake import IntakeItem, upload_batch
+from orchestration.sample import make_sample_batch
+from orchestration.settings import load_settings
+from orchestration.status import batch_status
+from orchestration.wiring import Services
+
+pytestmark = pytest.mark.e2e
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _stack_children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    kids = [int(p) for p in out.split()]
+    return kids + [g for k in kids for g in _stack_children(k)]
+
+
+@pytest.fixture
+def stack_env(tmp_path):
+    kafka_port, web_port = kafka_broker.free_port(), kafka_broker.free_port()
+    env = {
+        **os.environ,
+        "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
+        "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}",
+        "IMGPIPE_WEBSERVER_PORT": str(web_port),
+    }
+    return env
+
+
+def _start(env, *args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestration.cli", "dev", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+
+
+def _wait_for_line(proc: subprocess.Popen, needle: str, timeout: float) -> list[str]:
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line.rstrip())
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not seen; output:\n" + "\n".join(lines))
+
+
+def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
+    proc = _start(stack_env, "--no-sample")
+    try:
+        _wait_for_line(proc, "Press Ctrl-C", timeout=180)
+        settings = load_settings(
+            data_dir=stack_env["IMGPIPE_DATA_DIR"], kafka_bootstrap=stack_env["IMGPIPE_KAFKA_BOOTSTRAP"]
+        )
+        services = Services.from_settings(settings)
+        files = make_sample_batch(tmp_path / "in")  # 4 photos, a PNG, a truncated JPEG, text named .jpg
+        upload = upload_batch(services, [IntakeItem.from_path(p) for p in files], user_id="erin",
+                              metadata={"album": "e2e"})
+
+        reader = ResultReader(settings.kafka_bootstrap, settings.kafka_topic)
+        try:
+            events = [e for _, e in reader.follow(
+                lambda k, e: e.get("batch_id") == upload.batch_id and e["type"] == "batch.completed",
+                timeout_seconds=120,
+            ) if e.get("batch_id") == upload.batch_id]
+        finally:
+            reader.close()
+
+        done = events[-1]
+        assert (done["type"], done["processed"], done["rejected"]) == ("batch.completed", 5, 2)
+        assert len(events) == 8 and all(e["user_id"] == "erin" for e in events)
+
+        status = batch_status(services, upload.batch_id, "erin")
+        assert status["status"] == "completed"
+        by_name = {i["name"]: i for i in status["images"]}
+        assert by_name["truncated.jpg"]["outcome"] == "rejected" and by_name["truncated.jpg"]["code"] == "corrupt"
+        assert by_name["not_really_a_photo.jpg"]["outcome"] == "rejected"
+        assert "text/plain" in by_name["not_really_a_photo.jpg"]["reason"]
+        processed = [i for i in status["images"] if i["outcome"] == "processed"]
+        assert len(processed) == 5
+        for img in processed:
+            assert [r["name"] for r in img["renditions"]] == ["large", "medium", "thumb"]
+            for r in img["renditions"]:
+                with Image.open(io.BytesIO(services.lake.read(r["path"]))) as im:
+                    im.load()
+                    assert im.size == (r["width"], r["height"])
+            doc = services.metadata.read("images", img["image_id"], upload.batch_id)
+            assert doc["user_metadata"] == {"album": "e2e"} and doc["sha256"] and doc["dagster_run_id"]
+
+        # The run was launched by the daemon's sensor, keyed by the batch id, and succeeded.
+        from dagster import DagsterInstance, DagsterRunStatus
+
+        with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+            run = instance.get_run_by_id(status["dagster_run_id"])
+            assert run.tags["dagster/run_key"] == upload.batch_id
+            assert run.tags["dagster/sensor_name"] == "batch_sensor"
+            assert run.tags["dagster/partition"] == upload.batch_id
+            deadline = time.monotonic() + 30
+            while run.status != DagsterRunStatus.SUCCESS and time.monotonic() < deadline:
+                time.sleep(0.5)
+                run = instance.get_run_by_id(run.run_id)
+            assert run.status == DagsterRunStatus.SUCCESS
+        # The sensor completes the queue message on its first tick after the run exists (the sensor
+        # daemon ticks every 5 s at most).
+        deadline = time.monotonic() + 20
+        while services.queue.active_message_count() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert services.queue.active_message_count() == 0
+        assert services.queue.peek_dead_letter() == []
+    finally:
+        children = _stack_children(proc.pid)
+        os.kill(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "stopped Kafka broker" in out and "stopped dagster dev" in out
+    time.sleep(1)
+    assert [p for p in children if _pid_alive(p)] == []  # everything it started is gone
+
+
+def test_readme_command_runs_the_sample_batch(stack_env):
+    proc = _start(stack_env, "--exit-after-sample")
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    assert "batch complete: 5 processed, 2 rejected" in out
+    assert "Dagster UI" in out and stack_env["IMGPIPE_DATA_DIR"] in out
+    assert "refused not_really_a_photo.jpg" in out
