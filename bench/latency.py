@@ -1,0 +1,156 @@
+"""Upload → first Kafka event and → batch complete, through the real local stack.
+
+    python bench/latency.py [--runs 5] [--sizes 1 20] [--out bench/results/latency.json]
+
+Starts `imgpipe dev --no-sample` (Kafka broker + Dagster webserver + daemon) in a fresh data dir, then for
+each batch size uploads `--runs` batches one after another and times, from the moment `upload_batch`
+is called: the first event of that batch on Kafka and the batch-complete event.
+
+Baseline, in the same run and on the same machine: the same batches through the same assets with
+Dagster's `materialize` in this process (no sensor, no run queue, no run worker start), i.e. the cost of
+the work itself. The ratio of the two is what orchestration adds. Medians and maxima only: this machine
+is shared and noisy. No assertion anywhere: the numbers go to stdout and to JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from orchestration import kafka_broker
+from orchestration.adapters.kafka_results import ResultReader
+from orchestration.intake import IntakeItem, upload_batch
+from orchestration.sample import _photo, jpeg_bytes
+from orchestration.settings import load_settings
+from orchestration.wiring import Services
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_items(n: int) -> list[IntakeItem]:
+    """n phone-sized (4032x3024) JPEGs, distinct content."""
+    return [IntakeItem.from_bytes(f"img_{i:03d}.jpg", jpeg_bytes(_photo(4032, 3024, hue=i * 37 % 256, label=str(i)),
+                                                                 orientation=6 if i % 2 else 1))
+            for i in range(n)]
+
+
+def summarize(samples: list[float]) -> dict:
+    return {"p50_s": round(statistics.median(samples), 3), "max_s": round(max(samples), 3),
+            "samples_s": [round(s, 3) for s in samples]}
+
+
+def run_stack(settings, sizes, runs, items_by_size) -> dict:
+    env = {**os.environ, "IMGPIPE_DATA_DIR": str(settings.data_dir), "IMGPIPE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "IMGPIPE_WEBSERVER_PORT": str(settings.webserver_port)}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if "Press Ctrl-C" in line:
+                break
+        else:
+            raise RuntimeError("the local stack did not start")
+        time.sleep(2)  # let the daemon finish its first sensor tick
+        services = Services.from_settings(settings)
+        reader = ResultReader(settings.kafka_bootstrap, settings.kafka_topic)
+        out = {}
+        for n in sizes:
+            first, complete = [], []
+            for r in range(runs):
+                t0 = time.perf_counter()
+                batch = upload_batch(services, items_by_size[n], user_id="bench").batch_id
+                t_first = None
+                for _, e in reader.follow(lambda k, e: e.get("batch_id") == batch and e["type"] == "batch.completed",
+                                          timeout_seconds=300):
+                    if e.get("batch_id") == batch and t_first is None:
+                        t_first = time.perf_counter() - t0
+                complete.append(time.perf_counter() - t0)
+                first.append(t_first)
+                print(f"  stack     {n:3d} image(s) run {r + 1}/{runs}: first event {t_first:6.2f} s, "
+                      f"complete {complete[-1]:6.2f} s", flush=True)
+            out[str(n)] = {"first_event": summarize(first), "batch_complete": summarize(complete)}
+        reader.close()
+        return out
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+
+
+def run_baseline(settings, sizes, runs, items_by_size) -> dict:
+    from dagster import DagsterInstance, materialize
+
+    from assets.batch import batch_asset_checks, batch_assets, batches_partitions
+    from orchestration.resources import resources_from_settings
+
+    services = Services.from_settings(settings)
+    instance = DagsterInstance.ephemeral()
+    out = {}
+    for n in sizes:
+        complete = []
+        for r in range(runs):
+            t0 = time.perf_counter()
+            batch = upload_batch(services, items_by_size[n], user_id="bench").batch_id
+            instance.add_dynamic_partitions(batches_partitions.name, [batch])
+            result = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
+                                 resources=resources_from_settings(settings))
+            assert result.success
+            complete.append(time.perf_counter() - t0)
+            print(f"  baseline  {n:3d} image(s) run {r + 1}/{runs}: complete {complete[-1]:6.2f} s", flush=True)
+        out[str(n)] = {"batch_complete": summarize(complete)}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 20])
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency.json"))
+    args = parser.parse_args()
+
+    items_by_size = {n: make_items(n) for n in args.sizes}
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+               "runs": args.runs, "image": "4032x3024 JPEG, renditions 2048/1024/256 JPEG q85"}
+    with tempfile.TemporaryDirectory(prefix="imgpipe-bench-") as tmp:
+        kafka_port, web_port = kafka_broker.free_port(), kafka_broker.free_port()
+        broker = kafka_broker.start_broker(kafka_port)
+        try:
+            from orchestration.adapters.kafka_results import ensure_topic
+
+            base = load_settings(data_dir=Path(tmp) / "baseline", kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+                                 kafka_topic="bench.baseline")
+            ensure_topic(base.kafka_bootstrap, base.kafka_topic)
+            print("baseline: materialize in-process (the work without orchestration)", flush=True)
+            results["baseline_in_process"] = run_baseline(base, args.sizes, args.runs, items_by_size)
+        finally:
+            kafka_broker.stop_process(broker)
+        stack = load_settings(data_dir=Path(tmp) / "stack", kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+                              webserver_port=web_port)
+        print("stack: imgpipe dev (sensor → queued run → run worker → Kafka)", flush=True)
+        results["local_stack"] = run_stack(stack, args.sizes, args.runs, items_by_size)
+
+    print("\nsize  stack first p50/max     stack complete p50/max   baseline p50   ratio (p50)")
+    for n in map(str, args.sizes):
+        s, b = results["local_stack"][n], results["baseline_in_process"][n]
+        ratio = s["batch_complete"]["p50_s"] / b["batch_complete"]["p50_s"]
+        results["local_stack"][n]["ratio_to_baseline_p50"] = round(ratio, 2)
+        print(f"{n:>4}  {s['first_event']['p50_s']:6.2f} / {s['first_event']['max_s']:6.2f} s"
+              f"    {s['batch_complete']['p50_s']:6.2f} / {s['batch_complete']['max_s']:6.2f} s"
+              f"      {b['batch_complete']['p50_s']:6.2f} s       {ratio:5.1f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
