@@ -10,6 +10,8 @@ what the previous step left in the lake or the metadata store. The work itself l
 """
 
 
+from datetime import datetime, timezone
+
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -115,6 +117,7 @@ def image_documents(
         store.upsert("images", doc)
     summary = batch_work.summarize(docs)
     batch_doc = store.read("batches", manifest.batch_id, manifest.user_id) or {}
+    # Still 'processing': the batch is 'completed' once result_events has told the user.
     store.upsert(
         "batches",
         {
@@ -122,14 +125,14 @@ def image_documents(
             "id": manifest.batch_id,
             "batch_id": manifest.batch_id,
             "user_id": manifest.user_id,
-            "status": "completed",
+            "status": "processing",
             "error": None,
             "dagster_run_id": context.run.run_id,
             "processing_version": PROCESSING_VERSION,
             **summary,
         },
     )
-    return MaterializeResult(metadata={**summary, "status": "completed"})
+    return MaterializeResult(metadata=summary)
 
 
 @asset(
@@ -138,7 +141,8 @@ def image_documents(
     group_name=_GROUP,
     code_version="1",
     kinds={"kafka"},
-    description="Events on the results topic, keyed by user: one per image, then batch.completed.",
+    description="Events on the results topic, keyed by user: one per image, then batch.completed; "
+    "marks the batch document 'completed'.",
 )
 def result_events(
     context: AssetExecutionContext, lake: LakeResource, metadata: MetadataStoreResource, results: ResultStreamResource
@@ -146,14 +150,23 @@ def result_events(
     lake_client, store = lake.client(), metadata.client()
     manifest = batch_work.load_manifest(lake_client, context.partition_key)
     docs = sorted(store.query("images", partition_key=manifest.batch_id), key=lambda d: d["image_id"])
-    events = batch_work.result_events(manifest, docs)
+    *image_events, completed_event = batch_work.result_events(manifest, docs)
     stream = results.client()
     try:
-        for event in events:
+        for event in image_events:
             stream.publish(manifest.user_id, event)
+        stream.flush()
+        # Mark the batch completed before announcing it, so a consumer reacting to batch.completed
+        # reads the final state. If the announcement fails the run fails, and the failure sensor marks
+        # the batch 'failed' until a re-execution completes it.
+        batch_doc = store.read("batches", manifest.batch_id, manifest.user_id) or {}
+        store.upsert("batches", {**batch_doc, "status": "completed", "error": None,
+                                 "completed_at": datetime.now(timezone.utc).isoformat()})
+        stream.publish(manifest.user_id, completed_event)
         stream.flush()
     finally:
         stream.close()
+    events = [*image_events, completed_event]
     return MaterializeResult(metadata={"events": len(events), "topic": results.topic, "key": manifest.user_id})
 
 

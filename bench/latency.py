@@ -86,7 +86,11 @@ def run_stack(settings, sizes, runs, items_by_size) -> dict:
 
 
 def run_baseline(settings, sizes, runs, items_by_size) -> dict:
+    import logging
+
     from dagster import DagsterInstance, materialize
+
+    logging.getLogger("dagster").setLevel(logging.WARNING)  # keep the per-step debug lines off the report
 
     from assets.batch import batch_asset_checks, batch_assets, batches_partitions
     from orchestration.resources import resources_from_settings

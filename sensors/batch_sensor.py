@@ -213,7 +213,7 @@ def build_failure_sensor(job):
             return
         store = metadata.client()
         doc = store.read("batches", batch_id, user_id)
-        if doc and doc.get("status") != "completed":
+        if doc:
             message = context.failure_event.message or "run failed"
             store.upsert("batches", {**doc, "status": "failed", "error": message[:2000], "dagster_run_id": run.run_id})
 

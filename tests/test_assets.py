@@ -117,3 +117,32 @@ def test_failed_run_can_be_reexecuted(instance, settings, uploaded):
     assert again.success
     assert len(list(services.metadata.query("images", partition_key=batch))) == 7
     assert _events(settings, batch)[-1]["type"] == "batch.completed"
+
+
+def test_failed_run_marks_the_batch_failed_through_the_failure_sensor(settings, uploaded):
+    from dagster import DagsterEventType, build_run_status_sensor_context, instance_for_test
+
+    from orchestration.resources import MetadataStoreResource, ResultStreamResource
+    from sensors.batch_sensor import build_failure_sensor
+
+    services, upload = uploaded
+    batch = upload.batch_id
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(batches_partitions.name, [batch])
+        resources = {**resources_from_settings(settings), "results": ResultStreamResource(bootstrap="127.0.0.1:1", topic="x")}
+        result = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
+                             resources=resources, raise_on_error=False, tags={"imgpipe/user_id": "alice"})
+        assert not result.success
+        run = instance.get_run_by_id(result.run_id)
+        [failure] = instance.get_records_for_run(result.run_id, of_type=DagsterEventType.RUN_FAILURE).records
+        from orchestration.definitions import process_batch_job
+
+        sensor_def = build_failure_sensor(process_batch_job)
+        ctx = build_run_status_sensor_context(
+            sensor_name="batch_failure_sensor", dagster_event=failure.event_log_entry.dagster_event,
+            dagster_instance=instance, dagster_run=run,
+            resources={"metadata": MetadataStoreResource(data_dir=str(settings.data_dir))},
+        ).for_run_failure()
+        sensor_def(ctx)
+    doc = services.metadata.read("batches", batch, "alice")
+    assert doc["status"] == "failed" and doc["error"] and doc["dagster_run_id"] == result.run_id
