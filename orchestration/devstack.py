@@ -162,6 +162,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         )
         ui = f"http://127.0.0.1:{settings.webserver_port}"
         _log(f"dagster dev pid {dagster.pid} (webserver + daemon), log {dagster_log}")
+        _log("waiting for the Dagster webserver (about 10 s) ...")
         _wait_http(f"{ui}/server_info", 120, dagster, dagster_log)
         _log(f"Dagster UI ready at {ui}")
 
