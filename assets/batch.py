@@ -24,7 +24,7 @@ from dagster import (
 )
 
 from assets import batch_work
-from assets.core import PROCESSING_VERSION, Limits
+from assets.core import PROCESSING_VERSION
 from orchestration.resources import (
     LakeResource,
     MetadataStoreResource,
@@ -78,21 +78,23 @@ def renditions(context: AssetExecutionContext, lake: LakeResource, processing: P
     lake_client = lake.client()
     manifest = batch_work.load_manifest(lake_client, context.partition_key)
     workers = processing.effective_workers()
-    outcomes = batch_work.process_batch(
-        lake_client, manifest, workers=workers, limits=Limits(max_pixels=processing.max_pixels)
-    )
+    report = batch_work.process_batch(lake_client, manifest, workers=workers, config=processing.core_config())
+    outcomes = report.outcomes
     rejected = [o for o in outcomes if o["outcome"] == "rejected"]
     for o in rejected:
         context.log.warning(f"{o['name']} ({o['image_id']}) rejected: {o['code']}: {o['reason']}")
-    times = sorted(o["processing_ms"] for o in outcomes)
+    times = sorted(o["processing_ms"] for o in outcomes if o["outcome"] == "processed") or [0.0]
     return MaterializeResult(
         metadata={
             "processed": len(outcomes) - len(rejected),
             "rejected": len(rejected),
+            "rejection_codes": MetadataValue.json(sorted({o["code"] for o in rejected})),
             "renditions": sum(len(o["renditions"]) for o in outcomes),
             "bytes_written": sum(r["bytes"] for o in outcomes for r in o["renditions"]),
             "median_ms_per_image": times[len(times) // 2],
             "workers": workers,
+            "peak_worker_rss_mb": report.peak_worker_rss_mb,
+            "worker_restarts": report.worker_restarts,
             "processing_version": PROCESSING_VERSION,
         }
     )
@@ -113,6 +115,7 @@ def image_documents(
     lake_client, store = lake.client(), metadata.client()
     manifest = batch_work.load_manifest(lake_client, context.partition_key)
     docs = batch_work.image_documents(manifest, batch_work.load_outcomes(lake_client, manifest.batch_id), context.run.run_id)
+    batch_work.find_near_duplicates(store, manifest, docs)
     for doc in docs:
         store.upsert("images", doc)
     summary = batch_work.summarize(docs)
@@ -132,7 +135,8 @@ def image_documents(
             **summary,
         },
     )
-    return MaterializeResult(metadata=summary)
+    duplicates = sum(1 for d in docs if d.get("near_duplicates"))
+    return MaterializeResult(metadata={**summary, "images_with_near_duplicates": duplicates})
 
 
 @asset(

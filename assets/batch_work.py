@@ -8,27 +8,23 @@ and event ids — so a re-executed run overwrites instead of duplicating.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable
 
-from assets.core import DEFAULT_RENDITIONS, PROCESSING_VERSION, ImageRejected, Limits, process_image
+from assets.core import PROCESSING_VERSION, CoreConfig, hamming
+from assets.core.pool import Outcome, WorkerPool
 from orchestration.manifest import BatchManifest, ManifestImage, manifest_path, outcomes_path, rendition_path
-from orchestration.ports.lake import Lake, ObjectNotFound
+from orchestration.ports.lake import Lake
+from orchestration.ports.metadata import MetadataStore
 from orchestration.ports.results import EVENT_BATCH_COMPLETED, EVENT_IMAGE_PROCESSED, EVENT_IMAGE_REJECTED
-
-log = logging.getLogger(__name__)
-
 
 def load_manifest(lake: Lake, batch_id: str) -> BatchManifest:
     return BatchManifest.model_validate_json(lake.read(manifest_path(batch_id)))
 
 
-def _rejected(image: ManifestImage, code: str, reason: str, started: float) -> dict:
+def _rejected(image: ManifestImage, code: str, reason: str, seconds: float = 0.0) -> dict:
     return {
         "image_id": image.image_id,
         "name": image.name,
@@ -40,36 +36,32 @@ def _rejected(image: ManifestImage, code: str, reason: str, started: float) -> d
         "sniffed_type": image.sniffed_type,
         "facts": {},
         "renditions": [],
-        "processing_ms": round((time.perf_counter() - started) * 1000, 1),
+        "processing_ms": round(seconds * 1000, 1),
     }
 
 
-def process_one(lake: Lake, batch_id: str, image: ManifestImage, limits: Limits) -> dict:
-    """Process one image into its renditions in the lake. Never raises for bad input: the outcome is
-    'processed' or 'rejected' with a code and a reason."""
-    started = time.perf_counter()
+def _precheck(lake: Lake, image: ManifestImage) -> dict | None:
+    """Intake's refusals and missing uploads become rejections without touching a worker."""
     if image.refused is not None:
-        return _rejected(image, image.refused.code, image.refused.reason, started)
-    try:
-        data = lake.read(image.lake_path)
-    except ObjectNotFound:
-        return _rejected(image, "raw_missing", f"the uploaded bytes are missing from the lake ({image.lake_path})", started)
-    if image.sha256 and hashlib.sha256(data).hexdigest() != image.sha256:
-        return _rejected(image, "checksum_mismatch", "the stored bytes do not match the uploaded file's sha256", started)
-    try:
-        result = process_image(data, DEFAULT_RENDITIONS, limits)
-    except ImageRejected as exc:
-        return _rejected(image, exc.code, exc.message, started)
-    except Exception as exc:  # a decoder bug must not fail the batch; record it as this image's rejection
-        log.exception("unexpected error processing %s/%s", batch_id, image.image_id)
-        return _rejected(image, "processing_error", f"{type(exc).__name__}: {exc}", started)
+        return _rejected(image, image.refused.code, image.refused.reason)
+    if not image.lake_path or not lake.exists(image.lake_path):
+        return _rejected(image, "raw_missing", f"the uploaded bytes are missing from the lake ({image.lake_path})")
+    return None
+
+
+def _store_renditions(lake: Lake, batch_id: str, image: ManifestImage, outcome: Outcome) -> dict:
+    if outcome.rejection is not None:
+        return _rejected(image, outcome.rejection.code, outcome.rejection.message, outcome.seconds)
+    result = outcome.image
+    if image.sha256 and result.facts["sha256"] != image.sha256:
+        return _rejected(image, "checksum_mismatch", "the stored bytes do not match the uploaded file's sha256",
+                         outcome.seconds)
     renditions = []
     for r in result.renditions:
         path = rendition_path(batch_id, image.image_id, r.name, r.extension)
-        lake.write(path, r.data, content_type=f"image/{r.extension.replace('jpg', 'jpeg')}")
-        renditions.append(
-            {"name": r.name, "width": r.width, "height": r.height, "format": r.format, "bytes": len(r.data), "path": path}
-        )
+        lake.write(path, r.data, content_type=CONTENT_TYPES[r.format])
+        renditions.append({"name": r.name, "format": r.format, "width": r.width, "height": r.height,
+                           "bytes": len(r.data), "path": path})
     return {
         "image_id": image.image_id,
         "name": image.name,
@@ -81,21 +73,47 @@ def process_one(lake: Lake, batch_id: str, image: ManifestImage, limits: Limits)
         "sniffed_type": image.sniffed_type,
         "facts": result.facts,
         "renditions": renditions,
-        "processing_ms": round((time.perf_counter() - started) * 1000, 1),
+        "processing_ms": round(outcome.seconds * 1000, 1),
     }
 
 
-def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, limits: Limits = Limits()) -> list[dict]:
-    """All images of the batch, ``workers`` at a time. Each worker reads its own image's bytes, so
-    memory is bounded by the number of workers, not by the batch size. Writes outcomes.json."""
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="imgpipe-image") as pool:
-        outcomes = list(pool.map(lambda img: process_one(lake, manifest.batch_id, img, limits), manifest.images))
+CONTENT_TYPES = {"JPEG": "image/jpeg", "WEBP": "image/webp", "AVIF": "image/avif", "PNG": "image/png"}
+
+
+@dataclass
+class BatchReport:
+    outcomes: list[dict]
+    peak_worker_rss_mb: float
+    worker_restarts: int
+
+
+def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: CoreConfig = CoreConfig()) -> BatchReport:
+    """All images of the batch through the worker pool (time and memory limits per image). The parent
+    reads an image's bytes only when a worker is free, and writes each result to the lake as it arrives,
+    so memory is bounded by the number of workers, not by the batch size. Writes outcomes.json."""
+    by_id = {img.image_id: img for img in manifest.images}
+    outcomes: dict[str, dict] = {}
+    tasks = []
+    for img in manifest.images:
+        early = _precheck(lake, img)
+        if early is not None:
+            outcomes[img.image_id] = early
+        else:
+            tasks.append((img.image_id, lambda path=img.lake_path: lake.read(path)))
+    peak, restarts = 0.0, 0
+    if tasks:
+        with WorkerPool(min(workers, len(tasks)), config) as pool:
+            for outcome in pool.map(tasks):
+                outcomes[outcome.key] = _store_renditions(lake, manifest.batch_id, by_id[outcome.key], outcome)
+                peak = max(peak, outcome.peak_rss_mb or 0.0)
+            restarts = pool.restarts
+    ordered = [outcomes[img.image_id] for img in manifest.images]
     lake.write(
         outcomes_path(manifest.batch_id),
-        json.dumps({"processing_version": PROCESSING_VERSION, "images": outcomes}, indent=1).encode(),
+        json.dumps({"processing_version": PROCESSING_VERSION, "images": ordered}, indent=1).encode(),
         content_type="application/json",
     )
-    return outcomes
+    return BatchReport(ordered, round(peak, 1), restarts)
 
 
 def load_outcomes(lake: Lake, batch_id: str) -> list[dict]:
@@ -118,6 +136,30 @@ def image_documents(manifest: BatchManifest, outcomes: Iterable[dict], run_id: s
         }
         for o in outcomes
     ]
+
+
+# Two images whose 64-bit pHashes differ in at most this many bits are reported as near-duplicates.
+DUPLICATE_MAX_DISTANCE = 8
+
+
+def find_near_duplicates(store: MetadataStore, manifest: BatchManifest, docs: list[dict]) -> None:
+    """Annotate each processed document with ``near_duplicates``: images of this batch and of the same
+    user's earlier batches whose pHash is within ``DUPLICATE_MAX_DISTANCE`` bits."""
+    earlier = [
+        d for d in store.query("images", {"user_id": manifest.user_id, "outcome": "processed"})
+        if d["batch_id"] != manifest.batch_id and d.get("facts", {}).get("phash")
+    ]
+    hashed = [d for d in docs if d["outcome"] == "processed" and d["facts"].get("phash")]
+    for doc in hashed:
+        mine = doc["facts"]["phash"]
+        matches = []
+        for other in hashed:
+            if other is not doc and (dist := hamming(mine, other["facts"]["phash"])) <= DUPLICATE_MAX_DISTANCE:
+                matches.append({"batch_id": manifest.batch_id, "image_id": other["image_id"], "name": other["name"], "distance": dist})
+        for other in earlier:
+            if (dist := hamming(mine, other["facts"]["phash"])) <= DUPLICATE_MAX_DISTANCE:
+                matches.append({"batch_id": other["batch_id"], "image_id": other["image_id"], "name": other["name"], "distance": dist})
+        doc["near_duplicates"] = sorted(matches, key=lambda m: (m["distance"], m["batch_id"], m["image_id"]))
 
 
 def summarize(docs: Iterable[dict]) -> dict:

@@ -81,7 +81,13 @@ def cmd_status(args) -> int:
         print(f"  error: {status['error']}")
     for img in status["images"]:
         if img["outcome"] == "processed":
-            detail = ", ".join(f"{r['name']} {r['width']}x{r['height']}" for r in img["renditions"])
+            sizes: dict[str, list[str]] = {}
+            for r in img["renditions"]:
+                sizes.setdefault(f"{r['name']} {r['width']}x{r['height']}", []).append(r["path"].rsplit(".", 1)[-1])
+            detail = ", ".join(f"{k} ({'/'.join(v)})" for k, v in sizes.items())
+            if img.get("near_duplicates"):
+                d = img["near_duplicates"][0]
+                detail += f"; near-duplicate of {d['name']} in {d['batch_id']} (distance {d['distance']})"
         elif img["outcome"] == "rejected":
             detail = f"{img['code']}: {img['reason']}"
         else:

@@ -119,7 +119,8 @@ def follow_batch(settings: Settings, batch_id: str, total: int, timeout_seconds:
                 return event
             done += 1
             detail = (
-                ", ".join(f"{r['name']} {r['width']}x{r['height']}" for r in event["renditions"])
+                ", ".join(sorted({f"{r['name']} {r['width']}x{r['height']}" for r in event["renditions"]},
+                                 key=lambda s: -int(s.split()[1].split("x")[0])))
                 if event["outcome"] == "processed"
                 else f"{event['code']}: {event['reason']}"
             )

@@ -74,14 +74,42 @@ class ResultStreamResource(ConfigurableResource):
 
 
 class ProcessingResource(ConfigurableResource):
-    """How a run processes images: threads per run (Pillow releases the GIL in decode, resize and
-    encode, so threads scale like processes with less memory) and the source pixel limit."""
+    """How a run processes images: worker processes (each with a time and memory limit per image) and
+    the image core's limits and outputs. Defaults match ``assets.core.config``."""
 
     workers: int = 0
     max_pixels: int = 50_000_000
+    max_edge: int = 20_000
+    max_frames: int = 500
+    max_metadata_bytes: int = 1024 * 1024
+    timeout_seconds: float = 10.0
+    memory_limit_mb: int = 1024
+    output_formats: list[str] = ["JPEG", "WEBP"]
+    webp_method: int = 4
+    keep_exif: list[str] = ["copyright", "artist"]
+    include_gps: bool = False
+    animated: str = "first_frame"
 
     def effective_workers(self) -> int:
-        return load_settings(workers=self.workers).effective_workers
+        from assets.core.pool import default_workers
+
+        return self.workers or default_workers()
+
+    def core_config(self):
+        from assets.core.config import DEFAULT_RENDITIONS, CoreConfig, Limits, RenditionSpec
+
+        return CoreConfig(
+            renditions=tuple(RenditionSpec(r.name, r.long_edge, tuple(self.output_formats)) for r in DEFAULT_RENDITIONS),
+            limits=Limits(
+                max_pixels=self.max_pixels, max_edge=self.max_edge, max_frames=self.max_frames,
+                max_metadata_bytes=self.max_metadata_bytes, timeout_seconds=self.timeout_seconds,
+                memory_limit_mb=self.memory_limit_mb,
+            ),
+            webp_method=self.webp_method,
+            keep_exif=tuple(self.keep_exif),
+            include_gps=self.include_gps,
+            animated=self.animated,
+        )
 
 
 def resources_from_settings(settings: Settings | None = None) -> dict[str, ConfigurableResource]:
@@ -95,5 +123,18 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Confi
         ),
         "signal": SignalResource(data_dir=data_dir),
         "results": ResultStreamResource(bootstrap=s.kafka_bootstrap, topic=s.kafka_topic),
-        "processing": ProcessingResource(workers=s.workers),
+        "processing": ProcessingResource(
+            workers=s.workers,
+            max_pixels=s.max_pixels,
+            max_edge=s.max_edge,
+            max_frames=s.max_frames,
+            max_metadata_bytes=s.max_image_metadata_bytes,
+            timeout_seconds=s.image_timeout_seconds,
+            memory_limit_mb=s.worker_memory_mb,
+            output_formats=s.output_formats.split(","),
+            webp_method=s.webp_method,
+            keep_exif=[n for n in s.keep_exif.split(",") if n],
+            include_gps=s.include_gps,
+            animated=s.animated,
+        ),
     }

@@ -53,8 +53,19 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Receive from the queue at least this often even without a signal."
     )
 
-    # Processing
-    workers: int = Field(0, ge=0, description="Threads per batch run for image work; 0 = number of CPUs.")
+    # Processing (the image core's limits and outputs; see assets/core/config.py)
+    workers: int = Field(0, ge=0, description="Image worker processes per batch run; 0 = number of CPUs.")
+    max_pixels: int = Field(50_000_000, gt=0, description="Largest source image, width x height.")
+    max_edge: int = Field(20_000, gt=0, description="Largest source side in pixels.")
+    max_frames: int = Field(500, gt=0, description="Most frames in an animation (the first is used).")
+    max_image_metadata_bytes: int = Field(1024 * 1024, gt=0, description="Largest EXIF / ICC / text block.")
+    image_timeout_seconds: float = Field(10.0, gt=0, description="Time limit per image.")
+    worker_memory_mb: int = Field(1024, ge=256, description="Address-space cap of an image worker process.")
+    output_formats: str = Field("JPEG,WEBP", description="Formats of every rendition (JPEG, WEBP, AVIF, PNG).")
+    webp_method: int = Field(4, ge=0, le=6, description="WebP encoder effort.")
+    keep_exif: str = Field("copyright,artist", description="EXIF tags copied into renditions ('' = none).")
+    include_gps: bool = Field(False, description="Record GPS position in the image facts.")
+    animated: str = Field("first_frame", description="'first_frame' or 'reject' for animated inputs.")
 
     # Local stack
     webserver_port: int = Field(3000, gt=0, lt=65536)
@@ -64,6 +75,35 @@ class Settings(BaseSettings):
     def _known_profile(cls, value: str) -> str:
         if value not in {"local"}:
             raise ValueError(f"IMGPIPE_PROFILE={value!r} is not a known profile (known: 'local')")
+        return value
+
+    @field_validator("output_formats")
+    @classmethod
+    def _formats(cls, value: str) -> str:
+        from assets.core.config import OUTPUT_FORMATS
+
+        formats = [f.strip().upper() for f in value.split(",") if f.strip()]
+        unknown = [f for f in formats if f not in OUTPUT_FORMATS]
+        if not formats or unknown:
+            raise ValueError(f"output formats {value!r}: use a comma-separated subset of {sorted(OUTPUT_FORMATS)}")
+        return ",".join(formats)
+
+    @field_validator("keep_exif")
+    @classmethod
+    def _keep_exif(cls, value: str) -> str:
+        from assets.core.facts import COPYABLE_EXIF
+
+        names = [n.strip().lower() for n in value.split(",") if n.strip()]
+        unknown = [n for n in names if n not in COPYABLE_EXIF]
+        if unknown:
+            raise ValueError(f"keep_exif {unknown}: allowed are {sorted(COPYABLE_EXIF)}")
+        return ",".join(names)
+
+    @field_validator("animated")
+    @classmethod
+    def _animated(cls, value: str) -> str:
+        if value not in ("first_frame", "reject"):
+            raise ValueError("must be 'first_frame' or 'reject'")
         return value
 
     @field_validator("data_dir")

@@ -34,8 +34,10 @@ def batch_status(services: Services, batch_id: str, user_id: str | None = None) 
                     "outcome": d["outcome"],
                     "code": d.get("code"),
                     "reason": d.get("reason"),
+                    "near_duplicates": d.get("near_duplicates", []),
                     "renditions": [
-                        {"name": r["name"], "width": r["width"], "height": r["height"], "path": r["path"]}
+                        {"name": r["name"], "format": r.get("format"), "width": r["width"], "height": r["height"],
+                         "path": r["path"]}
                         for r in d.get("renditions", [])
                     ],
                 }
@@ -49,6 +51,7 @@ def batch_status(services: Services, batch_id: str, user_id: str | None = None) 
                     "outcome": "rejected" if refused else "pending",
                     "code": refused["code"] if refused else None,
                     "reason": refused["reason"] if refused else None,
+                    "near_duplicates": [],
                     "renditions": [],
                 }
             )

@@ -67,16 +67,19 @@ def test_batch_run_writes_renditions_documents_and_events(instance, settings, up
     for name in ("photo_01.jpg", "photo_02.jpg", "logo_transparent.png"):
         assert outcomes[name]["outcome"] == "processed"
     # Orientation 6 (photo_02) is applied: stored 1200x1600, renditions come out 1600x1200 landscape.
-    large = {r["name"]: r for r in outcomes["photo_02.jpg"]["renditions"]}
-    assert (large["large"]["width"], large["large"]["height"]) == (1600, 1200)
-    assert (large["thumb"]["width"], large["thumb"]["height"]) == (256, 192)
-    with Image.open(io.BytesIO(services.lake.read(large["thumb"]["path"]))) as im:
-        assert im.size == (256, 192) and im.format == "JPEG"
-        assert "exif" not in im.info  # metadata stripped
+    made = {(r["name"], r["format"]): r for r in outcomes["photo_02.jpg"]["renditions"]}
+    assert set(made) == {(n, f) for n in ("large", "medium", "thumb") for f in ("JPEG", "WEBP")}
+    assert (made["large", "JPEG"]["width"], made["large", "JPEG"]["height"]) == (1600, 1200)
+    assert (made["thumb", "WEBP"]["width"], made["thumb", "WEBP"]["height"]) == (256, 192)
+    for fmt in ("JPEG", "WEBP"):
+        with Image.open(io.BytesIO(services.lake.read(made["thumb", fmt]["path"]))) as im:
+            assert im.size == (256, 192) and im.format == fmt
+            assert not im.getexif()  # metadata stripped
 
     doc = services.metadata.read("images", "i0002", batch)
     assert doc["user_metadata"] == {"trip": "alps"} and doc["dagster_run_id"] == result.run_id
     assert doc["sha256"] and doc["processing_version"] and doc["facts"]["orientation"] == 6
+    assert len(doc["facts"]["phash"]) == 16 and doc["facts"]["blurhash"]
 
     events = _events(settings, batch)
     assert [e["type"] for e in events].count("batch.completed") == 1

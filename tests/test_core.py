@@ -10,8 +10,7 @@ import zipfile
 import pytest
 from PIL import Image
 
-from assets.core import DEFAULT_RENDITIONS, ImageRejected, Limits, process_image, sniff_type
-from assets.core.process import fit_long_edge
+from assets.core import CoreConfig, ImageRejected, Limits, fit_long_edge, process_image, sniff_type
 from orchestration.sample import jpeg_bytes
 
 
@@ -83,20 +82,26 @@ def test_every_exif_orientation_comes_out_upright(orientation):
     [
         (Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "JPEG"),
         (Image.new("L", (40, 30), 128), "PNG"),
-        (Image.new("LA", (40, 30), (128, 255)), "PNG"),
+        (Image.new("LA", (40, 30), (128, 200)), "PNG"),
         (Image.new("P", (40, 30), 3), "PNG"),
         (Image.new("I;16", (40, 30), 40000), "PNG"),
         (Image.new("RGBA", (40, 30), (255, 0, 0, 128)), "PNG"),
-        (Image.new("RGBA", (40, 30), (0, 255, 0, 255)), "WEBP"),
+        (Image.new("RGBA", (40, 30), (0, 255, 0, 128)), "WEBP"),
         (Image.new("RGB", (40, 30), (0, 0, 255)), "TIFF"),
         (Image.new("RGB", (40, 30), (0, 0, 255)), "BMP"),
     ],
 )
 def test_modes_become_rgb_jpeg_renditions(img, fmt):
     result = process_image(_encode(img, fmt))
+    alpha = "A" in img.getbands()
+    assert {r.format for r in result.renditions} == {"JPEG", "WEBP"}
     for r in result.renditions:
         out = Image.open(io.BytesIO(r.data))
-        assert out.mode == "RGB" and out.format == "JPEG"
+        assert out.format == r.format
+        if r.format == "JPEG":
+            assert out.mode == "RGB"  # alpha flattened
+        else:
+            assert out.mode == ("RGBA" if alpha else "RGB")  # WebP keeps alpha
 
 
 def test_alpha_is_flattened_on_white():
@@ -114,6 +119,7 @@ def test_sixteen_bit_gray_is_scaled_not_clipped():
 def test_renditions_keep_aspect_never_upscale_and_hit_the_long_edge():
     big = process_image(jpeg_bytes(Image.new("RGB", (5000, 2500), "gray")))
     sizes = {r.name: (r.width, r.height) for r in big.renditions}
+    assert len(big.renditions) == 6
     assert sizes == {"large": (2048, 1024), "medium": (1024, 512), "thumb": (256, 128)}
     small = process_image(jpeg_bytes(Image.new("RGB", (300, 200), "gray")))
     assert {r.name: (r.width, r.height) for r in small.renditions} == {
@@ -132,7 +138,7 @@ def test_fit_long_edge(w, h, edge):
 def test_pixel_limit_checked_from_header_before_decoding():
     data = _encode(Image.new("L", (2000, 2000)), "PNG")
     with pytest.raises(ImageRejected) as err:
-        process_image(data, DEFAULT_RENDITIONS, Limits(max_pixels=1_000_000))
+        process_image(data, CoreConfig(limits=Limits(max_pixels=1_000_000)))
     assert err.value.code == "too_many_pixels" and "4.0 MP" in err.value.message
 
 

@@ -109,7 +109,8 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
         processed = [i for i in status["images"] if i["outcome"] == "processed"]
         assert len(processed) == 5
         for img in processed:
-            assert [r["name"] for r in img["renditions"]] == ["large", "medium", "thumb"]
+            assert sorted((r["name"], r["format"]) for r in img["renditions"]) == [
+                (n, f) for n in ("large", "medium", "thumb") for f in ("JPEG", "WEBP")]
             for r in img["renditions"]:
                 with Image.open(io.BytesIO(services.lake.read(r["path"]))) as im:
                     im.load()

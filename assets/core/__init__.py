@@ -1,26 +1,25 @@
-"""The pure image-processing core: byte sniffing, safe decoding, renditions, facts. No Dagster here."""
+"""The pure image-processing core: byte sniffing, safe decoding, renditions, facts, and the worker pool
+that enforces time and memory limits. No Dagster here (a test checks it)."""
 
-from assets.core.process import (
-    DEFAULT_RENDITIONS,
-    PROCESSING_VERSION,
-    ImageRejected,
-    Limits,
-    ProcessedImage,
-    Rendition,
-    RenditionSpec,
-    process_image,
-)
+from assets.core.config import DEFAULT_RENDITIONS, CoreConfig, Limits, RenditionSpec
+from assets.core.decode import DECODABLE_TYPES, ImageRejected
+from assets.core.facts import hamming
+from assets.core.process import PROCESSING_VERSION, ProcessedImage, Rendition, fit_long_edge, process_image
 from assets.core.sniff import SUPPORTED_IMAGE_TYPES, sniff_type
 
 __all__ = [
+    "DECODABLE_TYPES",
     "DEFAULT_RENDITIONS",
     "PROCESSING_VERSION",
+    "CoreConfig",
     "ImageRejected",
     "Limits",
     "ProcessedImage",
     "Rendition",
     "RenditionSpec",
     "SUPPORTED_IMAGE_TYPES",
+    "fit_long_edge",
+    "hamming",
     "process_image",
     "sniff_type",
 ]

@@ -5,9 +5,20 @@ from __future__ import annotations
 import codecs
 
 # Types the pipeline decodes. Everything else is refused at intake with the sniffed type as reason.
-SUPPORTED_IMAGE_TYPES = frozenset(
-    {"image/jpeg", "image/png", "image/gif", "image/webp", "image/tiff", "image/bmp"}
-)
+def _supported() -> frozenset[str]:
+    types = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/tiff", "image/bmp"}
+    try:
+        from PIL import features
+
+        if features.check("avif"):
+            types.add("image/avif")
+    except ImportError:
+        pass
+    return frozenset(types)
+
+
+# What intake accepts and the core decodes (HEIC needs a plugin Pillow does not ship; it is refused).
+SUPPORTED_IMAGE_TYPES = _supported()
 
 
 def sniff_type(head: bytes) -> str:

@@ -1,0 +1,198 @@
+"""Safe decoding: identify by bytes, check every limit from the header, then decode.
+
+Order matters: nothing here decodes a pixel before ``inspect`` has accepted the file's type, size,
+dimensions, frame count and metadata sizes. Decoder errors of every kind become ``ImageRejected``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError, features
+
+from assets.core.config import CoreConfig, Limits
+from assets.core.sniff import SUPPORTED_IMAGE_TYPES, sniff_type
+
+# Decoders we allow, by sniffed type. Pillow is told to use exactly this one (Image.open(formats=...)),
+# so a file can never be routed to another, riskier decoder by its content.
+PIL_DECODERS = {
+    "image/jpeg": "JPEG",
+    "image/png": "PNG",
+    "image/gif": "GIF",
+    "image/webp": "WEBP",
+    "image/tiff": "TIFF",
+    "image/bmp": "BMP",
+}
+if features.check("avif"):
+    PIL_DECODERS["image/avif"] = "AVIF"
+
+DECODABLE_TYPES = frozenset(PIL_DECODERS) & (SUPPORTED_IMAGE_TYPES | {"image/avif"})
+
+# Exceptions Pillow's decoders are known to raise on hostile or broken input (see shared/notes/imaging.md).
+DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
+                  ZeroDivisionError, AttributeError, struct.error, RuntimeError)
+
+
+class ImageRejected(Exception):
+    """A per-image rejection: ``code`` is machine-readable, ``message`` is for people."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def __reduce__(self):  # picklable across the worker pipe
+        return (ImageRejected, (self.code, self.message))
+
+
+@dataclass
+class Inspected:
+    image: Image.Image
+    mime: str
+    width: int
+    height: int
+    frames: int
+    orientation: int
+
+
+def _metadata_sizes(img: Image.Image) -> dict[str, int]:
+    info = img.info
+    text = sum(len(v) for k, v in info.items() if isinstance(v, (str, bytes)) and k not in ("exif", "icc_profile"))
+    return {
+        "exif": len(info.get("exif") or b""),
+        "icc": len(info.get("icc_profile") or b""),
+        "text": text,
+    }
+
+
+def inspect(data: bytes, config: CoreConfig) -> Inspected:
+    """Open lazily and check every limit from the header. Raises ``ImageRejected``."""
+    limits: Limits = config.limits
+    if len(data) > limits.max_file_bytes:
+        raise ImageRejected("file_too_large", f"{len(data):,} bytes exceeds {limits.max_file_bytes:,}")
+    mime = sniff_type(data[:64])
+    if mime not in PIL_DECODERS:
+        raise ImageRejected("unsupported_type", f"not a supported image (content looks like {mime})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[PIL_DECODERS[mime]])
+            width, height = img.size
+            if width < 1 or height < 1 or max(width, height) > limits.max_edge:
+                raise ImageRejected("bad_dimensions", f"{width}x{height} px is outside 1..{limits.max_edge} px per side")
+            if width * height > limits.max_pixels:
+                raise ImageRejected("too_many_pixels",
+                                    f"{width}x{height} = {width * height / 1e6:.1f} MP exceeds {limits.max_pixels / 1e6:g} MP")
+            frames = int(getattr(img, "n_frames", 1) or 1)
+            if frames > 1 and config.animated == "reject":
+                raise ImageRejected("animated", f"animated image with {frames} frames; animations are not accepted")
+            if frames > limits.max_frames:
+                raise ImageRejected("too_many_frames", f"{frames} frames exceed {limits.max_frames}")
+            if frames * width * height > limits.max_animation_pixels:
+                raise ImageRejected("too_many_pixels", f"{frames} frames of {width}x{height} exceed "
+                                    f"{limits.max_animation_pixels / 1e6:g} MP in all")
+            if frames > 1:
+                img.seek(0)
+            for kind, size in _metadata_sizes(img).items():
+                if size > limits.max_metadata_bytes:
+                    raise ImageRejected("metadata_too_large", f"{kind} metadata is {size:,} bytes; limit {limits.max_metadata_bytes:,}")
+            try:
+                orientation = int(img.getexif().get(0x0112, 1) or 1)
+            except DECODER_ERRORS:
+                orientation = 1  # junk EXIF: ignore orientation rather than reject the picture
+            if orientation not in range(1, 9):
+                orientation = 1
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected("too_many_pixels", str(exc)) from None
+    except UnidentifiedImageError:
+        raise ImageRejected("corrupt", f"content looks like {mime} but its header could not be read") from None
+    except DECODER_ERRORS as exc:
+        raise ImageRejected("corrupt", f"{mime} header could not be read: {exc}") from None
+    return Inspected(img, mime, width, height, frames, orientation)
+
+
+def draft_size(width: int, height: int, target_long_edge: int, tolerance: float) -> tuple[int, int] | None:
+    """The smallest size the JPEG decoder may scale to (1/2, 1/4, 1/8) and still serve the largest
+    rendition within ``tolerance`` (a decoded long edge >= tolerance x target)."""
+    long_edge = max(width, height)
+    needed = math.ceil(target_long_edge * tolerance)
+    if long_edge < 2 * needed:
+        return None
+    scale = needed / long_edge
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+def decode(inspected: Inspected, largest_edge: int, *, draft_tolerance: float = 0.98) -> Image.Image:
+    """Decode the first frame, using the JPEG decoder's DCT scaling when it can, and apply the EXIF
+    orientation. Returns an upright image in a mode that can be resized (see ``normalize_mode``)."""
+    img = inspected.image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if inspected.mime == "image/jpeg":
+                size = draft_size(img.width, img.height, largest_edge, draft_tolerance)
+                if size:
+                    img.draft(img.mode, size)
+            img.load()
+            if inspected.orientation != 1:
+                img = ImageOps.exif_transpose(img)
+            return normalize_mode(img)
+    except MemoryError:
+        raise ImageRejected("too_large_to_decode", "decoding needed more memory than allowed") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected("too_many_pixels", str(exc)) from None
+    except DECODER_ERRORS as exc:
+        raise ImageRejected("corrupt", f"{inspected.mime} could not be decoded: {exc}") from None
+
+
+def has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def normalize_mode(img: Image.Image) -> Image.Image:
+    """Bring any decoded mode to one of L, LA, RGB, RGBA, CMYK (all resizable, 8 bits per channel)."""
+    mode = img.mode
+    if mode in ("L", "LA", "RGB", "RGBA", "CMYK"):
+        return img
+    if mode in ("P", "PA"):
+        return img.convert("RGBA" if has_alpha(img) or mode == "PA" else "RGB")
+    if mode == "1":
+        return img.convert("L")
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit: scale 0..65535 to 0..255 (a plain convert("L") would clip everything above 255).
+        return img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    if mode == "F":
+        return img.point(lambda v: v * 255).convert("L") if img.getextrema()[1] <= 1.0 else img.convert("L")
+    if mode in ("RGBa", "La"):
+        return img.convert("RGBA" if mode == "RGBa" else "LA")
+    return img.convert("RGBA" if "A" in img.getbands() else "RGB")
+
+
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+def to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    """Convert to sRGB RGB/RGBA using the embedded ICC profile (if any and not sRGB already)."""
+    alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
+    base = img.convert("RGB") if img.mode in ("RGBA", "LA") else img
+    if icc:
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            description = (ImageCms.getProfileDescription(src) or "").lower()
+            wants_mode = {"RGB": "RGB", "CMYK": "CMYK", "L": "L"}.get(base.mode)
+            is_srgb = "srgb" in description and base.mode == "RGB"
+            if wants_mode and not is_srgb:
+                base = ImageCms.profileToProfile(base, src, _SRGB, outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+            pass  # a broken or mismatched profile: treat the pixels as sRGB
+    if base.mode != "RGB":
+        base = base.convert("RGB")
+    if alpha is not None:
+        base.putalpha(alpha)
+    return base

@@ -1,0 +1,194 @@
+"""Worker processes that run ``process_image`` under hard limits.
+
+Why processes and not threads: a thread cannot be stopped. A decoder stuck in a hostile file, or one
+that allocates without bound, would hold the batch run hostage. Each worker here is a separate process
+with an address-space cap (``RLIMIT_AS``, ``Limits.memory_limit_mb``); the parent gives each image
+``Limits.timeout_seconds`` and kills the worker when it runs over, or notices when it dies (a decoder
+crash, the kernel's OOM killer), records that image as rejected with a reason, and starts a fresh worker.
+Pillow releases the GIL in decode, resize and encode, so throughput per core is the same as threads.
+
+Memory stays bounded by the number of workers: the parent asks for an image's bytes (``load``) only
+when a worker is free, and hands each result to ``on_result`` before taking the next.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Callable, Iterable, Iterator
+
+from assets.core.config import CoreConfig
+from assets.core.decode import ImageRejected
+from assets.core.process import ProcessedImage, process_image
+
+
+@dataclass
+class Outcome:
+    key: str
+    image: ProcessedImage | None = None
+    rejection: ImageRejected | None = None
+    seconds: float = 0.0
+    peak_rss_mb: float | None = None
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _worker_main(conn: Connection, config: CoreConfig) -> None:
+    import resource
+
+    limit = config.limits.memory_limit_mb * 1024 * 1024
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ValueError, OSError):
+        pass  # not permitted here: the timeout still applies
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        key, data = task
+        try:
+            result = ("ok", process_image(data, config))
+        except ImageRejected as exc:
+            result = ("rejected", exc)
+        except MemoryError:
+            result = ("rejected", ImageRejected("too_large_to_decode", "processing exceeded the worker's memory limit"))
+        except Exception as exc:  # a decoder bug: this image is rejected, the worker lives on
+            result = ("rejected", ImageRejected("processing_error", f"{type(exc).__name__}: {exc}"))
+        del data
+        try:
+            conn.send((key, result, _peak_rss_mb()))
+        except MemoryError:
+            conn.send((key, ("rejected", ImageRejected("too_large_to_decode", "result too large")), _peak_rss_mb()))
+
+
+class _Worker:
+    def __init__(self, ctx, config: CoreConfig):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, config), daemon=True, name="imgpipe-image-worker")
+        self.proc.start()
+        child.close()
+        self.key: str | None = None
+        self.started = 0.0
+
+    def stop(self, kill: bool = False) -> None:
+        if kill and self.proc.is_alive():
+            self.proc.kill()
+        else:
+            try:
+                self.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
+        self.conn.close()
+
+
+class WorkerPool:
+    """``with WorkerPool(workers, config) as pool: for outcome in pool.map(tasks): ...``"""
+
+    def __init__(self, workers: int, config: CoreConfig = CoreConfig(), *, start_method: str | None = None):
+        self.config = config
+        self.size = max(1, workers)
+        method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        self._ctx = mp.get_context(method)
+        if method == "forkserver":
+            self._ctx.set_forkserver_preload(["assets.core.process"])
+        self._workers: list[_Worker] = []
+        self.restarts = 0
+
+    def __enter__(self) -> "WorkerPool":
+        self._workers = [_Worker(self._ctx, self.config) for _ in range(self.size)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for w in self._workers:
+            w.stop(kill=exc[0] is not None)
+        self._workers = []
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        worker.stop(kill=True)
+        self.restarts += 1
+        fresh = _Worker(self._ctx, self.config)
+        self._workers[self._workers.index(worker)] = fresh
+        return fresh
+
+    def map(self, tasks: Iterable[tuple[str, Callable[[], bytes]]]) -> Iterator[Outcome]:
+        """Process ``(key, load)`` pairs; yields one Outcome per task, in completion order."""
+        pending = iter(tasks)
+        exhausted = False
+        timeout = self.config.limits.timeout_seconds
+
+        def feed(worker: _Worker) -> bool:
+            nonlocal exhausted
+            if exhausted:
+                return False
+            try:
+                key, load = next(pending)
+            except StopIteration:
+                exhausted = True
+                return False
+            worker.key, worker.started = key, time.monotonic()
+            try:
+                worker.conn.send((key, load()))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the worker died; the loop sees its sentinel and reports the image
+            return True
+
+        for w in self._workers:
+            feed(w)
+        while True:
+            busy = [w for w in self._workers if w.key is not None]
+            if not busy:
+                return
+            now = time.monotonic()
+            next_deadline = min(w.started + timeout for w in busy)
+            ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=max(0.0, next_deadline - now))
+            now = time.monotonic()
+            for w in list(busy):
+                if w.conn in ready:
+                    try:
+                        key, (kind, payload), rss = w.conn.recv()
+                    except (EOFError, OSError):
+                        yield self._crashed(w, now)
+                        feed(self._replace(w))
+                        continue
+                    w.key = None
+                    if kind == "ok":
+                        yield Outcome(key, image=payload, seconds=now - w.started, peak_rss_mb=rss)
+                    else:
+                        yield Outcome(key, rejection=payload, seconds=now - w.started, peak_rss_mb=rss)
+                    feed(w)
+                elif w.proc.sentinel in ready and not w.proc.is_alive():
+                    yield self._crashed(w, now)
+                    feed(self._replace(w))
+                elif now - w.started >= timeout:
+                    key = w.key
+                    yield Outcome(key, rejection=ImageRejected(
+                        "timeout", f"processing took longer than {timeout:g} s and was stopped"), seconds=now - w.started)
+                    feed(self._replace(w))
+
+    def _crashed(self, w: _Worker, now: float) -> Outcome:
+        code = w.proc.exitcode
+        reason = ("the worker was killed (signal 9, usually the kernel's out-of-memory killer)" if code == -9
+                  else f"the decoder crashed (exit code {code})")
+        return Outcome(w.key, rejection=ImageRejected("decoder_crashed", reason), seconds=now - w.started)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers]
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
