@@ -34,7 +34,15 @@ class Outcome:
     peak_rss_mb: float | None = None
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Unlike ru_maxrss it is not inherited across exec."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -66,9 +74,9 @@ def _worker_main(conn: Connection, config: CoreConfig) -> None:
             result = ("rejected", ImageRejected("processing_error", f"{type(exc).__name__}: {exc}"))
         del data
         try:
-            conn.send((key, result, _peak_rss_mb()))
+            conn.send((key, result, peak_rss_mb()))
         except MemoryError:
-            conn.send((key, ("rejected", ImageRejected("too_large_to_decode", "result too large")), _peak_rss_mb()))
+            conn.send((key, ("rejected", ImageRejected("too_large_to_decode", "result too large")), peak_rss_mb()))
 
 
 class _Worker:
