@@ -77,6 +77,9 @@ def inspect(data: bytes, config: CoreConfig) -> Inspected:
     mime = sniff_type(data[:64])
     if mime not in PIL_DECODERS:
         raise ImageRejected("unsupported_type", f"not a supported image (content looks like {mime})")
+    # Pillow's own bomb guard follows our limit (it warns above it, refuses above twice it), so its
+    # default of 89 MP neither overrides a higher configured limit nor hides a lower one.
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -50,6 +50,11 @@ def peak_rss_mb() -> float:
 
 def _worker_main(conn: Connection, config: CoreConfig) -> None:
     import resource
+    import warnings
+
+    # Decoders warn about every oddity of hostile files; the outcome (processed or rejected with a
+    # reason) is what counts, and it is reported per image.
+    warnings.simplefilter("ignore")
 
     limit = config.limits.memory_limit_mb * 1024 * 1024
     try:

@@ -1,0 +1,221 @@
+"""Hostile and unusual input through the core and its worker pool: limits, metadata, animation, EXIF,
+time and memory limits, near-duplicates. (Orientation and mode goldens are in test_core.py.)"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+from PIL import Image, PngImagePlugin
+
+from assets.core import CoreConfig, ImageRejected, Limits, RenditionSpec, fit_long_edge, process_image
+from assets.core.facts import blurhash, hamming, phash
+from assets.core.pool import WorkerPool
+from orchestration.sample import _photo, jpeg_bytes
+
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+# -- geometry (property tests) ---------------------------------------------------------------------
+
+@given(w=st.integers(1, 50_000), h=st.integers(1, 50_000), edge=st.integers(1, 4096))
+def test_fit_long_edge_properties(w, h, edge):
+    fw, fh = fit_long_edge(w, h, edge)
+    assert max(fw, fh) == min(edge, max(w, h))          # exact long edge, never upscaled
+    assert fw <= w and fh <= h and fw >= 1 and fh >= 1
+    if w >= h:
+        assert abs(fh - h * fw / w) <= 1                 # aspect kept within one pixel
+    else:
+        assert abs(fw - w * fh / h) <= 1
+
+
+@hsettings(max_examples=25, deadline=None)
+@given(w=st.integers(1, 700), h=st.integers(1, 700), edges=st.lists(st.integers(1, 800), min_size=1, max_size=3, unique=True),
+       orientation=st.sampled_from([1, 3, 6, 8]))
+def test_renditions_have_exact_sizes_from_real_images(w, h, edges, orientation):
+    specs = tuple(RenditionSpec(f"r{e}", e, ("JPEG",)) for e in edges)
+    result = process_image(jpeg_bytes(Image.new("RGB", (w, h), (90, 120, 150)), orientation), CoreConfig(renditions=specs))
+    upright = (h, w) if orientation in (6, 8) else (w, h)
+    for r in result.renditions:
+        spec = next(s for s in specs if s.name == r.name)
+        assert (r.width, r.height) == fit_long_edge(*upright, spec.long_edge)
+        assert Image.open(io.BytesIO(r.data)).size == (r.width, r.height)
+
+
+# -- limits checked from the header -----------------------------------------------------------------
+
+def test_limits_are_checked_before_decoding():
+    data = _png(Image.new("L", (3000, 2000)))
+    for limits, code in [
+        (Limits(max_pixels=5_000_000), "too_many_pixels"),
+        (Limits(max_edge=2500), "bad_dimensions"),
+        (Limits(max_file_bytes=100), "file_too_large"),
+    ]:
+        with pytest.raises(ImageRejected) as err:
+            process_image(data, CoreConfig(limits=limits))
+        assert err.value.code == code, limits
+
+
+def test_oversized_metadata_is_rejected():
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * 5000)
+    with pytest.raises(ImageRejected) as err:
+        process_image(_png(Image.new("RGB", (20, 20)), pnginfo=info), CoreConfig(limits=Limits(max_metadata_bytes=1000)))
+    assert err.value.code == "metadata_too_large" and "text" in err.value.message
+
+
+def test_animated_input_first_frame_or_rejected():
+    frames = [Image.new("RGB", (40, 30), c) for c in ("red", "green", "blue")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    result = process_image(buf.getvalue())
+    assert result.facts["frames"] == 3
+    px = Image.open(io.BytesIO(next(r for r in result.renditions if r.format == "JPEG").data)).convert("RGB").getpixel((20, 15))
+    assert px[0] > 200 and px[1] < 60  # the first (red) frame
+    with pytest.raises(ImageRejected) as err:
+        process_image(buf.getvalue(), CoreConfig(animated="reject"))
+    assert err.value.code == "animated"
+    with pytest.raises(ImageRejected) as err:
+        process_image(buf.getvalue(), CoreConfig(limits=Limits(max_frames=2)))
+    assert err.value.code == "too_many_frames"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]><svg>&lol2;</svg>',
+        b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>",
+        b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj",
+        b"PK\x03\x04" + b"\x00" * 40,
+        b"\xff\xd8\xff",  # a JPEG that is only its magic number
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x7f\xff\xff\xff\x7f\xff\xff\xff\x08\x02\x00\x00\x00",  # absurd header
+        b"GIF89a\xff\xff\xff\xff",
+        b"BM" + b"\xff" * 60,
+        b"II*\x00" + b"\xff" * 60,
+    ],
+)
+def test_hostile_bytes_become_rejections(data):
+    with pytest.raises(ImageRejected) as err:
+        process_image(data)
+    assert err.value.code and err.value.message
+
+
+def test_junk_exif_does_not_stop_the_picture():
+    good = jpeg_bytes(Image.new("RGB", (40, 30), "red"))
+    junk_app1 = b"\xff\xe1" + (2 + 6 + 40).to_bytes(2, "big") + b"Exif\x00\x00" + os.urandom(40)
+    data = good[:2] + junk_app1 + good[2:]
+    result = process_image(data)
+    assert result.facts["orientation"] in range(1, 9) and result.renditions
+
+
+# -- metadata in renditions and facts -----------------------------------------------------------------
+
+def _exif_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "Acme"
+    exif[0x0110] = "Acme Phone 9"
+    exif[0x013B] = "Ada Lovelace"
+    exif[0x8298] = "(c) 2026 Ada"
+    sub = exif.get_ifd(0x8769)
+    sub[0x9003] = "2026:07:14 10:30:00"
+    sub[0xA434] = "Wide 26mm"
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2], gps[3], gps[4] = "N", (48.0, 51.0, 24.0), "E", (2.0, 21.0, 0.0)
+    buf = io.BytesIO()
+    Image.new("RGB", (60, 40), "red").save(buf, "JPEG", exif=exif)
+    return buf.getvalue()
+
+
+def test_renditions_keep_only_allowed_exif_and_never_gps():
+    result = process_image(_exif_jpeg())
+    for r in result.renditions:
+        exif = Image.open(io.BytesIO(r.data)).getexif()
+        assert exif.get(0x013B) == "Ada Lovelace" and exif.get(0x8298) == "(c) 2026 Ada"
+        assert 0x010F not in exif and not exif.get_ifd(0x8825)
+        assert b"Acme" not in r.data
+    stripped = process_image(_exif_jpeg(), CoreConfig(keep_exif=()))
+    assert all(not Image.open(io.BytesIO(r.data)).getexif() for r in stripped.renditions)
+
+
+def test_exif_facts_and_gps_only_when_enabled():
+    facts = process_image(_exif_jpeg()).facts["exif"]
+    assert facts["camera_make"] == "Acme" and facts["camera_model"] == "Acme Phone 9"
+    assert facts["lens_model"] == "Wide 26mm" and facts["captured_at"] == "2026-07-14T10:30:00"
+    assert "gps" not in facts
+    gps = process_image(_exif_jpeg(), CoreConfig(include_gps=True)).facts["exif"]["gps"]
+    assert gps == {"latitude": pytest.approx(48.8566667), "longitude": pytest.approx(2.35)}
+
+
+def test_facts_fingerprints():
+    img = _photo(640, 480, 30, "fp")
+    result = process_image(jpeg_bytes(img))
+    f = result.facts
+    assert len(f["phash"]) == 16 and len(f["stats"]["mean"]) == 3 and len(f["stats"]["std"]) == 3
+    assert 1 <= len(f["dominant_colours"]) <= 5 and abs(sum(c["fraction"] for c in f["dominant_colours"]) - 1) < 0.01
+    assert len(f["blurhash"]) == 28  # 4x3 components
+    # pHash is stable under resizing and recompression, and far from an unrelated picture.
+    near = phash(img.resize((320, 240)))
+    assert hamming(f["phash"], near) <= 6
+    other = phash(_photo(640, 480, 200, "other").transpose(Image.Transpose.FLIP_TOP_BOTTOM))
+    assert hamming(f["phash"], other) > 16
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_blurhash_matches_the_reference_implementation(seed):
+    import blurhash as reference  # the pure-Python reference encoder, a test-only dependency
+    import numpy as np
+
+    img = _photo(640 - seed * 150, 480, seed * 80, str(seed)) if seed else Image.new("RGB", (32, 32), (255, 0, 0))
+    small = img.convert("RGB")
+    small.thumbnail((32, 32))
+    expected = reference.encode(np.asarray(small).tolist(), components_x=4, components_y=3)
+    assert blurhash(img) == expected
+
+
+# -- the worker pool: time and memory limits ----------------------------------------------------------
+
+def test_pool_stops_an_image_that_runs_over_its_time_limit():
+    slow = jpeg_bytes(_photo(4000, 3000, 0, "slow"))
+    with WorkerPool(1, CoreConfig(limits=Limits(timeout_seconds=0.05))) as pool:
+        outcomes = {o.key: o for o in pool.map([("slow", lambda: slow), ("next", lambda: b"not an image")])}
+        assert pool.restarts == 1
+    assert outcomes["slow"].rejection.code == "timeout" and outcomes["slow"].seconds < 2
+    assert outcomes["next"].rejection.code == "unsupported_type"  # the fresh worker carries on
+
+
+def test_pool_survives_a_worker_that_dies():
+    data = jpeg_bytes(_photo(200, 100, 0, "x"))
+    with WorkerPool(1) as pool:
+        def load_and_kill():
+            os.kill(pool.pids[0], signal.SIGKILL)
+            time.sleep(0.1)
+            return data
+
+        outcomes = {o.key: o for o in pool.map([("a", load_and_kill), ("b", lambda: data)])}
+    assert outcomes["a"].rejection.code == "decoder_crashed"
+    assert outcomes["b"].image is not None
+
+
+def test_pool_memory_limit_turns_into_a_rejection():
+    huge = _png(Image.new("1", (12_000, 12_000), 1))  # 144 MP, a few hundred KB compressed
+    config = CoreConfig(limits=Limits(max_pixels=200_000_000, memory_limit_mb=400, timeout_seconds=60))
+    with WorkerPool(1, config) as pool:
+        [outcome] = list(pool.map([("huge", lambda: huge)]))
+    assert outcome.rejection is not None and outcome.rejection.code in {"too_large_to_decode", "decoder_crashed"}
+
+
+def test_pool_results_match_in_process_results():
+    datas = {f"k{i}": jpeg_bytes(_photo(300 + i * 10, 200, i * 40, str(i))) for i in range(4)}
+    with WorkerPool(2) as pool:
+        got = {o.key: o.image for o in pool.map([(k, lambda d=d: d) for k, d in datas.items()])}
+    for key, data in datas.items():
+        assert got[key].facts["phash"] == process_image(data).facts["phash"]
+        assert got[key].facts["sha256"] == process_image(data).facts["sha256"]
