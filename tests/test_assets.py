@@ -149,3 +149,28 @@ def test_failed_run_marks_the_batch_failed_through_the_failure_sensor(settings, 
         sensor_def(ctx)
     doc = services.metadata.read("batches", batch, "alice")
     assert doc["status"] == "failed" and doc["error"] and doc["dagster_run_id"] == result.run_id
+
+
+def test_near_duplicates_within_a_batch_and_across_a_users_batches(instance, settings):
+    from orchestration.sample import _photo, jpeg_bytes
+
+    services = Services.from_settings(settings)
+    photo = _photo(900, 600, 40, "dup")
+    other = _photo(900, 600, 200, "other").transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    first = upload_batch(services, [IntakeItem.from_bytes("a.jpg", jpeg_bytes(photo, quality=95)),
+                                    IntakeItem.from_bytes("a_copy.jpg", jpeg_bytes(photo, quality=60)),
+                                    IntakeItem.from_bytes("other.jpg", jpeg_bytes(other))], user_id="alice").batch_id
+    assert _run(instance, settings, first).success
+    second = upload_batch(services, [IntakeItem.from_bytes("a_small.jpg", jpeg_bytes(photo.resize((450, 300))))],
+                          user_id="alice").batch_id
+    assert _run(instance, settings, second).success
+    stranger = upload_batch(services, [IntakeItem.from_bytes("same.jpg", jpeg_bytes(photo))], user_id="bob").batch_id
+    assert _run(instance, settings, stranger).success
+
+    def dups(batch, image_id):
+        return [(d["batch_id"], d["image_id"]) for d in services.metadata.read("images", image_id, batch)["near_duplicates"]]
+
+    assert dups(first, "i0001") == [(first, "i0002")]
+    assert dups(first, "i0003") == []
+    assert set(dups(second, "i0001")) == {(first, "i0001"), (first, "i0002")}
+    assert dups(stranger, "i0001") == []  # another user's images are never compared
