@@ -72,3 +72,28 @@ def test_every_corpus_file_is_processed_or_rejected_within_limits(pillow_corpus)
     assert processed >= 500, dict(codes)
     # Non-images (text, scripts, fonts, ...) are refused by type, never by a decoder accident.
     assert codes["unsupported_type"] > 0
+
+
+def test_embedded_display_p3_profile_is_converted_to_srgb(pillow_corpus):
+    """Golden test for colour: a picture tagged Display P3 (the profile from a phone photo in the
+    corpus) comes out in sRGB, matching LittleCMS's own conversion."""
+    import io
+
+    from PIL import Image, ImageCms
+
+    from assets.core import process_image
+
+    icc = Image.open(pillow_corpus / "frame_size.mpo").info["icc_profile"]
+    p3 = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    assert "P3" in ImageCms.getProfileDescription(p3)
+    colour = (200, 120, 60)
+    src = Image.new("RGB", (64, 48), colour)
+    buf = io.BytesIO()
+    src.save(buf, "PNG", icc_profile=icc)
+    expected = ImageCms.profileToProfile(src, p3, ImageCms.createProfile("sRGB"), outputMode="RGB").getpixel((0, 0))
+    assert max(abs(a - b) for a, b in zip(expected, colour)) > 5  # the conversion matters for this colour
+    result = process_image(buf.getvalue())
+    assert result.facts["icc_profile"] is True
+    for r in result.renditions:
+        got = Image.open(io.BytesIO(r.data)).convert("RGB").getpixel((32, 24))
+        assert max(abs(a - b) for a, b in zip(got, expected)) <= 3, (r.format, got, expected)
