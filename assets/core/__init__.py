@@ -2,13 +2,12 @@
 that enforces time and memory limits. No Dagster here (a test checks it)."""
 
 from assets.core.config import DEFAULT_RENDITIONS, CoreConfig, Limits, RenditionSpec
-from assets.core.decode import DECODABLE_TYPES, ImageRejected
+from assets.core.decode import ImageRejected
 from assets.core.facts import hamming
 from assets.core.process import PROCESSING_VERSION, ProcessedImage, Rendition, fit_long_edge, process_image
 from assets.core.sniff import SUPPORTED_IMAGE_TYPES, sniff_type
 
 __all__ = [
-    "DECODABLE_TYPES",
     "DEFAULT_RENDITIONS",
     "PROCESSING_VERSION",
     "CoreConfig",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError, features
 
 from assets.core.config import CoreConfig, Limits
-from assets.core.sniff import SUPPORTED_IMAGE_TYPES, sniff_type
+from assets.core.sniff import sniff_type
 
 # Decoders we allow, by sniffed type. Pillow is told to use exactly this one (Image.open(formats=...)),
 # so a file can never be routed to another, riskier decoder by its content.
@@ -29,8 +29,6 @@ PIL_DECODERS = {
 }
 if features.check("avif"):
     PIL_DECODERS["image/avif"] = "AVIF"
-
-DECODABLE_TYPES = frozenset(PIL_DECODERS) & (SUPPORTED_IMAGE_TYPES | {"image/avif"})
 
 # Exceptions Pillow's decoders are known to raise on hostile or broken input (see shared/notes/imaging.md).
 DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
@@ -77,12 +75,13 @@ def inspect(data: bytes, config: CoreConfig) -> Inspected:
     mime = sniff_type(data[:64])
     if mime not in PIL_DECODERS:
         raise ImageRejected("unsupported_type", f"not a supported image (content looks like {mime})")
-    # Pillow's own bomb guard follows our limit (it warns above it, refuses above twice it), so its
-    # default of 89 MP neither overrides a higher configured limit nor hides a lower one.
-    Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    # Our own check below is the limit (with a clear message). Pillow's bomb guard stays as a backstop
+    # behind it: it refuses above twice its MAX_IMAGE_PIXELS, so that is set to 2x our limit (its
+    # default of 89 MP would otherwise override a higher configured limit or pre-empt our message).
+    Image.MAX_IMAGE_PIXELS = 2 * limits.max_pixels
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=[PIL_DECODERS[mime]])
             width, height = img.size
             if width < 1 or height < 1 or max(width, height) > limits.max_edge:
