@@ -27,6 +27,49 @@ def kafka_bootstrap(tmp_path_factory):
         kafka_broker.stop_process(proc)
 
 
+def _emulator_tools():
+    from orchestration.emulators import default_tools_dir, tools_installed
+
+    tools = default_tools_dir()
+    if not tools_installed(tools):
+        pytest.skip(f"Azurite / cosmosdb-server are not installed in {tools} (`bash .ci/run` installs them with npm)")
+    return tools
+
+
+@pytest.fixture(scope="session")
+def cosmos_endpoint(tmp_path_factory):
+    """A real Cosmos DB API server: cosmosdb-server (from `.ci/run`, or started here by PID)."""
+    given = os.environ.get("IMGPIPE_TEST_COSMOS_ENDPOINT")
+    if given:
+        yield given
+        return
+    from orchestration.emulators import start_cosmos
+
+    port = kafka_broker.free_port()
+    proc = start_cosmos(_emulator_tools(), port, log_path=tmp_path_factory.mktemp("cosmos") / "cosmos.log")
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        kafka_broker.stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def azurite_connection_string(tmp_path_factory):
+    """Azurite Blob + Queue (from `.ci/run`, or started here by PID)."""
+    given = os.environ.get("IMGPIPE_TEST_AZURITE_CONNECTION_STRING")
+    if given:
+        yield given
+        return
+    from orchestration.emulators import azurite_connection_string as conn, start_azurite
+
+    blob, queue = kafka_broker.free_port(), kafka_broker.free_port()
+    proc = start_azurite(_emulator_tools(), blob, queue, log_path=tmp_path_factory.mktemp("azurite") / "azurite.log")
+    try:
+        yield conn(blob, queue)
+    finally:
+        kafka_broker.stop_process(proc)
+
+
 @pytest.fixture
 def kafka_topic(kafka_bootstrap):
     from orchestration.adapters.kafka_results import ensure_topic

@@ -43,10 +43,35 @@ def lake(request, tmp_path, clock):
     raise NotImplementedError(request.param)
 
 
-@pytest.fixture(params=["local"])
+# Known gaps of the local test servers, as (backend, test name) -> reason. Those tests are marked
+# xfail(strict=True) for that backend: product code does not paper over a server bug, and if the
+# server gets fixed the strict xfail fails and tells us to drop the entry.
+SERVER_GAPS = {
+    ("cosmosdb-server", "test_read_missing_returns_none_not_a_crash"):
+        "cosmosdb-server answers a point read of a missing item with HTTP 500 (TypeError in "
+        "lib/handler/read-document.js) instead of 404; real Cosmos DB returns 404 -> None",
+}
+
+
+@pytest.fixture(params=["local", "cosmosdb-server"])
 def metadata_store(request, tmp_path):
+    gap = SERVER_GAPS.get((request.param, request.node.originalname))
+    if gap:
+        request.applymarker(pytest.mark.xfail(reason=gap, strict=True))
     if request.param == "local":
         return SqliteMetadataStore(tmp_path / "meta.sqlite")
+    if request.param == "cosmosdb-server":
+        import uuid
+
+        import urllib3
+
+        from orchestration.adapters.azure_cosmos import CosmosMetadataStore
+        from orchestration.emulators import COSMOS_DEV_KEY
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # self-signed test server
+        endpoint = request.getfixturevalue("cosmos_endpoint")
+        return CosmosMetadataStore(endpoint, COSMOS_DEV_KEY, database=f"t{uuid.uuid4().hex[:12]}",
+                                   connection_verify=False)
     raise NotImplementedError(request.param)
 
 

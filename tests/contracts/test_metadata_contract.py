@@ -68,7 +68,7 @@ def test_delete(metadata_store):
     metadata_store.upsert("batches", _batch(1))
     assert metadata_store.delete("batches", "b1", "alice") is True
     assert metadata_store.delete("batches", "b1", "alice") is False
-    assert metadata_store.read("batches", "b1", "alice") is None
+    assert list(metadata_store.query("batches", {"id": "b1"}, partition_key="alice")) == []
 
 
 def test_documents_need_id_and_partition_key(metadata_store):
