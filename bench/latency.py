@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from orchestration import kafka_broker
-from orchestration.adapters.kafka_results import ResultReader
+from orchestration.wiring import build_reader
 from orchestration.intake import IntakeItem, upload_batch
 from orchestration.sample import _photo, jpeg_bytes
 from orchestration.settings import load_settings
@@ -61,7 +61,7 @@ def run_stack(settings, sizes, runs, items_by_size) -> dict:
             raise RuntimeError("the local stack did not start")
         time.sleep(2)  # let the daemon finish its first sensor tick
         services = Services.from_settings(settings)
-        reader = ResultReader(settings.kafka_bootstrap, settings.kafka_topic)
+        reader = build_reader(settings)
         out = {}
         for n in sizes:
             first, complete = [], []

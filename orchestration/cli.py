@@ -17,11 +17,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 
-def _settings():
+def _settings(**overrides):
     from orchestration.settings import load_settings
 
     try:
-        return load_settings()
+        return load_settings(**overrides)
     except ValidationError as exc:
         lines = [f"  IMGPIPE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
         sys.exit("imgpipe: bad configuration:\n" + "\n".join(lines))
@@ -99,7 +99,14 @@ def cmd_status(args) -> int:
 def cmd_dev(args) -> int:
     from orchestration.devstack import run_dev
 
-    return run_dev(_settings(), sample=not args.no_sample, exit_after_sample=args.exit_after_sample)
+    from orchestration.settings import ConfigurationError
+
+    overrides = {"profile": args.profile} if args.profile else {}
+    try:
+        return run_dev(_settings(**overrides), sample=not args.no_sample, exit_after_sample=args.exit_after_sample)
+    except ConfigurationError as exc:
+        print(f"imgpipe dev: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_dead_letters(args) -> int:
@@ -148,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dev", help="start the local stack (Kafka, Dagster webserver + daemon)")
     p.add_argument("--no-sample", action="store_true", help="do not upload the sample batch")
     p.add_argument("--exit-after-sample", action="store_true", help="stop once the sample batch is done")
+    p.add_argument("--profile", choices=["local", "emulated"],
+                   help="local (embedded adapters) or emulated (Azure adapters on Azurite + cosmosdb-server)")
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("dead-letters", help="show dead-lettered queue messages and why")
@@ -162,8 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestration.settings import ConfigurationError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigurationError as exc:
+        print(f"imgpipe: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

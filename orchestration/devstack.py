@@ -20,12 +20,12 @@ import urllib.request
 from pathlib import Path
 
 from orchestration import kafka_broker
-from orchestration.adapters.kafka_results import ResultReader, ensure_topic
+from orchestration.adapters.kafka_results import ensure_topic
 from orchestration.intake import IntakeItem, upload_batch
 from orchestration.sample import make_sample_batch
-from orchestration.settings import Settings
+from orchestration.settings import Settings, check_profile
 from orchestration.status import batch_status
-from orchestration.wiring import Services
+from orchestration.wiring import Services, build_reader
 
 # Instance settings for the local stack, chosen for latency on a small machine:
 # - QueuedRunCoordinator checking the queue every second, at most `max_concurrent_runs` runs at once:
@@ -59,15 +59,41 @@ def prepare_dagster_home(settings: Settings) -> Path:
 
 
 def stack_env(settings: Settings) -> dict[str, str]:
+    """The environment of the processes the stack starts: every setting as its IMGPIPE_* variable, so the
+    Dagster daemon, the run workers and the webserver see exactly this configuration."""
     env = dict(os.environ)
-    env.update(
-        DAGSTER_HOME=str(settings.dagster_home),
-        IMGPIPE_DATA_DIR=str(settings.data_dir),
-        IMGPIPE_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        IMGPIPE_KAFKA_TOPIC=settings.kafka_topic,
-        PYTHONUNBUFFERED="1",
-    )
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        env[f"IMGPIPE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.update(DAGSTER_HOME=str(settings.dagster_home), PYTHONUNBUFFERED="1")
     return env
+
+
+def tools_dir(settings: Settings) -> Path:
+    """Where the emulators are installed: IMGPIPE_TOOLS_DIR, else inside the data dir."""
+    given = os.environ.get("IMGPIPE_TOOLS_DIR")
+    return Path(given) if given else settings.data_dir / "tools"
+
+
+def start_emulators(settings: Settings, started: list) -> Settings:
+    """Azurite (Blob + Queue) and cosmosdb-server for the 'emulated' profile, installed when missing.
+    Returns the settings pointing at them; the processes are appended to ``started``."""
+    from orchestration import emulators
+
+    tools = emulators.ensure_tools(tools_dir(settings), log=_log)
+    blob, queue, cosmos = (kafka_broker.free_port() for _ in range(3))
+    azurite = emulators.start_azurite(tools, blob, queue, log_path=settings.log_dir / "azurite.log")
+    started.append(("Azurite", azurite))
+    _log(f"Azurite pid {azurite.pid}: blob 127.0.0.1:{blob}, queue 127.0.0.1:{queue}")
+    server = emulators.start_cosmos(tools, cosmos, log_path=settings.log_dir / "cosmos.log")
+    started.append(("cosmosdb-server", server))
+    _log(f"cosmosdb-server pid {server.pid}: https://127.0.0.1:{cosmos}")
+    return settings.model_copy(update={
+        "storage_connection_string": emulators.azurite_connection_string(blob, queue),
+        "cosmos_endpoint": f"https://127.0.0.1:{cosmos}",
+        "cosmos_key": emulators.COSMOS_DEV_KEY,
+        "cosmos_verify_tls": False,
+    })
 
 
 def _wait_http(url: str, timeout_seconds: float, proc: subprocess.Popen, log_file: Path) -> None:
@@ -105,7 +131,7 @@ def stop_dagster(proc: subprocess.Popen, timeout_seconds: float = 30.0) -> None:
 
 def follow_batch(settings: Settings, batch_id: str, total: int, timeout_seconds: float = 120.0) -> dict | None:
     """Print each of the batch's events as it arrives on Kafka; returns the batch-complete event."""
-    reader = ResultReader(settings.kafka_bootstrap, settings.kafka_topic)
+    reader = build_reader(settings)
     done = 0
     try:
         for _, event in reader.follow(
@@ -119,8 +145,7 @@ def follow_batch(settings: Settings, batch_id: str, total: int, timeout_seconds:
                 return event
             done += 1
             detail = (
-                ", ".join(sorted({f"{r['name']} {r['width']}x{r['height']}" for r in event["renditions"]},
-                                 key=lambda s: -int(s.split()[1].split("x")[0])))
+                ", ".join(dict.fromkeys(f"{r['name']} {r['width']}x{r['height']}" for r in event["renditions"]))
                 if event["outcome"] == "processed"
                 else f"{event['code']}: {event['reason']}"
             )
@@ -138,6 +163,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
     prepare_dagster_home(settings)
     host, _, port = settings.kafka_bootstrap.rpartition(":")
     broker = dagster = None
+    emulated: list = []
     stopping = False
 
     def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C
@@ -151,6 +177,13 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         else:
             _log(f"using the Kafka broker already at {settings.kafka_bootstrap}")
         ensure_topic(settings.kafka_bootstrap, settings.kafka_topic)
+        if settings.profile == "emulated":
+            if settings.storage_connection_string and settings.cosmos_endpoint:
+                _log("using the Azurite and Cosmos DB servers given by IMGPIPE_STORAGE_CONNECTION_STRING / "
+                     "IMGPIPE_COSMOS_ENDPOINT")
+            else:
+                settings = start_emulators(settings, emulated)
+        check_profile(settings)
 
         dagster_log = settings.log_dir / "dagster.log"
         dagster = subprocess.Popen(
@@ -190,9 +223,15 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
                     "",
                     "imgpipe local stack is running:",
                     f"  Dagster UI        {ui}  (runs, assets, the batch sensor, backfills)",
+                    f"  profile           {settings.profile}",
                     f"  data dir          {settings.data_dir}",
-                    f"  lake              {settings.lake_dir}  (raw/ uploads, processed/ renditions)",
-                    f"  metadata store    {settings.metadata_db}",
+                    *(
+                        [f"  lake              {settings.lake_dir}  (raw/ uploads, processed/ renditions)",
+                         f"  metadata store    {settings.metadata_db}"]
+                        if settings.profile == "local" else
+                        [f"  lake              Azurite blob container '{settings.lake_container}'",
+                         f"  metadata store    cosmosdb-server {settings.cosmos_endpoint}"]
+                    ),
                     f"  Kafka             {settings.kafka_bootstrap}  topic {settings.kafka_topic}",
                     f"  logs              {settings.log_dir}",
                     "  upload more:      imgpipe upload FILES_OR_DIRS --user YOU",
@@ -223,5 +262,8 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         if broker is not None:
             kafka_broker.stop_process(broker)
             _log(f"stopped Kafka broker (pid {broker.pid})")
+        for name, proc in reversed(emulated):
+            kafka_broker.stop_process(proc)
+            _log(f"stopped {name} (pid {proc.pid})")
         signal.signal(signal.SIGTERM, previous)
 

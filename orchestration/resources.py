@@ -15,7 +15,7 @@ from orchestration.ports.metadata import MetadataStore
 from orchestration.ports.queue import BatchQueue
 from orchestration.ports.results import ResultStream
 from orchestration.ports.signal import Signal
-from orchestration.settings import Settings, load_settings
+from orchestration.settings import Settings, check_profile, load_settings
 
 
 class LakeResource(ConfigurableResource):
@@ -113,7 +113,7 @@ class ProcessingResource(ConfigurableResource):
 
 
 def resources_from_settings(settings: Settings | None = None) -> dict[str, ConfigurableResource]:
-    s = settings or load_settings()
+    s = check_profile(settings or load_settings())
     data_dir = str(s.data_dir)
     return {
         "lake": LakeResource(data_dir=data_dir, soft_delete_days=s.lake_soft_delete_days),

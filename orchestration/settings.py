@@ -19,6 +19,13 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+PROFILES = ("local", "emulated", "azure")
+
+
+class ConfigurationError(ValueError):
+    """A setting the chosen profile needs is missing or wrong; the message names the variable."""
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "imgpipe"
@@ -27,7 +34,7 @@ def default_data_dir() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGPIPE_", extra="ignore", frozen=True)
 
-    profile: str = Field("local", description="Which adapters to use. Only 'local' exists so far.")
+    profile: str = Field("local", description="Which adapters: local | emulated | azure.")
     data_dir: Path = Field(default_factory=default_data_dir, description="Root of all local state.")
 
     # Intake limits
@@ -46,6 +53,25 @@ class Settings(BaseSettings):
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="host:port of the Kafka broker.")
     kafka_topic: str = Field("imgpipe.results", description="Topic the results are published to.")
+
+    kafka_security: str = Field("plaintext", description="plaintext | eventhubs | sasl_ssl.")
+    eventhubs_connection_string: str = Field("", description="Event Hubs connection string (kafka_security=eventhubs).")
+    kafka_username: str = Field("", description="SASL user (kafka_security=sasl_ssl).")
+    kafka_password: str = Field("", description="SASL password (kafka_security=sasl_ssl).")
+
+    # Azure (profiles 'emulated' and 'azure'); see README "Profiles"
+    storage_connection_string: str = Field("", description="Storage account (lake + signal queue) connection string.")
+    storage_account_url: str = Field("", description="https://<account>.blob.core.windows.net (DefaultAzureCredential).")
+    lake_container: str = Field("lake", description="File system (container) of the lake.")
+    adls_hns: bool = Field(False, description="The account has a hierarchical namespace (ADLS Gen2).")
+    signal_queue: str = Field("batch-signals", description="Storage queue Event Grid delivers Service Bus events to.")
+    cosmos_endpoint: str = Field("", description="https://<account>.documents.azure.com:443/")
+    cosmos_key: str = Field("", description="Cosmos DB key; empty = DefaultAzureCredential.")
+    cosmos_database: str = Field("imgpipe", description="Cosmos DB database.")
+    cosmos_verify_tls: bool = Field(True, description="Verify the Cosmos DB certificate (false only for a local test server).")
+    servicebus_connection_string: str = Field("", description="Service Bus connection string.")
+    servicebus_namespace: str = Field("", description="<namespace>.servicebus.windows.net (DefaultAzureCredential).")
+    servicebus_queue: str = Field("batches", description="Service Bus queue of batch manifests.")
 
     # Sensor
     sensor_interval_seconds: int = Field(1, ge=1, description="Minimum time between two sensor ticks.")
@@ -73,8 +99,8 @@ class Settings(BaseSettings):
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, value: str) -> str:
-        if value not in {"local"}:
-            raise ValueError(f"IMGPIPE_PROFILE={value!r} is not a known profile (known: 'local')")
+        if value not in PROFILES:
+            raise ValueError(f"IMGPIPE_PROFILE={value!r} is not a known profile (known: {', '.join(PROFILES)})")
         return value
 
     @field_validator("output_formats")
@@ -138,6 +164,28 @@ class Settings(BaseSettings):
     @property
     def effective_workers(self) -> int:
         return self.workers or (os.cpu_count() or 1)
+
+
+def check_profile(settings: Settings) -> Settings:
+    """Fail at start-up, naming each missing variable, instead of at the first batch."""
+    missing: list[str] = []
+    if settings.profile in ("emulated", "azure"):
+        if not (settings.storage_connection_string or settings.storage_account_url):
+            missing.append("IMGPIPE_STORAGE_CONNECTION_STRING or IMGPIPE_STORAGE_ACCOUNT_URL (lake and signal queue)")
+        if not settings.cosmos_endpoint:
+            missing.append("IMGPIPE_COSMOS_ENDPOINT (metadata store)")
+    if settings.profile == "azure":
+        if not (settings.servicebus_connection_string or settings.servicebus_namespace):
+            missing.append("IMGPIPE_SERVICEBUS_CONNECTION_STRING or IMGPIPE_SERVICEBUS_NAMESPACE (batch queue)")
+    if settings.kafka_security == "eventhubs" and not settings.eventhubs_connection_string:
+        missing.append("IMGPIPE_EVENTHUBS_CONNECTION_STRING (IMGPIPE_KAFKA_SECURITY=eventhubs)")
+    if settings.kafka_security == "sasl_ssl" and not (settings.kafka_username and settings.kafka_password):
+        missing.append("IMGPIPE_KAFKA_USERNAME and IMGPIPE_KAFKA_PASSWORD (IMGPIPE_KAFKA_SECURITY=sasl_ssl)")
+    if settings.kafka_security not in ("plaintext", "eventhubs", "sasl_ssl"):
+        missing.append(f"IMGPIPE_KAFKA_SECURITY={settings.kafka_security!r} must be plaintext, eventhubs or sasl_ssl")
+    if missing:
+        raise ConfigurationError(f"profile {settings.profile!r} is not fully configured:\n  " + "\n  ".join(missing))
+    return settings
 
 
 def load_settings(**overrides) -> Settings:

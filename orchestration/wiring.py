@@ -1,12 +1,21 @@
 """Builds the adapters behind each port from Settings — the one place that picks an implementation.
 
-Only the embedded local adapters exist so far (profile 'local'); the Azure adapters plug in here."""
+| port          | local           | emulated                         | azure                          |
+|---------------|-----------------|----------------------------------|--------------------------------|
+| Lake          | LocalLake       | AzureLake on Azurite (Blob API)  | AzureLake on ADLS Gen2         |
+| MetadataStore | SQLite          | Cosmos adapter on cosmosdb-server| Cosmos DB                      |
+| BatchQueue    | SQLite          | SQLite (no Service Bus server)   | Service Bus                    |
+| Signal        | files           | Storage queue on Azurite         | Event Grid → Storage queue     |
+| ResultStream  | Kafka (Tansu)   | Kafka (Tansu)                    | Kafka / Event Hubs             |
+
+In 'emulated' the local queue posts an Event Grid-shaped event to the Storage queue on every send, as
+Service Bus + Event Grid do in Azure, so the sensor reads the signal through the Azure adapter."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestration.adapters.kafka_results import KafkaResultStream
+from orchestration.adapters.kafka_results import KafkaResultStream, ResultReader, client_options
 from orchestration.adapters.local_lake import LocalLake
 from orchestration.adapters.local_metadata import SqliteMetadataStore
 from orchestration.adapters.local_queue import SqliteBatchQueue
@@ -16,23 +25,64 @@ from orchestration.ports.metadata import MetadataStore
 from orchestration.ports.queue import BatchQueue
 from orchestration.ports.results import ResultStream
 from orchestration.ports.signal import Signal
-from orchestration.settings import Settings
+from orchestration.settings import Settings, check_profile
 
 
 def build_lake(settings: Settings) -> Lake:
-    return LocalLake(settings.lake_dir, soft_delete_days=settings.lake_soft_delete_days)
+    if settings.profile == "local":
+        return LocalLake(settings.lake_dir, soft_delete_days=settings.lake_soft_delete_days)
+    from orchestration.adapters.azure_lake import AzureLake
+
+    return AzureLake.from_settings(
+        container=settings.lake_container, connection_string=settings.storage_connection_string or None,
+        account_url=settings.storage_account_url or None, hns=settings.adls_hns,
+        soft_delete_days=settings.lake_soft_delete_days,
+    )
 
 
 def build_metadata(settings: Settings) -> MetadataStore:
-    return SqliteMetadataStore(settings.metadata_db)
+    if settings.profile == "local":
+        return SqliteMetadataStore(settings.metadata_db)
+    from orchestration.adapters.azure_cosmos import CosmosMetadataStore
+
+    if settings.cosmos_key:
+        credential = settings.cosmos_key
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    if not settings.cosmos_verify_tls:
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    return CosmosMetadataStore(settings.cosmos_endpoint, credential, database=settings.cosmos_database,
+                               connection_verify=settings.cosmos_verify_tls)
 
 
 def build_signal(settings: Settings) -> Signal:
-    return FileSignal(settings.signal_dir)
+    if settings.profile == "local":
+        return FileSignal(settings.signal_dir)
+    from orchestration.adapters.eventgrid_signal import StorageQueueSignal
+
+    if settings.storage_connection_string:
+        return StorageQueueSignal.from_connection_string(
+            settings.storage_connection_string, settings.signal_queue, settings.servicebus_queue)
+    from azure.identity import DefaultAzureCredential
+    from azure.storage.queue import QueueClient
+
+    queue_url = settings.storage_account_url.replace(".blob.", ".queue.")
+    return StorageQueueSignal(QueueClient(queue_url, settings.signal_queue, credential=DefaultAzureCredential()),
+                              settings.servicebus_queue)
 
 
 def build_queue(settings: Settings) -> BatchQueue:
-    # Locally the queue raises the signal itself, as Service Bus + Event Grid do in Azure.
+    if settings.profile == "azure":
+        from orchestration.adapters.servicebus_queue import ServiceBusQueue
+
+        return ServiceBusQueue.from_settings(
+            settings.servicebus_queue, connection_string=settings.servicebus_connection_string or None,
+            fully_qualified_namespace=settings.servicebus_namespace or None)
+    # Locally (and in 'emulated') the queue raises the signal itself, as Service Bus + Event Grid do.
     return SqliteBatchQueue(
         settings.queue_db,
         lock_duration_seconds=settings.queue_lock_seconds,
@@ -42,8 +92,17 @@ def build_queue(settings: Settings) -> BatchQueue:
     )
 
 
+def kafka_options(settings: Settings) -> dict:
+    return client_options(settings.kafka_security, eventhubs_connection_string=settings.eventhubs_connection_string,
+                          username=settings.kafka_username, password=settings.kafka_password)
+
+
 def build_results(settings: Settings) -> ResultStream:
-    return KafkaResultStream(settings.kafka_bootstrap, settings.kafka_topic)
+    return KafkaResultStream(settings.kafka_bootstrap, settings.kafka_topic, options=kafka_options(settings))
+
+
+def build_reader(settings: Settings) -> ResultReader:
+    return ResultReader(settings.kafka_bootstrap, settings.kafka_topic, options=kafka_options(settings))
 
 
 @dataclass
@@ -57,4 +116,5 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
+        check_profile(settings)
         return cls(settings, build_lake(settings), build_metadata(settings), build_queue(settings))

@@ -15,12 +15,11 @@ import pytest
 from PIL import Image
 
 from orchestration import kafka_broker
-from orchestration.adapters.kafka_results import ResultReader
 from orchestration.intake import IntakeItem, upload_batch
 from orchestration.sample import make_sample_batch
-from orchestration.settings import load_settings
+from orchestration.settings import Settings, load_settings
 from orchestration.status import batch_status
-from orchestration.wiring import Services
+from orchestration.wiring import Services, build_reader
 
 pytestmark = pytest.mark.e2e
 
@@ -42,16 +41,37 @@ def _stack_children(pid: int) -> list[int]:
     return kids + [g for k in kids for g in _stack_children(k)]
 
 
-@pytest.fixture
-def stack_env(tmp_path):
+@pytest.fixture(params=["local", "emulated"])
+def stack_env(request, tmp_path):
+    """The stack's environment for each profile. 'emulated' runs the Azure adapters against Azurite and
+    cosmosdb-server (started by `.ci/run` or the session fixtures, by PID)."""
     kafka_port, web_port = kafka_broker.free_port(), kafka_broker.free_port()
     env = {
         **os.environ,
+        "IMGPIPE_PROFILE": request.param,
         "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
         "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}",
         "IMGPIPE_WEBSERVER_PORT": str(web_port),
     }
+    if request.param == "emulated":
+        from orchestration.emulators import COSMOS_DEV_KEY
+
+        env.update(
+            IMGPIPE_STORAGE_CONNECTION_STRING=request.getfixturevalue("azurite_connection_string"),
+            IMGPIPE_COSMOS_ENDPOINT=request.getfixturevalue("cosmos_endpoint"),
+            IMGPIPE_COSMOS_KEY=COSMOS_DEV_KEY,
+            IMGPIPE_COSMOS_VERIFY_TLS="false",
+            IMGPIPE_COSMOS_DATABASE=f"e2e{kafka_port}",
+            IMGPIPE_LAKE_CONTAINER=f"lake{kafka_port}",
+            IMGPIPE_SIGNAL_QUEUE=f"signals{kafka_port}",
+        )
     return env
+
+
+def _settings_from(env):
+    """The Settings the stack's processes build from ``env``."""
+    given = {k[len("IMGPIPE_"):].lower(): v for k, v in env.items() if k.startswith("IMGPIPE_")}
+    return load_settings(**{k: v for k, v in given.items() if k in Settings.model_fields})
 
 
 def _start(env, *args) -> subprocess.Popen:
@@ -79,15 +99,13 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
     proc = _start(stack_env, "--no-sample")
     try:
         _wait_for_line(proc, "Press Ctrl-C", timeout=180)
-        settings = load_settings(
-            data_dir=stack_env["IMGPIPE_DATA_DIR"], kafka_bootstrap=stack_env["IMGPIPE_KAFKA_BOOTSTRAP"]
-        )
+        settings = _settings_from(stack_env)
         services = Services.from_settings(settings)
         files = make_sample_batch(tmp_path / "in")  # 4 photos, a PNG, a truncated JPEG, text named .jpg
         upload = upload_batch(services, [IntakeItem.from_path(p) for p in files], user_id="erin",
                               metadata={"album": "e2e"})
 
-        reader = ResultReader(settings.kafka_bootstrap, settings.kafka_topic)
+        reader = build_reader(settings)
         try:
             events = [e for _, e in reader.follow(
                 lambda k, e: e.get("batch_id") == upload.batch_id and e["type"] == "batch.completed",
@@ -149,6 +167,7 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
 
 
 def test_readme_command_runs_the_sample_batch(stack_env):
+    """README command 1 (after its set-up part), in each profile."""
     proc = _start(stack_env, "--exit-after-sample")
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
