@@ -137,6 +137,26 @@ def _display_name(name: str) -> str:
     return (base or "unnamed")[:255]
 
 
+def check_size(size: int, max_bytes: int) -> Refusal | None:
+    if size > max_bytes:
+        return Refusal(code="file_too_large", reason=f"{size:,} bytes exceeds the {max_bytes:,}-byte limit per file")
+    return None
+
+
+def check_content(data: bytes) -> Refusal | None:
+    """Intake's content check (the web app runs the same one before sending)."""
+    if not data:
+        return Refusal(code="empty_file", reason="the file is empty")
+    mime = sniff_type(data[:64])
+    if mime not in SUPPORTED_IMAGE_TYPES:
+        return Refusal(
+            code="unsupported_type",
+            reason=f"not a supported image: its content looks like {mime} "
+            f"(supported: {', '.join(sorted(t.split('/')[1] for t in SUPPORTED_IMAGE_TYPES))})",
+        )
+    return None
+
+
 def upload_batch(
     services: Services,
     items: Iterable[IntakeItem],
@@ -163,15 +183,10 @@ def upload_batch(
         name = _display_name(item.name)
         if progress:
             progress(index - 1, len(items), name)
-        refused: Refusal | None = None
+        refused: Refusal | None = check_size(item.size, settings.max_file_bytes)
         sha = lake_path = None
         mime = "unknown"
-        if item.size > settings.max_file_bytes:
-            refused = Refusal(
-                code="file_too_large",
-                reason=f"{item.size:,} bytes exceeds the {settings.max_file_bytes:,}-byte limit per file",
-            )
-        else:
+        if refused is None:
             try:
                 data = item.read()
             except OSError as exc:
@@ -183,14 +198,7 @@ def upload_batch(
                 lake_path = raw_path(batch_id, image_id)
                 # Stored even when refused below: the user's bytes are never lost, and an operator can look.
                 services.lake.write(lake_path, data, content_type="application/octet-stream")
-                if not data:
-                    refused = Refusal(code="empty_file", reason="the file is empty")
-                elif mime not in SUPPORTED_IMAGE_TYPES:
-                    refused = Refusal(
-                        code="unsupported_type",
-                        reason=f"not a supported image: its content looks like {mime} "
-                        f"(supported: {', '.join(sorted(t.split('/')[1] for t in SUPPORTED_IMAGE_TYPES))})",
-                    )
+                refused = check_content(data)
         entries.append(
             ManifestImage(
                 image_id=image_id, name=name, size=item.size, sha256=sha, sniffed_type=mime,

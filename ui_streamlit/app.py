@@ -1,0 +1,29 @@
+"""imgpipe web app: sign in, upload batches, watch results arrive, statistics.
+
+    streamlit run ui_streamlit/app.py     (`imgpipe dev` starts it with a local OIDC provider)
+
+Sign-in is Streamlit's own OIDC (st.login): Microsoft Entra ID in Azure, a local mock provider on a
+laptop — the same code either way (settings in .streamlit/secrets.toml, see README)."""
+
+import streamlit as st
+
+st.set_page_config(page_title="imgpipe", page_icon=":frame_with_picture:", layout="wide")
+
+if not st.user.get("is_logged_in", False):
+    st.title("imgpipe")
+    st.write("Upload batches of images and watch them come back resized, oriented and described.")
+    st.button("Sign in", type="primary", on_click=st.login)
+    st.stop()
+
+with st.sidebar:
+    st.caption(f"Signed in as **{st.user.get('email') or st.user.get('sub')}**")
+    st.button("Sign out", on_click=st.logout)
+
+page = st.navigation(
+    [
+        st.Page("views/upload.py", title="Upload", icon=":material/upload:", default=True),
+        st.Page("views/results.py", title="Results", icon=":material/photo_library:"),
+        st.Page("views/stats.py", title="Stats", icon=":material/bar_chart:"),
+    ]
+)
+page.run()

@@ -1,0 +1,88 @@
+"""Results page: the user's batches, live. The metadata store says what there is; the user's Kafka
+partition says when to look again (see ui_streamlit/live.py)."""
+
+import streamlit as st
+
+from ui_streamlit import data
+from ui_streamlit.live import UserEvents
+from ui_streamlit.session import current_user, services
+
+svc = services()
+user = current_user()
+st.title("Your results")
+
+if st.session_state.get("follower_user") != user:  # one Kafka follower per browser session and user
+    if "follower" in st.session_state:
+        st.session_state["follower"].close()
+    st.session_state["follower"] = UserEvents(svc.settings, user)
+    st.session_state["follower_user"] = user
+follower: UserEvents = st.session_state["follower"]
+
+selected = st.query_params.get("batch") or st.session_state.get("selected_batch")
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=2000)
+def _rendition(user_id: str, batch_id: str, path: str) -> bytes | None:
+    return data.rendition(svc, user_id, batch_id, path)
+
+
+def _gallery(status: dict) -> None:
+    images = status["images"]
+    pages = max(1, -(-len(images) // data.PAGE_SIZE))
+    page = st.number_input("Page", 1, pages, 1, key=f"page-{status['batch_id']}") if pages > 1 else 1
+    shown = images[(page - 1) * data.PAGE_SIZE: page * data.PAGE_SIZE]
+    cols = st.columns(4)
+    for n, img in enumerate(shown):
+        with cols[n % 4]:
+            if img["outcome"] == "processed":
+                thumb = next((r for r in img["renditions"] if r["name"] == "thumb" and r["format"] == "JPEG"), None)
+                if thumb:
+                    st.image(_rendition(user, status["batch_id"], thumb["path"]), caption=img["name"])
+                with st.popover("Details and downloads"):
+                    if img.get("near_duplicates"):
+                        d = img["near_duplicates"][0]
+                        st.write(f"Near-duplicate of **{d['name']}** ({d['batch_id']}, distance {d['distance']})")
+                    for r in img["renditions"]:
+                        st.download_button(
+                            f"{r['name']} {r['width']}×{r['height']} {r['format']}",
+                            data=_rendition(user, status["batch_id"], r["path"]) or b"",
+                            file_name=f"{img['name'].rsplit('.', 1)[0]}_{r['name']}.{r['path'].rsplit('.', 1)[-1]}",
+                            key=f"dl-{r['path']}",
+                        )
+            elif img["outcome"] == "rejected":
+                st.error(f"**{img['name']}** rejected: {img['reason']}", icon=":material/block:")
+            else:
+                st.info(f"{img['name']}: waiting", icon=":material/hourglass_empty:")
+
+
+@st.fragment(run_every=2)
+def live() -> None:
+    fresh = follower.poll()
+    if follower.error:
+        st.warning(follower.error + " — showing what is stored; refresh to retry.", icon=":material/cloud_off:")
+    elif fresh:
+        st.toast(f"{len(fresh)} new result(s)")
+    if selected:
+        status = data.batch_for_user(svc, user, selected)
+        if status is None:
+            st.info("No such batch among yours.")
+            return
+        batches = [status]
+    else:
+        batches = [data.batch_for_user(svc, user, b["id"]) for b in data.user_batches(svc, user, limit=10)]
+    if not batches:
+        st.info("No batches yet. Upload some images first.")
+        return
+    for status in batches:
+        done, total = data.progress(status)
+        title = status["metadata"].get("title") or status["batch_id"]
+        with st.container(border=True):
+            st.subheader(title)
+            st.caption(f"{status['batch_id']} · {status['status']} · {done}/{total} images")
+            st.progress(done / total if total else 1.0)
+            if status.get("error"):
+                st.error(status["error"])
+            _gallery(status)
+
+
+live()

@@ -1,0 +1,47 @@
+"""Statistics (the BI view) from the metadata store: the user's own, or everyone's for operators."""
+
+import streamlit as st
+
+from ui_streamlit import data
+from ui_streamlit.session import current_is_operator, current_user, services
+
+svc = services()
+everyone = current_is_operator()
+st.title("Statistics" + (" — all users" if everyone else ""))
+
+
+@st.cache_data(ttl=30, show_spinner="Reading the metadata store ...")
+def _frame(scope: str | None):
+    return data.image_frame(svc, scope)
+
+
+frame = _frame(None if everyone else current_user())
+if frame.empty:
+    st.info("No processed images yet.")
+    st.stop()
+
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Batches", frame["batch_id"].nunique())
+c2.metric("Images", len(frame))
+c3.metric("Rejected", int((frame["outcome"] == "rejected").sum()))
+c4.metric("With near-duplicates", int((frame["near_duplicates"] > 0).sum()))
+
+tables = data.stats(frame)
+left, right = st.columns(2)
+left.subheader("Images per day")
+left.bar_chart(tables["images per day"]["images"])
+right.subheader("Rejection reasons")
+if tables["rejection reasons"].empty:
+    right.write("None.")
+else:
+    right.bar_chart(tables["rejection reasons"])
+left.subheader("Formats")
+left.bar_chart(tables["formats"])
+right.subheader("Sizes (megapixels)")
+right.bar_chart(tables["sizes (megapixels)"])
+st.subheader("Processing time per image (ms)")
+st.dataframe(tables["processing ms per image"])
+st.subheader("All images")
+st.dataframe(frame, hide_index=True)
+st.download_button("Download CSV", frame.to_csv(index=False).encode(), file_name="imgpipe-images.csv",
+                   mime="text/csv")
