@@ -93,7 +93,8 @@ def test_results_show_own_batches_only(env, settings):
     assert "Holiday" in [h.value for h in at.subheader]
     assert any("2/2 images" in c.value for c in at.caption)
     assert any("b.txt" in e.value and "rejected" in e.value for e in at.error)
-    assert at.get("imgs"), "the processed image is shown in the gallery"
+    assert len(at.get("image")) == 1  # the processed image's thumbnail in the gallery
+    assert len(at.get("download_button")) == 6  # 3 sizes x (JPEG, WebP)
 
     other = _app("bob@example.com", "views/results.py")
     assert any("No batches yet" in i.value for i in other.info)
