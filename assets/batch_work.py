@@ -139,7 +139,7 @@ def image_documents(manifest: BatchManifest, outcomes: Iterable[dict], run_id: s
 
 
 # Two images whose 64-bit pHashes differ in at most this many bits are reported as near-duplicates.
-DUPLICATE_MAX_DISTANCE = 8
+DUPLICATE_MAX_DISTANCE = 6
 
 
 def find_near_duplicates(store: MetadataStore, manifest: BatchManifest, docs: list[dict]) -> None:

@@ -50,7 +50,7 @@ def summarize(samples: list[float]) -> dict:
 
 def run_stack(settings, sizes, runs, items_by_size) -> dict:
     env = {**os.environ, "IMGPIPE_DATA_DIR": str(settings.data_dir), "IMGPIPE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "IMGPIPE_WEBSERVER_PORT": str(settings.webserver_port)}
+           "IMGPIPE_WEBSERVER_PORT": str(settings.webserver_port), "IMGPIPE_WEB": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

@@ -26,6 +26,7 @@ from orchestration.sample import make_sample_batch
 from orchestration.settings import Settings, check_profile
 from orchestration.status import batch_status
 from orchestration.wiring import Services, build_reader
+from ui_streamlit.data import user_id_for
 
 # Instance settings for the local stack, chosen for latency on a small machine:
 # - QueuedRunCoordinator checking the queue every second, at most `max_concurrent_runs` runs at once:
@@ -163,7 +164,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
     prepare_dagster_home(settings)
     host, _, port = settings.kafka_bootstrap.rpartition(":")
     broker = dagster = None
-    emulated: list = []
+    helpers: list = []
     stopping = False
 
     def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C
@@ -182,7 +183,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
                 _log("using the Azurite and Cosmos DB servers given by IMGPIPE_STORAGE_CONNECTION_STRING / "
                      "IMGPIPE_COSMOS_ENDPOINT")
             else:
-                settings = start_emulators(settings, emulated)
+                settings = start_emulators(settings, helpers)
         check_profile(settings)
 
         dagster_log = settings.log_dir / "dagster.log"
@@ -199,6 +200,19 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         _log("waiting for the Dagster webserver (about 10 s) ...")
         _wait_http(f"{ui}/server_info", 120, dagster, dagster_log)
         _log(f"Dagster UI ready at {ui}")
+        web_url = None
+        if settings.web:
+            from orchestration import webstack
+
+            oidc = webstack.start_oidc(settings, settings.log_dir / "oidc.log")
+            helpers.append(("OIDC provider", oidc))
+            _log(f"local OIDC provider pid {oidc.pid} on http://127.0.0.1:{settings.oidc_port} "
+                 f"(users: {settings.dev_users})")
+            secrets_file = webstack.write_secrets(settings, settings.data_dir / "web")
+            web = webstack.start_web(settings, stack_env(settings), secrets_file, settings.log_dir / "web.log")
+            helpers.append(("web app", web))
+            web_url = f"http://127.0.0.1:{settings.web_port}"
+            _log(f"web app pid {web.pid} ready at {web_url}")
 
         if sample:
             files = make_sample_batch(settings.data_dir / "sample")
@@ -206,7 +220,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
             result = upload_batch(
                 services,
                 [IntakeItem.from_path(p) for p in files],
-                user_id="sample-user",
+                user_id=user_id_for(settings.dev_users.split(",")[0]) if settings.web else "sample-user",
                 metadata={"title": "imgpipe sample batch", "source": "imgpipe dev"},
             )
             _log(f"uploaded sample batch {result.batch_id}: {len(result.accepted)} accepted, "
@@ -222,6 +236,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
                 [
                     "",
                     "imgpipe local stack is running:",
+                    *([f"  web app           {web_url}  (sign in as one of: {settings.dev_users})"] if web_url else []),
                     f"  Dagster UI        {ui}  (runs, assets, the batch sensor, backfills)",
                     f"  profile           {settings.profile}",
                     f"  data dir          {settings.data_dir}",
@@ -262,7 +277,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         if broker is not None:
             kafka_broker.stop_process(broker)
             _log(f"stopped Kafka broker (pid {broker.pid})")
-        for name, proc in reversed(emulated):
+        for name, proc in reversed(helpers):
             kafka_broker.stop_process(proc)
             _log(f"stopped {name} (pid {proc.pid})")
         signal.signal(signal.SIGTERM, previous)

@@ -94,7 +94,11 @@ class Settings(BaseSettings):
     animated: str = Field("first_frame", description="'first_frame' or 'reject' for animated inputs.")
 
     # Local stack
-    webserver_port: int = Field(3000, gt=0, lt=65536)
+    webserver_port: int = Field(3000, gt=0, lt=65536, description="Dagster UI port of `imgpipe dev`.")
+    web: bool = Field(True, description="`imgpipe dev` also starts the web app and a local OIDC provider.")
+    web_port: int = Field(8501, gt=0, lt=65536, description="Web app port of `imgpipe dev`.")
+    oidc_port: int = Field(9400, gt=0, lt=65536, description="Port of the local OIDC provider of `imgpipe dev`.")
+    dev_users: str = Field("alice@example.com,bob@example.com", description="Users the local OIDC provider offers.")
 
     @field_validator("profile")
     @classmethod

@@ -52,6 +52,7 @@ def stack_env(request, tmp_path):
         "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
         "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}",
         "IMGPIPE_WEBSERVER_PORT": str(web_port),
+        "IMGPIPE_WEB": "false",  # the web app has its own browser tests (tests/test_ui_browser.py)
     }
     if request.param == "emulated":
         from orchestration.emulators import COSMOS_DEV_KEY

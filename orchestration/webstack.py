@@ -1,0 +1,73 @@
+"""The web app's part of the local stack: a local OIDC provider (oidc-provider-mock) and `streamlit run`,
+both child processes tracked by PID. In Azure the same app signs in against Microsoft Entra ID: only its
+secrets file differs (README, "Web app")."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import ui_streamlit
+from orchestration.kafka_broker import wait_for_port
+from orchestration.settings import Settings
+
+CLIENT_ID = "imgpipe-web"
+
+
+def write_secrets(settings: Settings, directory: Path) -> Path:
+    """Streamlit's [auth] section for the local provider. The cookie secret is made once and kept in the
+    data dir (so sign-ins survive a restart); nothing here is a real credential."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cookie_file = directory / "cookie_secret"
+    if not cookie_file.exists():
+        cookie_file.write_text(secrets.token_urlsafe(32))
+        cookie_file.chmod(0o600)
+    path = directory / "secrets.toml"
+    path.write_text(
+        "[auth]\n"
+        f'redirect_uri = "http://127.0.0.1:{settings.web_port}/oauth2callback"\n'
+        f'cookie_secret = "{cookie_file.read_text().strip()}"\n'
+        f'client_id = "{CLIENT_ID}"\n'
+        'client_secret = "local-dev-only"\n'
+        f'server_metadata_url = "http://127.0.0.1:{settings.oidc_port}/.well-known/openid-configuration"\n'
+    )
+    path.chmod(0o600)
+    return path
+
+
+def start_oidc(settings: Settings, log_path: Path) -> subprocess.Popen:
+    args = [sys.executable, "-m", "oidc_provider_mock", "-p", str(settings.oidc_port), "-H", "127.0.0.1"]
+    for email in filter(None, (e.strip() for e in settings.dev_users.split(","))):
+        args += ["--user-claims", json.dumps({"sub": email, "email": email, "name": email.split("@")[0]})]
+    proc = subprocess.Popen(args, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_port("127.0.0.1", settings.oidc_port, 30)
+    return proc
+
+
+def start_web(settings: Settings, env: dict[str, str], secrets_file: Path, log_path: Path) -> subprocess.Popen:
+    app = Path(ui_streamlit.__file__).parent / "app.py"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(settings.web_port),
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+         "--secrets.files", str(secrets_file)],
+        env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=app.parent,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the web app exited with code {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/_stcore/health", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"the web app did not answer on port {settings.web_port}; see {log_path}")
+

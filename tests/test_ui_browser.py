@@ -1,0 +1,130 @@
+"""The web app in a real browser (Debian's headless Chromium driven by Playwright) against the real local
+stack started by `imgpipe dev`: Kafka broker, Dagster webserver + daemon, local OIDC provider, web app.
+
+Sign in as alice, upload a batch with one bad file, see its reason, watch the results arrive live, open
+the gallery, then sign in as bob and see none of alice's batches. A screenshot of each step is saved
+under the stack's data dir (``artifacts/screenshots``) and its path printed."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from orchestration import kafka_broker
+from orchestration.sample import _photo, jpeg_bytes
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (`apt-get install chromium`; .ci/run does it)"),
+]
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    data = tmp_path_factory.mktemp("web-stack")
+    ports = {name: kafka_broker.free_port() for name in ("kafka", "dagster", "web", "oidc")}
+    env = {**os.environ, "IMGPIPE_DATA_DIR": str(data), "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['kafka']}",
+           "IMGPIPE_WEBSERVER_PORT": str(ports["dagster"]), "IMGPIPE_WEB_PORT": str(ports["web"]),
+           "IMGPIPE_OIDC_PORT": str(ports["oidc"]), "IMGPIPE_PROFILE": "local"}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Press Ctrl-C" in line:
+            break
+    else:
+        raise AssertionError("stack did not start:\n" + "".join(lines))
+    shots = data / "artifacts" / "screenshots"
+    shots.mkdir(parents=True)
+    yield {"url": f"http://127.0.0.1:{ports['web']}", "data": data, "shots": shots}
+    os.kill(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    if os.environ.get("IMGPIPE_SCREENSHOT_DIR"):  # keep them, e.g. for the README
+        shutil.copytree(shots, os.environ["IMGPIPE_SCREENSHOT_DIR"], dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _shot(page, stack, name):
+    path = stack["shots"] / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+
+
+def _sign_in(page, stack, email):
+    page.goto(stack["url"])
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name=email, exact=True).click()  # the local provider's predefined user
+    page.get_by_text(f"Signed in as {email}").wait_for(timeout=30_000)
+
+
+def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
+    good1, good2 = tmp_path / "lake.jpg", tmp_path / "forest.jpg"
+    # Stored sideways with EXIF orientation 6, as phones do: it must come out upright.
+    good1.write_bytes(jpeg_bytes(_photo(1600, 1200, 30, "lake").transpose(Image.Transpose.ROTATE_90), orientation=6))
+    good2.write_bytes(jpeg_bytes(_photo(1200, 800, 140, "forest").transpose(Image.Transpose.FLIP_TOP_BOTTOM)))
+    bad = tmp_path / "readme.jpg"
+    bad.write_text("this is text, not a picture")
+
+    alice = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = alice.new_page()
+    _sign_in(page, stack, "alice@example.com")
+    _shot(page, stack, "01-upload-page")
+
+    page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files([str(good1), str(good2), str(bad)])
+    page.get_by_role("button", name="Remove readme.jpg").wait_for()
+    page.get_by_text(re.compile(r"readme\.jpg: not a supported image.*text/plain")).wait_for()
+    page.get_by_label("Title").fill("Weekend")
+    _shot(page, stack, "02-file-checks")
+    page.get_by_role("button", name="Upload", exact=True).click()
+    success = page.get_by_test_id("stAlertContentSuccess")
+    success.wait_for(timeout=30_000)
+    batch_id = re.search(r"b-\d{8}-\d{6}-[0-9a-f]{8}", success.inner_text()).group(0)
+    _shot(page, stack, "03-uploaded")
+
+    page.get_by_role("link", name="See its results").click()
+    page.get_by_text(f"{batch_id} · completed · 3/3 images").wait_for(timeout=90_000)  # live, no reload
+    page.get_by_text(re.compile(r"readme\.jpg.*rejected")).wait_for()
+    assert page.get_by_test_id("stImage").count() == 2
+    _shot(page, stack, "04-results-live")
+    page.get_by_text("Details and downloads").first.click()
+    page.get_by_role("button", name=re.compile(r"large .* JPEG")).first.wait_for()
+    _shot(page, stack, "05-gallery-details")
+
+    page.get_by_role("link", name="Stats").click()
+    page.get_by_text("Download CSV").wait_for(timeout=30_000)
+    _shot(page, stack, "06-stats")
+    alice.close()
+
+    bob = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = bob.new_page()
+    _sign_in(page, stack, "bob@example.com")
+    page.get_by_role("link", name="Results").click()
+    page.get_by_text("No batches yet").wait_for(timeout=30_000)
+    assert page.get_by_text(batch_id).count() == 0
+    page.goto(f"{stack['url']}/results?batch={batch_id}")
+    page.get_by_text("No such batch among yours").wait_for(timeout=30_000)
+    assert page.get_by_text("Weekend").count() == 0
+    _shot(page, stack, "07-other-user-sees-nothing")
+    bob.close()
