@@ -73,16 +73,18 @@ def live() -> None:
     if not batches:
         st.info("No batches yet. Upload some images first.")
         return
-    for status in batches:
+    for n, status in enumerate(batches):
         done, total = data.progress(status)
         title = status["metadata"].get("title") or status["batch_id"]
-        with st.container(border=True):
-            st.subheader(title)
+        # The selected (or newest) batch opens with its gallery; the others show their progress and
+        # open on demand, so the page stays fast however many batches the user has.
+        with st.expander(f"**{title}** — {status['status']}, {done}/{total} images", expanded=n == 0):
             st.caption(f"{status['batch_id']} · {status['status']} · {done}/{total} images")
             st.progress(done / total if total else 1.0)
             if status.get("error"):
                 st.error(status["error"])
-            _gallery(status)
+            if n == 0 or st.toggle("Show images", key=f"open-{status['batch_id']}"):
+                _gallery(status)
 
 
 live()
