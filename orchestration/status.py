@@ -35,6 +35,7 @@ def batch_status(services: Services, batch_id: str, user_id: str | None = None) 
                     "code": d.get("code"),
                     "reason": d.get("reason"),
                     "near_duplicates": d.get("near_duplicates", []),
+                    "facts": {k: (d.get("facts") or {}).get(k) for k in ("format", "width", "height", "phash", "exif")},
                     "renditions": [
                         {"name": r["name"], "format": r.get("format"), "width": r["width"], "height": r["height"],
                          "path": r["path"]}
@@ -52,6 +53,7 @@ def batch_status(services: Services, batch_id: str, user_id: str | None = None) 
                     "code": refused["code"] if refused else None,
                     "reason": refused["reason"] if refused else None,
                     "near_duplicates": [],
+                    "facts": {},
                     "renditions": [],
                 }
             )

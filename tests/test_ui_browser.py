@@ -110,6 +110,7 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     _shot(page, stack, "04-results-live")
     page.get_by_text("Details and downloads").first.click()
     page.get_by_role("button", name=re.compile(r"large .* JPEG")).first.wait_for()
+    page.get_by_text(re.compile(r"1600×1200 JPEG · pHash")).first.wait_for()
     _shot(page, stack, "05-gallery-details")
 
     page.get_by_role("link", name="Stats").click()

@@ -13,6 +13,7 @@ anything. When Kafka is unreachable the follower says so at once instead of hang
 from __future__ import annotations
 
 import json
+import time
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
@@ -22,16 +23,26 @@ from orchestration.settings import Settings
 from orchestration.wiring import kafka_options
 
 
+# When Kafka is unreachable, every new page session would wait for the bootstrap timeout again; the
+# failure is remembered per process for RETRY_AFTER seconds so pages render at once meanwhile.
+RETRY_AFTER = 15.0
+_last_failure: dict[str, tuple[float, str]] = {}
+
+
 def partition_for(key: str, partitions: int) -> int:
     return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
 class UserEvents:
-    def __init__(self, settings: Settings, user_id: str, *, timeout_ms: int = 2000):
+    def __init__(self, settings: Settings, user_id: str, *, timeout_ms: int = 1500):
         self.user_id = user_id
         self.error: str | None = None
         self.seen: set[str] = set()
         self._consumer = None
+        failed = _last_failure.get(settings.kafka_bootstrap)
+        if failed and time.monotonic() - failed[0] < RETRY_AFTER:
+            self.error = failed[1]
+            return
         try:
             consumer = KafkaConsumer(
                 **kafka_options(settings),
@@ -54,6 +65,7 @@ class UserEvents:
             self._consumer = consumer
         except (KafkaError, OSError, ValueError) as exc:
             self.error = f"live updates are unavailable: Kafka at {settings.kafka_bootstrap} is not reachable ({exc})"
+            _last_failure[settings.kafka_bootstrap] = (time.monotonic(), self.error)
 
     @property
     def connected(self) -> bool:

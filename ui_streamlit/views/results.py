@@ -39,6 +39,12 @@ def _gallery(status: dict) -> None:
                 if thumb:
                     st.image(_rendition(user, status["batch_id"], thumb["path"]), caption=img["name"])
                 with st.popover("Details and downloads"):
+                    f = img.get("facts") or {}
+                    st.caption(f"{f.get('width')}×{f.get('height')} {f.get('format')} · pHash `{f.get('phash')}`")
+                    camera = " ".join(filter(None, [(f.get("exif") or {}).get("camera_make"),
+                                                    (f.get("exif") or {}).get("camera_model")]))
+                    if camera:
+                        st.caption(f"Camera: {camera}")
                     if img.get("near_duplicates"):
                         d = img["near_duplicates"][0]
                         st.write(f"Near-duplicate of **{d['name']}** ({d['batch_id']}, distance {d['distance']})")
