@@ -29,7 +29,7 @@ from pathlib import Path
 from orchestration import kafka_broker
 from orchestration.wiring import build_reader
 from orchestration.intake import IntakeItem, upload_batch
-from orchestration.sample import _photo, jpeg_bytes
+from orchestration.sample import synthetic_photo, jpeg_bytes
 from orchestration.settings import load_settings
 from orchestration.wiring import Services
 
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_items(n: int) -> list[IntakeItem]:
     """n phone-sized (4032x3024) JPEGs, distinct content."""
-    return [IntakeItem.from_bytes(f"img_{i:03d}.jpg", jpeg_bytes(_photo(4032, 3024, hue=i * 37 % 256, label=str(i)),
+    return [IntakeItem.from_bytes(f"img_{i:03d}.jpg", jpeg_bytes(synthetic_photo(4032, 3024, hue=i * 37 % 256, label=str(i)),
                                                                  orientation=6 if i % 2 else 1))
             for i in range(n)]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestration.sample import _photo, jpeg_bytes  # noqa: E402
+from orchestration.sample import synthetic_photo, jpeg_bytes  # noqa: E402
 
 USER = "alice@example.com"
 
@@ -35,7 +35,7 @@ def fill(data_dir: Path, images: int, per_batch: int = 50) -> None:
     from orchestration.wiring import Services
 
     services = Services.from_settings(load_settings(data_dir=data_dir))
-    thumb = jpeg_bytes(_photo(256, 192, 80, "t"))
+    thumb = jpeg_bytes(synthetic_photo(256, 192, 80, "t"))
     now = datetime.now(timezone.utc).isoformat()
     for b in range(0, images, per_batch):
         batch_id = f"b-20261125-{b // per_batch:06d}-{b:08x}"

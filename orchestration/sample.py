@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 
-def _photo(width: int, height: int, hue: int, label: str) -> Image.Image:
+def synthetic_photo(width: int, height: int, hue: int, label: str) -> Image.Image:
     img = Image.new("RGB", (width, height))
     draw = ImageDraw.Draw(img)
     for y in range(0, height, 8):
@@ -38,7 +38,7 @@ def make_sample_batch(directory: Path, *, images: int = 4, bad_files: bool = Tru
     for i in range(images):
         # Stored sideways with orientation 6 every other image: the renditions must come out upright.
         orientation = 6 if i % 2 else 1
-        upright = _photo(1600, 1200, hue=i * 60, label=f"sample {i + 1}")
+        upright = synthetic_photo(1600, 1200, hue=i * 60, label=f"sample {i + 1}")
         stored = upright.transpose(Image.Transpose.ROTATE_90) if orientation == 6 else upright
         path = directory / f"photo_{i + 1:02d}.jpg"
         path.write_bytes(jpeg_bytes(stored, orientation))
@@ -49,7 +49,7 @@ def make_sample_batch(directory: Path, *, images: int = 4, bad_files: bool = Tru
         path = directory / "logo_transparent.png"
         logo.save(path, "PNG")
         files.append(path)
-        whole = jpeg_bytes(_photo(1200, 900, 200, "cut"))
+        whole = jpeg_bytes(synthetic_photo(1200, 900, 200, "cut"))
         path = directory / "truncated.jpg"
         path.write_bytes(whole[: len(whole) // 3])
         files.append(path)

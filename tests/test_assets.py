@@ -152,11 +152,11 @@ def test_failed_run_marks_the_batch_failed_through_the_failure_sensor(settings, 
 
 
 def test_near_duplicates_within_a_batch_and_across_a_users_batches(instance, settings):
-    from orchestration.sample import _photo, jpeg_bytes
+    from orchestration.sample import synthetic_photo, jpeg_bytes
 
     services = Services.from_settings(settings)
-    photo = _photo(900, 600, 40, "dup")
-    other = _photo(900, 600, 200, "other").transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    photo = synthetic_photo(900, 600, 40, "dup")
+    other = synthetic_photo(900, 600, 200, "other").transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     first = upload_batch(services, [IntakeItem.from_bytes("a.jpg", jpeg_bytes(photo, quality=95)),
                                     IntakeItem.from_bytes("a_copy.jpg", jpeg_bytes(photo, quality=60)),
                                     IntakeItem.from_bytes("other.jpg", jpeg_bytes(other))], user_id="alice").batch_id

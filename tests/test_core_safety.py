@@ -15,7 +15,7 @@ from PIL import Image, PngImagePlugin
 from assets.core import CoreConfig, ImageRejected, Limits, RenditionSpec, fit_long_edge, process_image
 from assets.core.facts import blurhash, hamming, phash
 from assets.core.pool import WorkerPool
-from orchestration.sample import _photo, jpeg_bytes
+from orchestration.sample import synthetic_photo, jpeg_bytes
 
 
 def _png(img: Image.Image, **kw) -> bytes:
@@ -155,7 +155,7 @@ def test_exif_facts_and_gps_only_when_enabled():
 
 
 def test_facts_fingerprints():
-    img = _photo(640, 480, 30, "fp")
+    img = synthetic_photo(640, 480, 30, "fp")
     result = process_image(jpeg_bytes(img))
     f = result.facts
     assert len(f["phash"]) == 16 and len(f["stats"]["mean"]) == 3 and len(f["stats"]["std"]) == 3
@@ -164,7 +164,7 @@ def test_facts_fingerprints():
     # pHash is stable under resizing and recompression, and far from an unrelated picture.
     near = phash(img.resize((320, 240)))
     assert hamming(f["phash"], near) <= 6
-    other = phash(_photo(640, 480, 200, "other").transpose(Image.Transpose.FLIP_TOP_BOTTOM))
+    other = phash(synthetic_photo(640, 480, 200, "other").transpose(Image.Transpose.FLIP_TOP_BOTTOM))
     assert hamming(f["phash"], other) > 16
 
 
@@ -173,7 +173,7 @@ def test_blurhash_matches_the_reference_implementation(seed):
     import blurhash as reference  # the pure-Python reference encoder, a test-only dependency
     import numpy as np
 
-    img = _photo(640 - seed * 150, 480, seed * 80, str(seed)) if seed else Image.new("RGB", (32, 32), (255, 0, 0))
+    img = synthetic_photo(640 - seed * 150, 480, seed * 80, str(seed)) if seed else Image.new("RGB", (32, 32), (255, 0, 0))
     small = img.convert("RGB")
     small.thumbnail((32, 32))
     expected = reference.encode(np.asarray(small).tolist(), components_x=4, components_y=3)
@@ -183,7 +183,7 @@ def test_blurhash_matches_the_reference_implementation(seed):
 # -- the worker pool: time and memory limits ----------------------------------------------------------
 
 def test_pool_stops_an_image_that_runs_over_its_time_limit():
-    slow = jpeg_bytes(_photo(4000, 3000, 0, "slow"))
+    slow = jpeg_bytes(synthetic_photo(4000, 3000, 0, "slow"))
     with WorkerPool(1, CoreConfig(limits=Limits(timeout_seconds=0.05))) as pool:
         outcomes = {o.key: o for o in pool.map([("slow", lambda: slow), ("next", lambda: b"not an image")])}
         assert pool.restarts == 1
@@ -192,7 +192,7 @@ def test_pool_stops_an_image_that_runs_over_its_time_limit():
 
 
 def test_pool_survives_a_worker_that_dies():
-    data = jpeg_bytes(_photo(200, 100, 0, "x"))
+    data = jpeg_bytes(synthetic_photo(200, 100, 0, "x"))
     with WorkerPool(1) as pool:
         def load_and_kill():
             os.kill(pool.pids[0], signal.SIGKILL)
@@ -213,7 +213,7 @@ def test_pool_memory_limit_turns_into_a_rejection():
 
 
 def test_pool_results_match_in_process_results():
-    datas = {f"k{i}": jpeg_bytes(_photo(300 + i * 10, 200, i * 40, str(i))) for i in range(4)}
+    datas = {f"k{i}": jpeg_bytes(synthetic_photo(300 + i * 10, 200, i * 40, str(i))) for i in range(4)}
     with WorkerPool(2) as pool:
         got = {o.key: o.image for o in pool.map([(k, lambda d=d: d) for k, d in datas.items()])}
     for key, data in datas.items():

@@ -11,12 +11,12 @@ import pytest
 
 from orchestration.intake import IntakeError, IntakeItem, expand_paths, parse_metadata, upload_batch
 from orchestration.manifest import BatchManifest
-from orchestration.sample import _photo, jpeg_bytes, make_sample_batch
+from orchestration.sample import synthetic_photo, jpeg_bytes, make_sample_batch
 from orchestration.settings import load_settings
 from orchestration.status import batch_status
 from orchestration.wiring import Services
 
-JPEG = jpeg_bytes(_photo(80, 60, 0, "x"))
+JPEG = jpeg_bytes(synthetic_photo(80, 60, 0, "x"))
 
 
 def test_upload_stores_raw_bytes_records_batch_and_sends_claim_check(services):

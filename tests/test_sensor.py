@@ -14,7 +14,7 @@ from dagster._core.test_utils import create_run_for_test
 
 from orchestration.intake import IntakeItem, upload_batch
 from orchestration.resources import BatchQueueResource, MetadataStoreResource, SignalResource
-from orchestration.sample import _photo, jpeg_bytes
+from orchestration.sample import synthetic_photo, jpeg_bytes
 from orchestration.wiring import Services
 from sensors.batch_sensor import INVALID_MANIFEST, evaluate_batch_sensor
 
@@ -43,7 +43,7 @@ def _tick(instance: DagsterInstance, res, cursor=None, *, safety=30.0, now=None)
 
 
 def _upload(services: Services, user="alice"):
-    return upload_batch(services, [IntakeItem.from_bytes("a.jpg", jpeg_bytes(_photo(64, 48, 0, "a")))], user_id=user)
+    return upload_batch(services, [IntakeItem.from_bytes("a.jpg", jpeg_bytes(synthetic_photo(64, 48, 0, "a")))], user_id=user)
 
 
 def _create_run(instance, batch_id):

@@ -12,11 +12,11 @@ from streamlit.testing.v1 import AppTest
 from assets.batch import batch_asset_checks, batch_assets, batches_partitions
 from orchestration.intake import IntakeItem, upload_batch
 from orchestration.resources import resources_from_settings
-from orchestration.sample import _photo, jpeg_bytes
+from orchestration.sample import synthetic_photo, jpeg_bytes
 from orchestration.wiring import Services
 
 APP = str(Path(__file__).resolve().parents[1] / "ui_streamlit" / "app.py")
-JPEG = jpeg_bytes(_photo(320, 240, 10, "ui"))
+JPEG = jpeg_bytes(synthetic_photo(320, 240, 10, "ui"))
 
 
 @pytest.fixture

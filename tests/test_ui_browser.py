@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from orchestration import kafka_broker
-from orchestration.sample import _photo, jpeg_bytes
+from orchestration.sample import synthetic_photo, jpeg_bytes
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -82,8 +82,8 @@ def _sign_in(page, stack, email):
 def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     good1, good2 = tmp_path / "lake.jpg", tmp_path / "forest.jpg"
     # Stored sideways with EXIF orientation 6, as phones do: it must come out upright.
-    good1.write_bytes(jpeg_bytes(_photo(1600, 1200, 30, "lake").transpose(Image.Transpose.ROTATE_90), orientation=6))
-    good2.write_bytes(jpeg_bytes(_photo(1200, 800, 140, "forest").transpose(Image.Transpose.FLIP_TOP_BOTTOM)))
+    good1.write_bytes(jpeg_bytes(synthetic_photo(1600, 1200, 30, "lake").transpose(Image.Transpose.ROTATE_90), orientation=6))
+    good2.write_bytes(jpeg_bytes(synthetic_photo(1200, 800, 140, "forest").transpose(Image.Transpose.FLIP_TOP_BOTTOM)))
     bad = tmp_path / "readme.jpg"
     bad.write_text("this is text, not a picture")
 

@@ -83,6 +83,7 @@ class CosmosMetadataStore:
         connection_verify: bool = True,
         throttle_retries: int = 9,
         throttle_max_wait_seconds: int = 30,
+        **client_options: Any,
     ):
         self._client = CosmosClient(
             endpoint,
@@ -90,6 +91,7 @@ class CosmosMetadataStore:
             connection_verify=connection_verify,
             retry_throttle_total=throttle_retries,
             retry_throttle_backoff_max=throttle_max_wait_seconds,
+            **client_options,
         )
         db = self._client.create_database_if_not_exists(database)
         self._containers = {
