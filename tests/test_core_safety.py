@@ -219,3 +219,16 @@ def test_pool_results_match_in_process_results():
     for key, data in datas.items():
         assert got[key].facts["phash"] == process_image(data).facts["phash"]
         assert got[key].facts["sha256"] == process_image(data).facts["sha256"]
+
+
+@pytest.mark.skipif(not __import__("PIL.features", fromlist=["check"]).check("avif"), reason="this Pillow has no AVIF codec")
+def test_avif_in_and_optional_avif_out():
+    buf = io.BytesIO()
+    synthetic_photo(400, 300, 60, "avif").save(buf, "AVIF", quality=70)
+    default = process_image(buf.getvalue())
+    assert default.facts["sniffed_type"] == "image/avif" and {r.format for r in default.renditions} == {"JPEG", "WEBP"}
+    specs = tuple(RenditionSpec(n, e, ("JPEG", "WEBP", "AVIF")) for n, e in (("large", 2048), ("thumb", 256)))
+    with_avif = process_image(buf.getvalue(), CoreConfig(renditions=specs))
+    avif = [r for r in with_avif.renditions if r.format == "AVIF"]
+    assert [(r.name, r.extension) for r in avif] == [("large", "avif"), ("thumb", "avif")]
+    assert Image.open(io.BytesIO(avif[1].data)).size == (256, 192)
