@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from assets.core import CoreConfig, process_image  # noqa: E402
+from bench.common import write_results  # noqa: E402
 from assets.core import facts as F  # noqa: E402
 
 
@@ -256,10 +257,7 @@ def main() -> int:
           f"worst PSNR delta {result['psnr_worst_ours_minus_reference_db']:+.3f} dB; 2 workers {two / one:.2f}x one; "
           f"peak worker RSS {max(small['largest_worker_peak_rss_mb'], big['largest_worker_peak_rss_mb'])} MB; "
           f"parent peak {small['parent_peak_rss_mb']} MB (10) vs {big['parent_peak_rss_mb']} MB ({args.big_batch})")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"written to {out}")
+    write_results(result, args.out)
     return 0
 
 

@@ -15,7 +15,6 @@ is shared and noisy. No assertion anywhere: the numbers go to stdout and to JSON
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import signal
@@ -26,14 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestration import kafka_broker
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import write_results  # noqa: E402
+from orchestration import kafka_broker  # noqa: E402
 from orchestration.wiring import build_reader
 from orchestration.intake import IntakeItem, upload_batch
 from orchestration.sample import synthetic_photo, jpeg_bytes
 from orchestration.settings import load_settings
 from orchestration.wiring import Services
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_items(n: int) -> list[IntakeItem]:
@@ -149,10 +150,7 @@ def main() -> int:
         print(f"{n:>4}  {s['first_event']['p50_s']:6.2f} / {s['first_event']['max_s']:6.2f} s"
               f"    {s['batch_complete']['p50_s']:6.2f} / {s['batch_complete']['max_s']:6.2f} s"
               f"      {b['batch_complete']['p50_s']:6.2f} s       {ratio:5.1f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"\nwritten to {out}")
+    write_results(results, args.out)
     return 0
 
 

@@ -13,7 +13,6 @@ Kafka: a real broker (Tansu) with the results topic; the results page is also ti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import write_results  # noqa: E402
 from orchestration.sample import synthetic_photo, jpeg_bytes  # noqa: E402
 
 USER = "alice@example.com"
@@ -113,10 +113,7 @@ def main() -> int:
                           f"max {t['max_s']:6.3f} s", flush=True)
     finally:
         kafka_broker.stop_process(broker)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"written to {out}")
+    write_results(results, args.out)
     return 0
 
 

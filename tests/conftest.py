@@ -1,5 +1,6 @@
-"""Shared fixtures. The Kafka broker is real (Tansu): `.ci/run` starts one and exports
-IMGPIPE_TEST_KAFKA_BOOTSTRAP; without it the session starts its own and stops it by PID."""
+"""Shared fixtures. Servers are real: the Kafka broker (Tansu), Azurite and cosmosdb-server. `.ci/run`
+starts them and exports their addresses (IMGPIPE_TEST_*); without those the session starts its own
+and stops them by PID."""
 
 from __future__ import annotations
 
@@ -13,16 +14,16 @@ from orchestration.settings import load_settings
 from orchestration.wiring import Services
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory):
-    given = os.environ.get("IMGPIPE_TEST_KAFKA_BOOTSTRAP")
+def _server(env_var: str, start):
+    """A server for the whole session: the one `.ci/run` started (its address in ``env_var``), or one
+    started here by ``start()`` → (process, address) and stopped by PID at the end."""
+    given = os.environ.get(env_var)
     if given:
         yield given
         return
-    port = kafka_broker.free_port()
-    proc = kafka_broker.start_broker(port, log_path=tmp_path_factory.mktemp("kafka") / "tansu.log")
+    proc, address = start()
     try:
-        yield f"127.0.0.1:{port}"
+        yield address
     finally:
         kafka_broker.stop_process(proc)
 
@@ -37,37 +38,38 @@ def _emulator_tools():
 
 
 @pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory):
+    def start():
+        port = kafka_broker.free_port()
+        return kafka_broker.start_broker(port, log_path=tmp_path_factory.mktemp("kafka") / "tansu.log"), f"127.0.0.1:{port}"
+
+    yield from _server("IMGPIPE_TEST_KAFKA_BOOTSTRAP", start)
+
+
+@pytest.fixture(scope="session")
 def cosmos_endpoint(tmp_path_factory):
-    """A real Cosmos DB API server: cosmosdb-server (from `.ci/run`, or started here by PID)."""
-    given = os.environ.get("IMGPIPE_TEST_COSMOS_ENDPOINT")
-    if given:
-        yield given
-        return
+    """A real Cosmos DB API server: cosmosdb-server."""
     from orchestration.emulators import start_cosmos
 
-    port = kafka_broker.free_port()
-    proc = start_cosmos(_emulator_tools(), port, log_path=tmp_path_factory.mktemp("cosmos") / "cosmos.log")
-    try:
-        yield f"https://127.0.0.1:{port}"
-    finally:
-        kafka_broker.stop_process(proc)
+    def start():
+        port = kafka_broker.free_port()
+        proc = start_cosmos(_emulator_tools(), port, log_path=tmp_path_factory.mktemp("cosmos") / "cosmos.log")
+        return proc, f"https://127.0.0.1:{port}"
+
+    yield from _server("IMGPIPE_TEST_COSMOS_ENDPOINT", start)
 
 
 @pytest.fixture(scope="session")
 def azurite_connection_string(tmp_path_factory):
-    """Azurite Blob + Queue (from `.ci/run`, or started here by PID)."""
-    given = os.environ.get("IMGPIPE_TEST_AZURITE_CONNECTION_STRING")
-    if given:
-        yield given
-        return
+    """Azurite Blob + Queue."""
     from orchestration.emulators import azurite_connection_string as conn, start_azurite
 
-    blob, queue = kafka_broker.free_port(), kafka_broker.free_port()
-    proc = start_azurite(_emulator_tools(), blob, queue, log_path=tmp_path_factory.mktemp("azurite") / "azurite.log")
-    try:
-        yield conn(blob, queue)
-    finally:
-        kafka_broker.stop_process(proc)
+    def start():
+        blob, queue = kafka_broker.free_port(), kafka_broker.free_port()
+        proc = start_azurite(_emulator_tools(), blob, queue, log_path=tmp_path_factory.mktemp("azurite") / "azurite.log")
+        return proc, conn(blob, queue)
+
+    yield from _server("IMGPIPE_TEST_AZURITE_CONNECTION_STRING", start)
 
 
 @pytest.fixture
