@@ -74,11 +74,20 @@ def raw_images(context: AssetExecutionContext, lake: LakeResource, metadata: Met
     description="Resized renditions of every image (auto-oriented, sRGB, metadata stripped); a bad image "
     "becomes a rejection with a reason and never fails the batch.",
 )
-def renditions(context: AssetExecutionContext, lake: LakeResource, processing: ProcessingResource) -> MaterializeResult:
-    lake_client = lake.client()
+def renditions(
+    context: AssetExecutionContext, lake: LakeResource, metadata: MetadataStoreResource, processing: ProcessingResource
+) -> MaterializeResult:
+    lake_client, store = lake.client(), metadata.client()
     manifest = batch_work.load_manifest(lake_client, context.partition_key)
     workers = processing.effective_workers()
-    report = batch_work.process_batch(lake_client, manifest, workers=workers, config=processing.core_config())
+
+    def progress(outcome: dict) -> None:
+        # Each image's document as soon as it is done, so the web page and `imgpipe status` show the
+        # batch filling up; image_documents rewrites them complete (near-duplicates) by the same ids.
+        store.upsert("images", batch_work.image_documents(manifest, [outcome], context.run.run_id)[0])
+
+    report = batch_work.process_batch(lake_client, manifest, workers=workers, config=processing.core_config(),
+                                      on_outcome=progress)
     outcomes = report.outcomes
     rejected = [o for o in outcomes if o["outcome"] == "rejected"]
     for o in rejected:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import Callable, Iterable
 
 from assets.core import PROCESSING_VERSION, CoreConfig, hamming
 from assets.core.pool import Outcome, WorkerPool
@@ -87,10 +87,12 @@ class BatchReport:
     worker_restarts: int
 
 
-def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: CoreConfig = CoreConfig()) -> BatchReport:
+def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: CoreConfig = CoreConfig(),
+                  on_outcome: Callable[[dict], None] | None = None) -> BatchReport:
     """All images of the batch through the worker pool (time and memory limits per image). The parent
     reads an image's bytes only when a worker is free, and writes each result to the lake as it arrives,
-    so memory is bounded by the number of workers, not by the batch size. Writes outcomes.json."""
+    so memory is bounded by the number of workers, not by the batch size. ``on_outcome`` hears of each
+    image as soon as it is done (progress for people watching). Writes outcomes.json."""
     by_id = {img.image_id: img for img in manifest.images}
     outcomes: dict[str, dict] = {}
     tasks = []
@@ -98,6 +100,8 @@ def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: 
         early = _precheck(lake, img)
         if early is not None:
             outcomes[img.image_id] = early
+            if on_outcome:
+                on_outcome(early)
         else:
             tasks.append((img.image_id, lambda path=img.lake_path: lake.read(path)))
     peak, restarts = 0.0, 0
@@ -105,6 +109,8 @@ def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: 
         with WorkerPool(min(workers, len(tasks)), config) as pool:
             for outcome in pool.map(tasks):
                 outcomes[outcome.key] = _store_renditions(lake, manifest.batch_id, by_id[outcome.key], outcome)
+                if on_outcome:
+                    on_outcome(outcomes[outcome.key])
                 peak = max(peak, outcome.peak_rss_mb or 0.0)
             restarts = pool.restarts
     ordered = [outcomes[img.image_id] for img in manifest.images]

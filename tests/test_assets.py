@@ -174,3 +174,19 @@ def test_near_duplicates_within_a_batch_and_across_a_users_batches(instance, set
     assert dups(first, "i0003") == []
     assert set(dups(second, "i0001")) == {(first, "i0001"), (first, "i0002")}
     assert dups(stranger, "i0001") == []  # another user's images are never compared
+
+
+def test_image_documents_appear_while_the_batch_is_processing(instance, settings, uploaded):
+    """After the renditions step alone, each image already has its document (the web page and
+    `imgpipe status` fill up as images finish); the batch is still 'processing' until announced."""
+    from assets.batch import raw_images, renditions
+
+    services, upload = uploaded
+    batch = upload.batch_id
+    instance.add_dynamic_partitions(batches_partitions.name, [batch])
+    result = materialize([raw_images, renditions], partition_key=batch, instance=instance,
+                         resources=resources_from_settings(settings))
+    assert result.success
+    status = batch_status(services, batch, "alice")
+    assert status["status"] == "processing"
+    assert sorted(i["outcome"] for i in status["images"]) == ["processed"] * 5 + ["rejected"] * 2
