@@ -35,6 +35,13 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"
+
+
 def _stack_children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     kids = [int(p) for p in out.split()]
@@ -163,8 +170,11 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "stopped Kafka broker" in out and "stopped dagster dev" in out
-    time.sleep(1)
-    assert [p for p in children if _pid_alive(p)] == []  # everything it started is gone
+    deadline = time.monotonic() + 15
+    while any(_pid_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    left = {p: _cmdline(p) for p in children if _pid_alive(p)}
+    assert left == {}, f"processes left running after Ctrl-C: {left}"  # everything it started is gone
 
 
 def test_readme_command_runs_the_sample_batch(stack_env):
