@@ -10,7 +10,7 @@ Where things are:
 Executor: ``in_process_executor``. A batch run is four short steps that hand data over through the lake;
 the default multiprocess executor spends ~1.5 s starting a process per step (≈10 s per run against ≈5 s
 measured on a 2-core box, shared/notes/dagster.md), while parallelism inside a step comes from the
-image thread pool. Under Kubernetes the run itself gets its own pod (K8sRunLauncher) either way.
+image worker pool. Under Kubernetes the run itself gets its own pod (K8sRunLauncher) either way.
 """
 
 from __future__ import annotations

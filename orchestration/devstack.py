@@ -31,7 +31,7 @@ from ui_streamlit.data import user_id_for
 # Instance settings for the local stack, chosen for latency on a small machine:
 # - QueuedRunCoordinator checking the queue every second, at most `max_concurrent_runs` runs at once:
 #   a burst of uploads queues up instead of starting one ~150 MB run process per batch at the same time;
-# - the sensor daemon evaluates sensors in threads so the batch sensor's 1 s interval is honoured;
+# - the sensor daemon evaluates sensors in threads (its loop still runs at most every 5 s);
 # - no telemetry (the machine may have no network).
 DAGSTER_YAML = """\
 run_coordinator:
