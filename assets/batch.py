@@ -16,23 +16,26 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
-    DynamicPartitionsDefinition,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     asset,
     asset_check,
 )
 
 from assets import batch_work
+from assets.batch_work import Processing
 from assets.core import PROCESSING_VERSION
-from orchestration.resources import (
-    LakeResource,
-    MetadataStoreResource,
-    ProcessingResource,
-    ResultStreamResource,
-)
+from orchestration.partitions import batches_partitions
+from orchestration.ports.lake import Lake
+from orchestration.ports.metadata import MetadataStore
+from orchestration.ports.results import ResultStream
 
-batches_partitions = DynamicPartitionsDefinition(name="batches")
+# The ports, as resources hand them over (orchestration/resources.py builds them from Settings).
+LakePort = ResourceParam[Lake]
+MetadataPort = ResourceParam[MetadataStore]
+ResultsPort = ResourceParam[ResultStream]
+ProcessingParam = ResourceParam[Processing]
 
 _GROUP = "batch"
 
@@ -45,9 +48,9 @@ _GROUP = "batch"
     description="The batch's uploaded files as intake stored them in the lake (claim check), checked "
     "against the manifest's sha256.",
 )
-def raw_images(context: AssetExecutionContext, lake: LakeResource, metadata: MetadataStoreResource) -> MaterializeResult:
+def raw_images(context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort) -> MaterializeResult:
     batch_id = context.partition_key
-    store, lake_client = metadata.client(), lake.client()
+    store, lake_client = metadata, lake
     manifest = batch_work.load_manifest(lake_client, batch_id)
     stored = [img for img in manifest.images if img.lake_path and lake_client.exists(img.lake_path)]
     doc = store.read("batches", batch_id, manifest.user_id) or {}
@@ -75,18 +78,18 @@ def raw_images(context: AssetExecutionContext, lake: LakeResource, metadata: Met
     "becomes a rejection with a reason and never fails the batch.",
 )
 def renditions(
-    context: AssetExecutionContext, lake: LakeResource, metadata: MetadataStoreResource, processing: ProcessingResource
+    context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort, processing: ProcessingParam
 ) -> MaterializeResult:
-    lake_client, store = lake.client(), metadata.client()
+    lake_client, store = lake, metadata
     manifest = batch_work.load_manifest(lake_client, context.partition_key)
-    workers = processing.effective_workers()
+    workers = processing.workers
 
     def progress(outcome: dict) -> None:
         # Each image's document as soon as it is done, so the web page and `imgpipe status` show the
         # batch filling up; image_documents rewrites them complete (near-duplicates) by the same ids.
         store.upsert("images", batch_work.image_documents(manifest, [outcome], context.run.run_id)[0])
 
-    report = batch_work.process_batch(lake_client, manifest, workers=workers, config=processing.core_config(),
+    report = batch_work.process_batch(lake_client, manifest, workers=workers, config=processing.config,
                                       on_outcome=progress)
     outcomes = report.outcomes
     rejected = [o for o in outcomes if o["outcome"] == "rejected"]
@@ -119,9 +122,9 @@ def renditions(
     "upserted by id so a re-run overwrites.",
 )
 def image_documents(
-    context: AssetExecutionContext, lake: LakeResource, metadata: MetadataStoreResource
+    context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort
 ) -> MaterializeResult:
-    lake_client, store = lake.client(), metadata.client()
+    lake_client, store = lake, metadata
     manifest = batch_work.load_manifest(lake_client, context.partition_key)
     docs = batch_work.image_documents(manifest, batch_work.load_outcomes(lake_client, manifest.batch_id), context.run.run_id)
     batch_work.find_near_duplicates(store, manifest, docs)
@@ -158,29 +161,27 @@ def image_documents(
     "marks the batch document 'completed'.",
 )
 def result_events(
-    context: AssetExecutionContext, lake: LakeResource, metadata: MetadataStoreResource, results: ResultStreamResource
+    context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort, results: ResultsPort
 ) -> MaterializeResult:
-    lake_client, store = lake.client(), metadata.client()
+    lake_client, store = lake, metadata
     manifest = batch_work.load_manifest(lake_client, context.partition_key)
     docs = sorted(store.query("images", partition_key=manifest.batch_id), key=lambda d: d["image_id"])
     *image_events, completed_event = batch_work.result_events(manifest, docs)
-    stream = results.client()
-    try:
-        for event in image_events:
-            stream.publish(manifest.user_id, event)
-        stream.flush()
-        # Mark the batch completed before announcing it, so a consumer reacting to batch.completed
-        # reads the final state. If the announcement fails the run fails, and the failure sensor marks
-        # the batch 'failed' until a re-execution completes it.
-        batch_doc = store.read("batches", manifest.batch_id, manifest.user_id) or {}
-        store.upsert("batches", {**batch_doc, "status": "completed", "error": None,
-                                 "completed_at": datetime.now(timezone.utc).isoformat()})
-        stream.publish(manifest.user_id, completed_event)
-        stream.flush()
-    finally:
-        stream.close()
+    # The producer is the process's shared client (closed when the run worker exits), not ours to close.
+    for event in image_events:
+        results.publish(manifest.user_id, event)
+    results.flush()
+    # Mark the batch completed before announcing it, so a consumer reacting to batch.completed
+    # reads the final state. If the announcement fails the run fails, and the failure sensor marks
+    # the batch 'failed' until a re-execution completes it.
+    batch_doc = store.read("batches", manifest.batch_id, manifest.user_id) or {}
+    store.upsert("batches", {**batch_doc, "status": "completed", "error": None,
+                             "completed_at": datetime.now(timezone.utc).isoformat()})
+    results.publish(manifest.user_id, completed_event)
+    results.flush()
     events = [*image_events, completed_event]
-    return MaterializeResult(metadata={"events": len(events), "topic": results.topic, "key": manifest.user_id})
+    return MaterializeResult(metadata={"events": len(events), "topic": getattr(results, "topic", ""),
+                                       "key": manifest.user_id})
 
 
 # -- asset checks ---------------------------------------------------------------------------------
@@ -188,11 +189,11 @@ def result_events(
 
 @asset_check(asset=renditions, blocking=True, description="Every rendition recorded exists in the lake, "
              "decodes, and has the recorded pixel size.")
-def renditions_exist_and_decode(context, lake: LakeResource) -> AssetCheckResult:
+def renditions_exist_and_decode(context, lake: LakePort) -> AssetCheckResult:
     from PIL import Image
     import io
 
-    lake_client = lake.client()
+    lake_client = lake
     batch_id = context.partition_key
     problems, checked = [], 0
     for outcome in batch_work.load_outcomes(lake_client, batch_id):
@@ -214,9 +215,9 @@ def renditions_exist_and_decode(context, lake: LakeResource) -> AssetCheckResult
 
 @asset_check(asset=image_documents, blocking=True, description="Every manifest image has a document that is "
              "either processed (with renditions) or rejected with a reason.")
-def every_image_accounted_for(context, lake: LakeResource, metadata: MetadataStoreResource) -> AssetCheckResult:
-    manifest = batch_work.load_manifest(lake.client(), context.partition_key)
-    docs = {d["image_id"]: d for d in metadata.client().query("images", partition_key=manifest.batch_id)}
+def every_image_accounted_for(context, lake: LakePort, metadata: MetadataPort) -> AssetCheckResult:
+    manifest = batch_work.load_manifest(lake, context.partition_key)
+    docs = {d["image_id"]: d for d in metadata.query("images", partition_key=manifest.batch_id)}
     problems = []
     for img in manifest.images:
         doc = docs.get(img.image_id)

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from assets.core import PROCESSING_VERSION, CoreConfig, hamming
 from assets.core.pool import Outcome, WorkerPool
-from orchestration.manifest import BatchManifest, ManifestImage, manifest_path, outcomes_path, rendition_path
+from orchestration.domain.manifest import BatchManifest, ManifestImage, manifest_path, outcomes_path, rendition_path
 from orchestration.ports.lake import Lake
 from orchestration.ports.metadata import MetadataStore
 from orchestration.ports.results import EVENT_BATCH_COMPLETED, EVENT_IMAGE_PROCESSED, EVENT_IMAGE_REJECTED
@@ -75,6 +75,15 @@ def _store_renditions(lake: Lake, batch_id: str, image: ManifestImage, outcome: 
         "renditions": renditions,
         "processing_ms": round(outcome.seconds * 1000, 1),
     }
+
+
+@dataclass(frozen=True)
+class Processing:
+    """How a run processes images, as the ``processing`` resource hands it to the assets: the number of
+    worker processes and the image core's configuration (both built from Settings)."""
+
+    workers: int
+    config: CoreConfig
 
 
 CONTENT_TYPES = {"JPEG": "image/jpeg", "WEBP": "image/webp", "AVIF": "image/avif", "PNG": "image/png"}

@@ -163,7 +163,7 @@ sys.path.insert(0, sys.argv[4])
 from assets.batch_work import process_batch
 from assets.core import CoreConfig
 from orchestration.adapters.local_lake import LocalLake
-from orchestration.manifest import BatchManifest, ManifestImage
+from orchestration.domain.manifest import BatchManifest, ManifestImage
 lake_dir, n, workers = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 lake = LocalLake(lake_dir)
 sources = sorted(lake.list("raw/src"))

@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import write_results  # noqa: E402
-from orchestration import kafka_broker  # noqa: E402
+from orchestration.devtools import kafka_broker  # noqa: E402
 from orchestration.wiring import build_reader
-from orchestration.intake import IntakeItem, upload_batch
-from orchestration.sample import synthetic_photo, jpeg_bytes
+from orchestration.domain.intake import IntakeItem, upload_batch
+from orchestration.devtools.sample import synthetic_photo, jpeg_bytes
 from orchestration.settings import load_settings
-from orchestration.wiring import Services
+from orchestration import wiring
 
 
 def make_items(n: int) -> list[IntakeItem]:
@@ -61,7 +61,7 @@ def run_stack(settings, sizes, runs, items_by_size) -> dict:
         else:
             raise RuntimeError("the local stack did not start")
         time.sleep(2)  # let the daemon finish its first sensor tick
-        services = Services.from_settings(settings)
+        services = wiring.services(settings)
         reader = build_reader(settings)
         out = {}
         for n in sizes:
@@ -96,7 +96,7 @@ def run_baseline(settings, sizes, runs, items_by_size) -> dict:
     from assets.batch import batch_asset_checks, batch_assets, batches_partitions
     from orchestration.resources import resources_from_settings
 
-    services = Services.from_settings(settings)
+    services = wiring.services(settings)
     instance = DagsterInstance.ephemeral()
     out = {}
     for n in sizes:

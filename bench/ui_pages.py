@@ -25,16 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import write_results  # noqa: E402
-from orchestration.sample import synthetic_photo, jpeg_bytes  # noqa: E402
+from orchestration.devtools.sample import synthetic_photo, jpeg_bytes  # noqa: E402
 
 USER = "alice@example.com"
 
 
 def fill(data_dir: Path, images: int, per_batch: int = 50) -> None:
     from orchestration.settings import load_settings
-    from orchestration.wiring import Services
+    from orchestration import wiring
 
-    services = Services.from_settings(load_settings(data_dir=data_dir))
+    services = wiring.services(load_settings(data_dir=data_dir))
     thumb = jpeg_bytes(synthetic_photo(256, 192, 80, "t"))
     now = datetime.now(timezone.utc).isoformat()
     for b in range(0, images, per_batch):
@@ -88,7 +88,7 @@ def main() -> int:
     args = parser.parse_args()
     import streamlit as st
 
-    from orchestration import kafka_broker
+    from orchestration.devtools import kafka_broker
     from orchestration.adapters.kafka_results import ensure_topic
 
     results = {"images": args.images, "runs": args.runs}

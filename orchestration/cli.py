@@ -18,13 +18,18 @@ from pydantic import ValidationError
 
 
 def _settings(**overrides):
-    from orchestration.settings import load_settings
+    from orchestration.settings import describe_validation_error, load_settings
 
     try:
         return load_settings(**overrides)
     except ValidationError as exc:
-        lines = [f"  IMGPIPE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
-        sys.exit("imgpipe: bad configuration:\n" + "\n".join(lines))
+        sys.exit("imgpipe: bad configuration:\n" + describe_validation_error(exc))
+
+
+def _services():
+    from orchestration.wiring import services
+
+    return services(_settings())
 
 
 def _progress_bar(done: int, total: int, name: str) -> None:
@@ -39,13 +44,12 @@ def _progress_bar(done: int, total: int, name: str) -> None:
 
 
 def cmd_upload(args) -> int:
-    from orchestration.intake import IntakeError, IntakeItem, expand_paths, parse_metadata, upload_batch
-    from orchestration.wiring import Services
+    from orchestration.domain.intake import IntakeError, IntakeItem, expand_paths, parse_metadata, upload_batch
 
     try:
         paths = expand_paths(args.paths)
         result = upload_batch(
-            Services.from_settings(_settings()),
+            _services(),
             [IntakeItem.from_path(p) for p in paths],
             user_id=args.user,
             metadata=parse_metadata(args.meta or []),
@@ -65,11 +69,10 @@ def cmd_upload(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from orchestration.status import BatchNotFound, batch_status
-    from orchestration.wiring import Services
+    from orchestration.domain.status import BatchNotFound, batch_status
 
     try:
-        status = batch_status(Services.from_settings(_settings()), args.batch_id, args.user)
+        status = batch_status(_services(), args.batch_id, args.user)
     except BatchNotFound as exc:
         print(f"imgpipe status: {exc}", file=sys.stderr)
         return 1
@@ -97,7 +100,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_dev(args) -> int:
-    from orchestration.devstack import run_dev
+    from orchestration.devtools.devstack import run_dev
 
     from orchestration.settings import ConfigurationError
 
@@ -110,9 +113,7 @@ def cmd_dev(args) -> int:
 
 
 def cmd_dead_letters(args) -> int:
-    from orchestration.wiring import build_queue
-
-    messages = build_queue(_settings()).peek_dead_letter(args.max)
+    messages = _services().queue.peek_dead_letter(args.max)
     if args.json:
         print(json.dumps([
             {"message_id": m.message_id, "reason": m.reason, "description": m.description,
@@ -128,7 +129,7 @@ def cmd_dead_letters(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from orchestration.sample import make_sample_batch
+    from orchestration.devtools.sample import make_sample_batch
 
     for path in make_sample_batch(Path(args.directory)):
         print(path)
@@ -173,12 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from orchestration.settings import ConfigurationError
 
+    from orchestration.wiring import CLIENTS
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ConfigurationError as exc:
         print(f"imgpipe: {exc}", file=sys.stderr)
         return 2
+    finally:
+        CLIENTS.close_all()
 
 
 if __name__ == "__main__":

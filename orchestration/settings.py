@@ -1,6 +1,15 @@
-"""All configuration, read from ``IMGPIPE_*`` environment variables (table in README.md).
+"""All configuration, in one place: ``Settings``, read from ``IMGPIPE_*`` environment variables (the table
+in README.md "Configuration" lists every field; a test keeps the two in step).
 
-Every piece of state lives under one data dir (``IMGPIPE_DATA_DIR``), outside the source tree:
+- Every environment variable the code reads is a field here; nothing else reads ``os.environ``.
+- The image core's defaults are written once, in ``assets.core.config``; the fields below take their
+  defaults from there and ``core_config()`` builds the core's ``CoreConfig`` back from them.
+- Secrets are ``SecretStr``: ``repr``/``str``/logs show ``**********``; ``.get_secret_value()`` is
+  called only where a client is built (``orchestration.wiring``).
+- Dagster resources are built from Settings in code and take no run config, so nothing here can be
+  changed by whoever launches a run in the Dagster UI (see ``orchestration.resources``).
+
+Every piece of local state lives under one data dir (``IMGPIPE_DATA_DIR``), outside the source tree:
 
     <data_dir>/lake/            local Lake adapter (ADLS Gen2 stand-in), with .deleted/ for soft deletes
     <data_dir>/metadata.sqlite  local MetadataStore adapter (Cosmos DB stand-in)
@@ -8,38 +17,67 @@ Every piece of state lives under one data dir (``IMGPIPE_DATA_DIR``), outside th
     <data_dir>/signals/         local Signal adapter (Event Grid stand-in)
     <data_dir>/dagster_home/    DAGSTER_HOME of the local stack (runs, event logs, schedules)
     <data_dir>/logs/            logs of the processes `imgpipe dev` starts
+    <data_dir>/stack.json       endpoints of a running `imgpipe dev --profile emulated` (read by a second shell)
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from assets.core.config import DEFAULT_RENDITIONS, CoreConfig, Limits, RenditionSpec
+from assets.core.facts import COPYABLE_EXIF
+from assets.core.pool import default_workers
 
-PROFILES = ("local", "emulated", "azure")
+Profile = Literal["local", "emulated", "azure"]
+KafkaSecurity = Literal["plaintext", "eventhubs", "sasl_ssl"]
+Animated = Literal["first_frame", "reject"]
+OutputFormat = Literal["JPEG", "WEBP", "AVIF", "PNG"]
+PROFILES: tuple[str, ...] = Profile.__args__  # type: ignore[attr-defined]
+
+_LIMITS = Limits()
+_CORE = CoreConfig()
+STACK_FILE = "stack.json"
 
 
 class ConfigurationError(ValueError):
     """A setting the chosen profile needs is missing or wrong; the message names the variable."""
 
 
-def default_data_dir() -> Path:
+def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "imgpipe"
+
+
+def _default_tools_dir() -> Path:
+    return Path.home() / ".cache" / "imgpipe" / "node-tools"
+
+
+def _csv(value):
+    """'A, b,c' → ('A', 'b', 'c'); lists pass through (an env var is a comma-separated list)."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(value)
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGPIPE_", extra="ignore", frozen=True)
 
-    profile: str = Field("local", description="Which adapters: local | emulated | azure.")
-    data_dir: Path = Field(default_factory=default_data_dir, description="Root of all local state.")
+    profile: Profile = Field("local", description="Which adapters: local | emulated | azure.")
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Root of all local state.")
 
     # Intake limits
-    max_file_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Larger uploads are refused.")
-    max_files_per_batch: int = Field(500, gt=0)
+    max_file_bytes: int = Field(_LIMITS.max_file_bytes, gt=0, description="Larger uploads are refused (and the core "
+                                "refuses them too: it gets the same limit).")
+    max_files_per_batch: int = Field(500, gt=0, description="Files per batch.")
     max_metadata_bytes: int = Field(16 * 1024, gt=0, description="Size cap of the user's key/value metadata.")
 
     # Queue (Service Bus semantics)
@@ -53,23 +91,25 @@ class Settings(BaseSettings):
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="host:port of the Kafka broker.")
     kafka_topic: str = Field("imgpipe.results", description="Topic the results are published to.")
-
-    kafka_security: str = Field("plaintext", description="plaintext | eventhubs | sasl_ssl.")
-    eventhubs_connection_string: str = Field("", description="Event Hubs connection string (kafka_security=eventhubs).")
+    kafka_security: KafkaSecurity = Field("plaintext", description="plaintext | eventhubs | sasl_ssl.")
+    eventhubs_connection_string: SecretStr = Field(SecretStr(""), description="Event Hubs connection string "
+                                                   "(kafka_security=eventhubs).")
     kafka_username: str = Field("", description="SASL user (kafka_security=sasl_ssl).")
-    kafka_password: str = Field("", description="SASL password (kafka_security=sasl_ssl).")
+    kafka_password: SecretStr = Field(SecretStr(""), description="SASL password (kafka_security=sasl_ssl).")
 
     # Azure (profiles 'emulated' and 'azure'); see README "Profiles"
-    storage_connection_string: str = Field("", description="Storage account (lake + signal queue) connection string.")
+    storage_connection_string: SecretStr = Field(SecretStr(""), description="Storage account (lake + signal queue) "
+                                                 "connection string; emulators only.")
     storage_account_url: str = Field("", description="https://<account>.blob.core.windows.net (DefaultAzureCredential).")
     lake_container: str = Field("lake", description="File system (container) of the lake.")
     adls_hns: bool = Field(False, description="The account has a hierarchical namespace (ADLS Gen2).")
     signal_queue: str = Field("batch-signals", description="Storage queue Event Grid delivers Service Bus events to.")
     cosmos_endpoint: str = Field("", description="https://<account>.documents.azure.com:443/")
-    cosmos_key: str = Field("", description="Cosmos DB key; empty = DefaultAzureCredential.")
+    cosmos_key: SecretStr = Field(SecretStr(""), description="Cosmos DB key; empty = DefaultAzureCredential.")
     cosmos_database: str = Field("imgpipe", description="Cosmos DB database.")
-    cosmos_verify_tls: bool = Field(True, description="Verify the Cosmos DB certificate (false only for a local test server).")
-    servicebus_connection_string: str = Field("", description="Service Bus connection string.")
+    cosmos_verify_tls: bool = Field(True, description="Verify the Cosmos DB certificate (false only for a local "
+                                    "test server).")
+    servicebus_connection_string: SecretStr = Field(SecretStr(""), description="Service Bus connection string.")
     servicebus_namespace: str = Field("", description="<namespace>.servicebus.windows.net (DefaultAzureCredential).")
     servicebus_queue: str = Field("batches", description="Service Bus queue of batch manifests.")
 
@@ -79,67 +119,61 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Receive from the queue at least this often even without a signal."
     )
 
-    # Processing (the image core's limits and outputs; see assets/core/config.py)
+    # Processing: the image core's limits and outputs; defaults are the core's own (assets/core/config.py)
     workers: int = Field(0, ge=0, description="Image worker processes per batch run; 0 = number of CPUs.")
-    max_pixels: int = Field(50_000_000, gt=0, description="Largest source image, width x height.")
-    max_edge: int = Field(20_000, gt=0, description="Largest source side in pixels.")
-    max_frames: int = Field(500, gt=0, description="Most frames in an animation (the first is used).")
-    max_image_metadata_bytes: int = Field(1024 * 1024, gt=0, description="Largest EXIF / ICC / text block.")
-    image_timeout_seconds: float = Field(10.0, gt=0, description="Time limit per image.")
-    worker_memory_mb: int = Field(1024, ge=256, description="Address-space cap of an image worker process.")
-    output_formats: str = Field("JPEG,WEBP", description="Formats of every rendition (JPEG, WEBP, AVIF, PNG).")
-    webp_method: int = Field(4, ge=0, le=6, description="WebP encoder effort.")
-    keep_exif: str = Field("copyright,artist", description="EXIF tags copied into renditions ('' = none).")
-    include_gps: bool = Field(False, description="Record GPS position in the image facts.")
-    animated: str = Field("first_frame", description="'first_frame' or 'reject' for animated inputs.")
+    max_pixels: int = Field(_LIMITS.max_pixels, gt=0, description="Largest source image, width x height.")
+    max_edge: int = Field(_LIMITS.max_edge, gt=0, description="Largest source side in pixels.")
+    max_frames: int = Field(_LIMITS.max_frames, gt=0, description="Most frames in an animation (the first is used).")
+    max_image_metadata_bytes: int = Field(_LIMITS.max_metadata_bytes, gt=0,
+                                          description="Largest EXIF / ICC / text block.")
+    image_timeout_seconds: float = Field(_LIMITS.timeout_seconds, gt=0, description="Time limit per image.")
+    worker_memory_mb: int = Field(_LIMITS.memory_limit_mb, ge=256, description="Address-space cap of an image "
+                                  "worker process.")
+    output_formats: Annotated[tuple[OutputFormat, ...], NoDecode] = Field(
+        DEFAULT_RENDITIONS[0].formats, min_length=1, description="Formats of every rendition (JPEG, WEBP, AVIF, PNG).")
+    webp_method: int = Field(_CORE.webp_method, ge=0, le=6, description="WebP encoder effort.")
+    keep_exif: CommaList = Field(_CORE.keep_exif, description="EXIF tags copied into renditions ('' = none).")
+    include_gps: bool = Field(_CORE.include_gps, description="Record GPS position in the image facts.")
+    animated: Animated = Field(_CORE.animated, description="'first_frame' or 'reject' for animated inputs.")
 
-    # Local stack
+    # Web app
+    operators: CommaList = Field((), description="E-mails that see everyone's statistics in the web app.")
+
+    # Local stack (developer tooling)
     webserver_port: int = Field(3000, gt=0, lt=65536, description="Dagster UI port of `imgpipe dev`.")
     web: bool = Field(True, description="`imgpipe dev` also starts the web app and a local OIDC provider.")
     web_port: int = Field(8501, gt=0, lt=65536, description="Web app port of `imgpipe dev`.")
     oidc_port: int = Field(9400, gt=0, lt=65536, description="Port of the local OIDC provider of `imgpipe dev`.")
-    dev_users: str = Field("alice@example.com,bob@example.com", description="Users the local OIDC provider offers.")
+    dev_users: CommaList = Field(("alice@example.com", "bob@example.com"),
+                                 description="Users the local OIDC provider offers.")
+    tools_dir: Path = Field(default_factory=_default_tools_dir, description="Where `imgpipe dev --profile "
+                            "emulated` and CI install Azurite and cosmosdb-server (npm).")
 
-    @field_validator("profile")
+    @field_validator("output_formats", mode="before")
     @classmethod
-    def _known_profile(cls, value: str) -> str:
-        if value not in PROFILES:
-            raise ValueError(f"IMGPIPE_PROFILE={value!r} is not a known profile (known: {', '.join(PROFILES)})")
-        return value
+    def _formats(cls, value):
+        return tuple(f.upper() for f in _csv(value))
 
-    @field_validator("output_formats")
+    @field_validator("keep_exif", mode="before")
     @classmethod
-    def _formats(cls, value: str) -> str:
-        from assets.core.config import OUTPUT_FORMATS
-
-        formats = [f.strip().upper() for f in value.split(",") if f.strip()]
-        unknown = [f for f in formats if f not in OUTPUT_FORMATS]
-        if not formats or unknown:
-            raise ValueError(f"output formats {value!r}: use a comma-separated subset of {sorted(OUTPUT_FORMATS)}")
-        return ",".join(formats)
-
-    @field_validator("keep_exif")
-    @classmethod
-    def _keep_exif(cls, value: str) -> str:
-        from assets.core.facts import COPYABLE_EXIF
-
-        names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    def _keep_exif(cls, value):
+        names = tuple(n.lower() for n in _csv(value))
         unknown = [n for n in names if n not in COPYABLE_EXIF]
         if unknown:
             raise ValueError(f"keep_exif {unknown}: allowed are {sorted(COPYABLE_EXIF)}")
-        return ",".join(names)
+        return names
 
-    @field_validator("animated")
+    @field_validator("operators", "dev_users", mode="before")
     @classmethod
-    def _animated(cls, value: str) -> str:
-        if value not in ("first_frame", "reject"):
-            raise ValueError("must be 'first_frame' or 'reject'")
-        return value
+    def _list(cls, value):
+        return _csv(value)
 
-    @field_validator("data_dir")
+    @field_validator("data_dir", "tools_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    # -- derived paths and objects (nothing here is a second default) ----------------------------
 
     @property
     def lake_dir(self) -> Path:
@@ -166,32 +200,134 @@ class Settings(BaseSettings):
         return self.data_dir / "logs"
 
     @property
+    def stack_file(self) -> Path:
+        return self.data_dir / STACK_FILE
+
+    @property
     def effective_workers(self) -> int:
-        return self.workers or (os.cpu_count() or 1)
+        """The one rule for the number of image workers: the setting, else the core's default."""
+        return self.workers or default_workers()
+
+    def core_config(self) -> CoreConfig:
+        """The image core's configuration from these settings; what is not a setting keeps the core's default."""
+        return CoreConfig(
+            renditions=tuple(RenditionSpec(r.name, r.long_edge, self.output_formats) for r in DEFAULT_RENDITIONS),
+            limits=Limits(
+                max_pixels=self.max_pixels, max_edge=self.max_edge, max_file_bytes=self.max_file_bytes,
+                max_frames=self.max_frames, max_metadata_bytes=self.max_image_metadata_bytes,
+                timeout_seconds=self.image_timeout_seconds, memory_limit_mb=self.worker_memory_mb,
+            ),
+            webp_method=self.webp_method,
+            keep_exif=self.keep_exif,
+            include_gps=self.include_gps,
+            animated=self.animated,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """Every setting as its ``IMGPIPE_*`` variable (secrets included, for child processes only)."""
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, bool):
+                text = str(value).lower()
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            else:
+                text = str(value)
+            env[f"IMGPIPE_{name.upper()}"] = text
+        return env
+
+
+def env_var(field_name: str) -> str:
+    return f"IMGPIPE_{field_name.upper()}"
 
 
 def check_profile(settings: Settings) -> Settings:
     """Fail at start-up, naming each missing variable, instead of at the first batch."""
     missing: list[str] = []
     if settings.profile in ("emulated", "azure"):
-        if not (settings.storage_connection_string or settings.storage_account_url):
+        if not (settings.storage_connection_string.get_secret_value() or settings.storage_account_url):
             missing.append("IMGPIPE_STORAGE_CONNECTION_STRING or IMGPIPE_STORAGE_ACCOUNT_URL (lake and signal queue)")
         if not settings.cosmos_endpoint:
             missing.append("IMGPIPE_COSMOS_ENDPOINT (metadata store)")
     if settings.profile == "azure":
-        if not (settings.servicebus_connection_string or settings.servicebus_namespace):
+        if not (settings.servicebus_connection_string.get_secret_value() or settings.servicebus_namespace):
             missing.append("IMGPIPE_SERVICEBUS_CONNECTION_STRING or IMGPIPE_SERVICEBUS_NAMESPACE (batch queue)")
-    if settings.kafka_security == "eventhubs" and not settings.eventhubs_connection_string:
+    if settings.kafka_security == "eventhubs" and not settings.eventhubs_connection_string.get_secret_value():
         missing.append("IMGPIPE_EVENTHUBS_CONNECTION_STRING (IMGPIPE_KAFKA_SECURITY=eventhubs)")
-    if settings.kafka_security == "sasl_ssl" and not (settings.kafka_username and settings.kafka_password):
+    if settings.kafka_security == "sasl_ssl" and not (
+            settings.kafka_username and settings.kafka_password.get_secret_value()):
         missing.append("IMGPIPE_KAFKA_USERNAME and IMGPIPE_KAFKA_PASSWORD (IMGPIPE_KAFKA_SECURITY=sasl_ssl)")
-    if settings.kafka_security not in ("plaintext", "eventhubs", "sasl_ssl"):
-        missing.append(f"IMGPIPE_KAFKA_SECURITY={settings.kafka_security!r} must be plaintext, eventhubs or sasl_ssl")
     if missing:
-        raise ConfigurationError(f"profile {settings.profile!r} is not fully configured:\n  " + "\n  ".join(missing))
+        hint = ""
+        if settings.profile == "emulated" and not settings.cosmos_endpoint:
+            hint = (f"\n(no running `imgpipe dev --profile emulated` was found for data dir {settings.data_dir}: "
+                    f"start one, or point IMGPIPE_DATA_DIR at its data dir)")
+        raise ConfigurationError(
+            f"profile {settings.profile!r} is not fully configured:\n  " + "\n  ".join(missing) + hint)
     return settings
 
 
+def describe_validation_error(exc: ValidationError) -> str:
+    """A pydantic error as one line per variable, without echoing the value (it may be a secret)."""
+    return "\n".join(f"  {env_var('_'.join(map(str, e['loc'])))}: {e['msg']}" for e in exc.errors())
+
+
+# -- the endpoints file of a running emulated stack ------------------------------------------------
+
+def write_stack_file(settings: Settings, values: dict[str, object], *, pid: int) -> Path:
+    """Record the endpoints `imgpipe dev` started (emulators on free ports) so that `imgpipe upload` and
+    `imgpipe status` in a second shell with the same data dir find them. Owner-only (0600): it holds the
+    emulators' public development keys, never a real secret."""
+    path = settings.stack_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"pid": pid, "settings": {k: (v.get_secret_value() if isinstance(v, SecretStr) else v)
+                                     for k, v in values.items()}}
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def remove_stack_file(settings: Settings, *, pid: int) -> None:
+    try:
+        if json.loads(settings.stack_file.read_text()).get("pid") == pid:
+            settings.stack_file.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stack_values(data_dir: Path) -> dict:
+    try:
+        data = json.loads((data_dir / STACK_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or not _alive(int(data.get("pid", 0) or 0)):
+        return {}
+    return {k: v for k, v in (data.get("settings") or {}).items() if k in Settings.model_fields}
+
+
 def load_settings(**overrides) -> Settings:
-    """Settings from the environment; ``overrides`` win (used by tests and the CLI)."""
-    return Settings(**overrides)
+    """Settings from the environment; ``overrides`` win (used by tests and the CLI).
+
+    When a live `imgpipe dev` wrote ``<data_dir>/stack.json``, its endpoints fill in whatever neither the
+    environment nor ``overrides`` set, so a second shell with the same data dir reaches the same stack."""
+    settings = Settings(**overrides)
+    stack = {k: v for k, v in _stack_values(settings.data_dir).items() if k not in settings.model_fields_set}
+    if not stack:
+        return settings
+    return Settings(**{**stack, **overrides})

@@ -1,4 +1,4 @@
-"""Builds the adapters behind each port from Settings — the one place that picks an implementation.
+"""The composition root: builds the adapter behind each port from Settings, once per process.
 
 | port          | local           | emulated                         | azure                          |
 |---------------|-----------------|----------------------------------|--------------------------------|
@@ -9,17 +9,28 @@
 | ResultStream  | Kafka (Tansu)   | Kafka (Tansu)                    | Kafka / Event Hubs             |
 
 In 'emulated' the local queue posts an Event Grid-shaped event to the Storage queue on every send, as
-Service Bus + Event Grid do in Azure, so the sensor reads the signal through the Azure adapter."""
+Service Bus + Event Grid do in Azure, so the sensor reads the signal through the Azure adapter.
+
+Lifecycle — one client per port per process
+--------------------------------------------
+``CLIENTS`` (a ``Clients`` registry) creates each adapter on first use and hands the same object to
+every caller in the process: the Dagster resources (``orchestration.resources``) in the code server, where
+every sensor tick therefore uses the same Service Bus receiver, and in a run worker; the CLI; the web app
+(``st.cache_resource`` over this). Create-if-missing of databases, containers and queues happens in the
+adapters' constructors, so once per process. Clients are closed by ``close_all()``, which runs at process
+exit (``atexit``) and which the CLI and tests call themselves. A forked child never reuses (or closes) its
+parent's clients.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import atexit
+import logging
+import os
+import threading
+from typing import Any, Callable
 
-from orchestration.adapters.kafka_results import KafkaResultStream, ResultReader, client_options
-from orchestration.adapters.local_lake import LocalLake
-from orchestration.adapters.local_metadata import SqliteMetadataStore
-from orchestration.adapters.local_queue import SqliteBatchQueue
-from orchestration.adapters.local_signal import FileSignal
+from orchestration.domain.services import Services
 from orchestration.ports.lake import Lake
 from orchestration.ports.metadata import MetadataStore
 from orchestration.ports.queue import BatchQueue
@@ -27,14 +38,24 @@ from orchestration.ports.results import ResultStream
 from orchestration.ports.signal import Signal
 from orchestration.settings import Settings, check_profile
 
+log = logging.getLogger(__name__)
+
+
+def _secret(value) -> str:
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else (value or "")
+
+
+# -- builders: a new adapter each call (use CLIENTS to share one) ------------------------------------
 
 def build_lake(settings: Settings) -> Lake:
     if settings.profile == "local":
+        from orchestration.adapters.local_lake import LocalLake
+
         return LocalLake(settings.lake_dir, soft_delete_days=settings.lake_soft_delete_days)
     from orchestration.adapters.azure_lake import AzureLake
 
     return AzureLake.from_settings(
-        container=settings.lake_container, connection_string=settings.storage_connection_string or None,
+        container=settings.lake_container, connection_string=_secret(settings.storage_connection_string) or None,
         account_url=settings.storage_account_url or None, hns=settings.adls_hns,
         soft_delete_days=settings.lake_soft_delete_days,
     )
@@ -42,11 +63,14 @@ def build_lake(settings: Settings) -> Lake:
 
 def build_metadata(settings: Settings) -> MetadataStore:
     if settings.profile == "local":
+        from orchestration.adapters.local_metadata import SqliteMetadataStore
+
         return SqliteMetadataStore(settings.metadata_db)
     from orchestration.adapters.azure_cosmos import CosmosMetadataStore
 
-    if settings.cosmos_key:
-        credential = settings.cosmos_key
+    key = _secret(settings.cosmos_key)
+    if key:
+        credential: Any = key
     else:
         from azure.identity import DefaultAzureCredential
 
@@ -61,12 +85,15 @@ def build_metadata(settings: Settings) -> MetadataStore:
 
 def build_signal(settings: Settings) -> Signal:
     if settings.profile == "local":
+        from orchestration.adapters.local_signal import FileSignal
+
         return FileSignal(settings.signal_dir)
     from orchestration.adapters.eventgrid_signal import StorageQueueSignal
 
-    if settings.storage_connection_string:
-        return StorageQueueSignal.from_connection_string(
-            settings.storage_connection_string, settings.signal_queue, settings.servicebus_queue)
+    connection_string = _secret(settings.storage_connection_string)
+    if connection_string:
+        return StorageQueueSignal.from_connection_string(connection_string, settings.signal_queue,
+                                                         settings.servicebus_queue)
     from azure.identity import DefaultAzureCredential
     from azure.storage.queue import QueueClient
 
@@ -75,46 +102,124 @@ def build_signal(settings: Settings) -> Signal:
                               settings.servicebus_queue)
 
 
-def build_queue(settings: Settings) -> BatchQueue:
+def build_queue(settings: Settings, *, signal: Signal | None = None) -> BatchQueue:
     if settings.profile == "azure":
         from orchestration.adapters.servicebus_queue import ServiceBusQueue
 
         return ServiceBusQueue.from_settings(
-            settings.servicebus_queue, connection_string=settings.servicebus_connection_string or None,
+            settings.servicebus_queue, connection_string=_secret(settings.servicebus_connection_string) or None,
             fully_qualified_namespace=settings.servicebus_namespace or None)
+    from orchestration.adapters.local_queue import SqliteBatchQueue
+
     # Locally (and in 'emulated') the queue raises the signal itself, as Service Bus + Event Grid do.
     return SqliteBatchQueue(
         settings.queue_db,
         lock_duration_seconds=settings.queue_lock_seconds,
         max_delivery_count=settings.queue_max_delivery_count,
         duplicate_window_seconds=settings.queue_duplicate_window_seconds,
-        on_send=build_signal(settings).notify,
+        on_send=(signal or build_signal(settings)).notify,
     )
 
 
 def kafka_options(settings: Settings) -> dict:
-    return client_options(settings.kafka_security, eventhubs_connection_string=settings.eventhubs_connection_string,
-                          username=settings.kafka_username, password=settings.kafka_password)
+    from orchestration.adapters.kafka_results import client_options
+
+    return client_options(settings.kafka_security,
+                          eventhubs_connection_string=_secret(settings.eventhubs_connection_string),
+                          username=settings.kafka_username, password=_secret(settings.kafka_password))
+
+
+def kafka_bootstrap(settings: Settings) -> str:
+    """host:port of the brokers; for Event Hubs it comes from the connection string's namespace."""
+    if settings.kafka_security == "eventhubs":
+        from orchestration.adapters.kafka_results import eventhubs_bootstrap
+
+        return eventhubs_bootstrap(_secret(settings.eventhubs_connection_string))
+    return settings.kafka_bootstrap
 
 
 def build_results(settings: Settings) -> ResultStream:
-    return KafkaResultStream(settings.kafka_bootstrap, settings.kafka_topic, options=kafka_options(settings))
+    from orchestration.adapters.kafka_results import KafkaResultStream
+
+    return KafkaResultStream(kafka_bootstrap(settings), settings.kafka_topic, options=kafka_options(settings))
 
 
-def build_reader(settings: Settings) -> ResultReader:
-    return ResultReader(settings.kafka_bootstrap, settings.kafka_topic, options=kafka_options(settings))
+def build_reader(settings: Settings):
+    """A reader of the whole results topic (CLI, tests, benchmarks); the caller closes it."""
+    from orchestration.adapters.kafka_results import ResultReader
+
+    return ResultReader(kafka_bootstrap(settings), settings.kafka_topic, options=kafka_options(settings))
 
 
-@dataclass
-class Services:
-    """The ports intake and `imgpipe status` need (Kafka is opened only by the run that publishes)."""
+def build_user_follower(settings: Settings, user_id: str, **kwargs):
+    """The web page's follower of one user's events (one per browser session; the caller closes it)."""
+    from orchestration.adapters.kafka_results import UserEventFollower
 
-    settings: Settings
-    lake: Lake
-    metadata: MetadataStore
-    queue: BatchQueue
+    return UserEventFollower(kafka_bootstrap(settings), settings.kafka_topic, user_id,
+                             options=kafka_options(settings), **kwargs)
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "Services":
+
+# -- the per-process registry ------------------------------------------------------------------------
+
+class Clients:
+    """One client per (port, settings) per process; thread-safe; closed once by ``close_all``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._clients: dict[tuple[str, Settings], Any] = {}
+        self._pid = os.getpid()
+        self.created: dict[str, int] = {}  # how many adapters each port has built in this process
+
+    def _get(self, port: str, settings: Settings, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            if os.getpid() != self._pid:  # forked: the parent's connections are not ours
+                self._clients, self.created, self._pid = {}, {}, os.getpid()
+            key = (port, settings)
+            client = self._clients.get(key)
+            if client is None:
+                client = build()
+                self._clients[key] = client
+                self.created[port] = self.created.get(port, 0) + 1
+            return client
+
+    def lake(self, settings: Settings) -> Lake:
+        return self._get("lake", settings, lambda: build_lake(settings))
+
+    def metadata(self, settings: Settings) -> MetadataStore:
+        return self._get("metadata", settings, lambda: build_metadata(settings))
+
+    def signal(self, settings: Settings) -> Signal:
+        return self._get("signal", settings, lambda: build_signal(settings))
+
+    def queue(self, settings: Settings) -> BatchQueue:
+        return self._get("queue", settings, lambda: build_queue(settings, signal=self.signal(settings)))
+
+    def results(self, settings: Settings) -> ResultStream:
+        return self._get("results", settings, lambda: build_results(settings))
+
+    def services(self, settings: Settings) -> Services:
         check_profile(settings)
-        return cls(settings, build_lake(settings), build_metadata(settings), build_queue(settings))
+        return Services(settings, self.lake(settings), self.metadata(settings), self.queue(settings))
+
+    def close_all(self) -> None:
+        with self._lock:
+            if os.getpid() != self._pid:
+                return
+            clients, self._clients = list(self._clients.items()), {}
+        for (port, _), client in reversed(clients):
+            close = getattr(client, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception as exc:  # closing is best effort; never mask the real outcome
+                log.warning("closing the %s client failed: %s", port, exc)
+
+
+CLIENTS = Clients()
+atexit.register(CLIENTS.close_all)
+
+
+def services(settings: Settings) -> Services:
+    """The ports intake, status and the web app use, shared in this process."""
+    return CLIENTS.services(settings)

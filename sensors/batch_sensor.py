@@ -18,6 +18,17 @@ The queue gives *at-least-once* delivery (peek-lock); Dagster gives *at-most-onc
    the message yet: Dagster creates the run only after the tick returns.
 5. The next tick completes every remembered message whose run now exists.
 
+Settlement across ticks (why step 5 works on Service Bus)
+----------------------------------------------------------
+Service Bus settles a peek-locked message only through the receiver that received it. The queue the
+sensor gets is the code-server process's one shared client (``orchestration.wiring.CLIENTS``, handed out
+by the ``queue`` resource), so the receiver of step 1 in one tick is the receiver of step 5 in the next:
+the lock does outlive the tick, on purpose, because the run exists only after the tick returns. When that
+receiver is gone (the code server restarted, the lock expired, the link was recycled) the adapter raises
+``MessageLockLost``; the message is then delivered again after its lock expires and step 3 completes it
+in the same tick that received it. So a lost receiver costs one lock duration of delay, never a second
+run and never a lost batch.
+
 Crash points (each tested in tests/test_sensor.py):
 - dies after ``receive`` but before the tick returns: nothing was created; the lock expires, the message
   is delivered again and step 4 requests the run.
@@ -43,6 +54,7 @@ from dagster import (
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
+    ResourceParam,
     RunsFilter,
     SensorEvaluationContext,
     SensorResult,
@@ -52,10 +64,11 @@ from dagster import (
 )
 from pydantic import ValidationError
 
-from assets.batch import batches_partitions
-from orchestration.manifest import BatchManifest
-from orchestration.ports.queue import MessageLockLost, ReceivedMessage
-from orchestration.resources import BatchQueueResource, MetadataStoreResource, SignalResource
+from orchestration.domain.manifest import BatchManifest
+from orchestration.partitions import batches_partitions
+from orchestration.ports.metadata import MetadataStore
+from orchestration.ports.queue import BatchQueue, MessageLockLost, ReceivedMessage
+from orchestration.ports.signal import Signal
 from orchestration.settings import load_settings
 
 RECEIVE_BATCH = 20
@@ -90,12 +103,11 @@ def _decode(d: dict) -> ReceivedMessage:
     )
 
 
-def _mark_invalid(metadata: MetadataStoreResource, body: bytes, description: str) -> None:
+def _mark_invalid(store: MetadataStore, body: bytes, description: str) -> None:
     """Best effort: if the broken message still names a batch we know, record why it will not run."""
     try:
         raw = json.loads(body)
         batch_id, user_id = raw["batch_id"], raw["user_id"]
-        store = metadata.client()
         doc = store.read("batches", str(batch_id), str(user_id))
     except Exception:
         return
@@ -105,9 +117,9 @@ def _mark_invalid(metadata: MetadataStoreResource, body: bytes, description: str
 
 def evaluate_batch_sensor(
     context: SensorEvaluationContext,
-    queue: BatchQueueResource,
-    signal: SignalResource,
-    metadata: MetadataStoreResource,
+    queue: BatchQueue,
+    signal: Signal,
+    metadata: MetadataStore,
     *,
     safety_poll_seconds: float,
     now: float | None = None,
@@ -115,7 +127,7 @@ def evaluate_batch_sensor(
     now = time.time() if now is None else now
     state = json.loads(context.cursor) if context.cursor else {}
     pending: list[dict] = state.get("pending", [])
-    q = queue.client()
+    q = queue
 
     # Step 5: complete messages whose runs were created after the previous tick.
     still_pending = []
@@ -124,13 +136,13 @@ def evaluate_batch_sensor(
         if _run_exists(context, msg.message_id):
             try:
                 q.complete(msg)
-            except MessageLockLost:
-                context.log.info(f"lock of {msg.message_id} expired; its redelivery will be completed")
+            except MessageLockLost as exc:
+                context.log.info(f"{msg.message_id} not completed ({exc}); its redelivery will be completed")
         elif entry["locked_until"] > now:
             still_pending.append(entry)
     pending = still_pending
 
-    signals = signal.client().drain()
+    signals = signal.drain()
     due = now - state.get("last_receive", 0.0) >= safety_poll_seconds
     if not (signals or state.get("backlog") or due):
         return SensorResult(cursor=json.dumps({**state, "pending": pending}), skip_reason="no new batches signalled")
@@ -172,8 +184,9 @@ def evaluate_batch_sensor(
     )
 
 
-def build_batch_sensor(job, *, interval_seconds: int | None = None, safety_poll_seconds: float | None = None):
-    settings = load_settings()
+def build_batch_sensor(job, *, settings=None, interval_seconds: int | None = None,
+                       safety_poll_seconds: float | None = None):
+    settings = settings or load_settings()
     interval = interval_seconds or settings.sensor_interval_seconds
     safety = safety_poll_seconds or settings.sensor_safety_poll_seconds
 
@@ -187,9 +200,9 @@ def build_batch_sensor(job, *, interval_seconds: int | None = None, safety_poll_
     )
     def batch_sensor(
         context: SensorEvaluationContext,
-        queue: BatchQueueResource,
-        signal: SignalResource,
-        metadata: MetadataStoreResource,
+        queue: ResourceParam[BatchQueue],
+        signal: ResourceParam[Signal],
+        metadata: ResourceParam[MetadataStore],
     ):
         return evaluate_batch_sensor(context, queue, signal, metadata, safety_poll_seconds=safety)
 
@@ -205,13 +218,13 @@ def build_failure_sensor(job):
         description="Marks the batch document 'failed' with the error when a whole run fails "
         "(it can be re-executed from the UI; writes are idempotent).",
     )
-    def batch_failure_sensor(context: RunFailureSensorContext, metadata: MetadataStoreResource):
+    def batch_failure_sensor(context: RunFailureSensorContext, metadata: ResourceParam[MetadataStore]):
         run = context.dagster_run
         batch_id = run.tags.get("dagster/partition")
         user_id = run.tags.get("imgpipe/user_id")
         if not batch_id or not user_id:
             return
-        store = metadata.client()
+        store = metadata
         doc = store.read("batches", batch_id, user_id)
         if doc:
             message = context.failure_event.message or "run failed"

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from orchestration import kafka_broker
+from orchestration.devtools import kafka_broker
 from orchestration.settings import load_settings
-from orchestration.wiring import Services
+from orchestration import wiring
 
 
 def _server(env_var: str, start):
@@ -29,9 +29,9 @@ def _server(env_var: str, start):
 
 
 def _emulator_tools():
-    from orchestration.emulators import default_tools_dir, tools_installed
+    from orchestration.devtools.emulators import tools_installed
 
-    tools = default_tools_dir()
+    tools = load_settings().tools_dir
     if not tools_installed(tools):
         pytest.skip(f"Azurite / cosmosdb-server are not installed in {tools} (`bash .ci/run` installs them with npm)")
     return tools
@@ -49,7 +49,7 @@ def kafka_bootstrap(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cosmos_endpoint(tmp_path_factory):
     """A real Cosmos DB API server: cosmosdb-server."""
-    from orchestration.emulators import start_cosmos
+    from orchestration.devtools.emulators import start_cosmos
 
     def start():
         port = kafka_broker.free_port()
@@ -62,7 +62,7 @@ def cosmos_endpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def azurite_connection_string(tmp_path_factory):
     """Azurite Blob + Queue."""
-    from orchestration.emulators import azurite_connection_string as conn, start_azurite
+    from orchestration.devtools.emulators import azurite_connection_string as conn, start_azurite
 
     def start():
         blob, queue = kafka_broker.free_port(), kafka_broker.free_port()
@@ -94,4 +94,4 @@ def offline_settings(tmp_path):
 
 @pytest.fixture
 def services(offline_settings):
-    return Services.from_settings(offline_settings)
+    return wiring.services(offline_settings)

@@ -8,13 +8,14 @@ import pytest
 from dagster import DagsterInstance, materialize
 from PIL import Image
 
-from assets.batch import batch_asset_checks, batch_assets, batches_partitions
+from assets.batch import batch_asset_checks, batch_assets
+from orchestration.partitions import batches_partitions
 from orchestration.adapters.kafka_results import ResultReader
-from orchestration.intake import IntakeItem, upload_batch
+from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.resources import resources_from_settings
-from orchestration.sample import make_sample_batch
-from orchestration.status import batch_status
-from orchestration.wiring import Services
+from orchestration.devtools.sample import make_sample_batch
+from orchestration.domain.status import batch_status
+from orchestration import wiring
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def instance():
 
 @pytest.fixture
 def uploaded(settings, tmp_path):
-    services = Services.from_settings(settings)
+    services = wiring.services(settings)
     files = make_sample_batch(tmp_path / "in")
     result = upload_batch(services, [IntakeItem.from_path(p) for p in files], user_id="alice", metadata={"trip": "alps"})
     return services, result
@@ -37,6 +38,11 @@ def _run(instance, settings, batch_id, **resource_overrides):
         [*batch_assets, *batch_asset_checks], partition_key=batch_id, instance=instance, resources=resources,
         raise_on_error=False,
     )
+
+
+def _dead_kafka(settings):
+    """The results resource of a stack whose Kafka is down (nothing listens on port 1)."""
+    return resources_from_settings(settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"}))["results"]
 
 
 def _events(settings, batch_id):
@@ -107,11 +113,9 @@ def test_reexecution_leaves_no_duplicates(instance, settings, uploaded):
 
 
 def test_failed_run_can_be_reexecuted(instance, settings, uploaded):
-    from orchestration.resources import ResultStreamResource
-
     services, upload = uploaded
     batch = upload.batch_id
-    broken = _run(instance, settings, batch, results=ResultStreamResource(bootstrap="127.0.0.1:1", topic="x"))
+    broken = _run(instance, settings, batch, results=_dead_kafka(settings))
     assert not broken.success
     failed_steps = [e.step_key for e in broken.all_events if e.event_type_value == "STEP_FAILURE"]
     assert failed_steps == ["result_events"]
@@ -125,14 +129,13 @@ def test_failed_run_can_be_reexecuted(instance, settings, uploaded):
 def test_failed_run_marks_the_batch_failed_through_the_failure_sensor(settings, uploaded):
     from dagster import DagsterEventType, build_run_status_sensor_context, instance_for_test
 
-    from orchestration.resources import MetadataStoreResource, ResultStreamResource
     from sensors.batch_sensor import build_failure_sensor
 
     services, upload = uploaded
     batch = upload.batch_id
     with instance_for_test() as instance:
         instance.add_dynamic_partitions(batches_partitions.name, [batch])
-        resources = {**resources_from_settings(settings), "results": ResultStreamResource(bootstrap="127.0.0.1:1", topic="x")}
+        resources = {**resources_from_settings(settings), "results": _dead_kafka(settings)}
         result = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
                              resources=resources, raise_on_error=False, tags={"imgpipe/user_id": "alice"})
         assert not result.success
@@ -144,7 +147,7 @@ def test_failed_run_marks_the_batch_failed_through_the_failure_sensor(settings, 
         ctx = build_run_status_sensor_context(
             sensor_name="batch_failure_sensor", dagster_event=failure.event_log_entry.dagster_event,
             dagster_instance=instance, dagster_run=run,
-            resources={"metadata": MetadataStoreResource(data_dir=str(settings.data_dir))},
+            resources={"metadata": resources_from_settings(settings)["metadata"]},
         ).for_run_failure()
         sensor_def(ctx)
     doc = services.metadata.read("batches", batch, "alice")
@@ -152,9 +155,9 @@ def test_failed_run_marks_the_batch_failed_through_the_failure_sensor(settings, 
 
 
 def test_near_duplicates_within_a_batch_and_across_a_users_batches(instance, settings):
-    from orchestration.sample import synthetic_photo, jpeg_bytes
+    from orchestration.devtools.sample import synthetic_photo, jpeg_bytes
 
-    services = Services.from_settings(settings)
+    services = wiring.services(settings)
     photo = synthetic_photo(900, 600, 40, "dup")
     other = synthetic_photo(900, 600, 200, "other").transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     first = upload_batch(services, [IntakeItem.from_bytes("a.jpg", jpeg_bytes(photo, quality=95)),

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from assets.core import CoreConfig, ImageRejected, Limits, fit_long_edge, process_image, sniff_type
-from orchestration.sample import jpeg_bytes
+from orchestration.devtools.sample import jpeg_bytes
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -15,7 +15,7 @@ from PIL import Image, PngImagePlugin
 from assets.core import CoreConfig, ImageRejected, Limits, RenditionSpec, fit_long_edge, process_image
 from assets.core.facts import blurhash, hamming, phash
 from assets.core.pool import WorkerPool
-from orchestration.sample import synthetic_photo, jpeg_bytes
+from orchestration.devtools.sample import synthetic_photo, jpeg_bytes
 
 
 def _png(img: Image.Image, **kw) -> bytes:

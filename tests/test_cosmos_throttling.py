@@ -14,8 +14,8 @@ import uuid
 import pytest
 
 from orchestration.adapters.azure_cosmos import CosmosMetadataStore
-from orchestration.emulators import COSMOS_DEV_KEY
-from orchestration.kafka_broker import free_port
+from orchestration.devtools.emulators import COSMOS_DEV_KEY
+from orchestration.devtools.kafka_broker import free_port
 
 
 class ThrottlingProxy(http.server.ThreadingHTTPServer):

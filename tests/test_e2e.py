@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orchestration import kafka_broker
-from orchestration.intake import IntakeItem, upload_batch
-from orchestration.sample import make_sample_batch
+from orchestration.devtools import kafka_broker
+from orchestration.domain.intake import IntakeItem, upload_batch
+from orchestration.devtools.sample import make_sample_batch
 from orchestration.settings import Settings, load_settings
-from orchestration.status import batch_status
-from orchestration.wiring import Services, build_reader
+from orchestration.domain.status import batch_status
+from orchestration import wiring
+from orchestration.wiring import build_reader
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +63,7 @@ def stack_env(request, tmp_path):
         "IMGPIPE_WEB": "false",  # the web app has its own browser tests (tests/test_ui_browser.py)
     }
     if request.param == "emulated":
-        from orchestration.emulators import COSMOS_DEV_KEY
+        from orchestration.devtools.emulators import COSMOS_DEV_KEY
 
         env.update(
             IMGPIPE_STORAGE_CONNECTION_STRING=request.getfixturevalue("azurite_connection_string"),
@@ -108,7 +109,7 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
     try:
         _wait_for_line(proc, "Press Ctrl-C", timeout=180)
         settings = _settings_from(stack_env)
-        services = Services.from_settings(settings)
+        services = wiring.services(settings)
         files = make_sample_batch(tmp_path / "in")  # 4 photos, a PNG, a truncated JPEG, text named .jpg
         upload = upload_batch(services, [IntakeItem.from_path(p) for p in files], user_id="erin",
                               metadata={"album": "e2e"})

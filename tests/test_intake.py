@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from orchestration.intake import IntakeError, IntakeItem, expand_paths, parse_metadata, upload_batch
-from orchestration.manifest import BatchManifest
-from orchestration.sample import synthetic_photo, jpeg_bytes, make_sample_batch
+from orchestration.domain.intake import IntakeError, IntakeItem, expand_paths, parse_metadata, upload_batch
+from orchestration.domain.manifest import BatchManifest
+from orchestration.devtools.sample import synthetic_photo, jpeg_bytes, make_sample_batch
 from orchestration.settings import load_settings
-from orchestration.status import batch_status
-from orchestration.wiring import Services
+from orchestration.domain.status import batch_status
+from orchestration import wiring
 
 JPEG = jpeg_bytes(synthetic_photo(80, 60, 0, "x"))
 
@@ -58,7 +58,7 @@ def test_type_is_sniffed_from_bytes_not_the_name(services):
 
 
 def test_oversize_file_is_refused_without_reading_it(offline_settings):
-    services = Services.from_settings(load_settings(data_dir=offline_settings.data_dir, max_file_bytes=1000))
+    services = wiring.services(load_settings(data_dir=offline_settings.data_dir, max_file_bytes=1000))
 
     def explode():
         raise AssertionError("an oversize file must not be read")

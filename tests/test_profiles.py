@@ -32,7 +32,7 @@ def test_azure_profile_complete_passes(tmp_path):
 
 
 def test_unknown_profile_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="not a known profile"):
+    with pytest.raises(ValueError, match="Input should be .local., .emulated. or .azure."):
         load_settings(data_dir=tmp_path, profile="cloudy")
 
 

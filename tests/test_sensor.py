@@ -12,10 +12,10 @@ import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
 from dagster._core.test_utils import create_run_for_test
 
-from orchestration.intake import IntakeItem, upload_batch
-from orchestration.resources import BatchQueueResource, MetadataStoreResource, SignalResource
-from orchestration.sample import synthetic_photo, jpeg_bytes
-from orchestration.wiring import Services
+from orchestration.domain.intake import IntakeItem, upload_batch
+from orchestration.devtools.sample import synthetic_photo, jpeg_bytes
+from orchestration import wiring
+from orchestration.domain.services import Services
 from sensors.batch_sensor import INVALID_MANIFEST, evaluate_batch_sensor
 
 LOCK = 1.0
@@ -29,12 +29,9 @@ def instance():
 
 @pytest.fixture
 def res(offline_settings):
-    d = str(offline_settings.data_dir)
-    return {
-        "queue": BatchQueueResource(data_dir=d, lock_seconds=LOCK),
-        "signal": SignalResource(data_dir=d),
-        "metadata": MetadataStoreResource(data_dir=d),
-    }
+    """The ports the sensor gets, as the resources hand them over (the process's shared clients)."""
+    s = offline_settings.model_copy(update={"queue_lock_seconds": LOCK})
+    return {"queue": wiring.CLIENTS.queue(s), "signal": wiring.CLIENTS.signal(s), "metadata": wiring.CLIENTS.metadata(s)}
 
 
 def _tick(instance: DagsterInstance, res, cursor=None, *, safety=30.0, now=None):
@@ -72,7 +69,7 @@ def test_signalled_batch_becomes_one_run_request_and_message_completes_after_run
 def test_no_signal_means_no_receive_until_safety_poll(instance, res, services):
     first = _tick(instance, res, now=1000.0)  # nothing yet; records the receive time
     services.queue.send(b"{}", message_id="quiet")  # the local queue raises the signal on send...
-    res["signal"].client().drain()  # ...drop it, to model a lost Event Grid notification
+    res["signal"].drain()  # ...drop it, to model a lost Event Grid notification
     quiet = _tick(instance, res, first.cursor, now=1010.0)
     assert not quiet.run_requests and quiet.skip_reason and "no new batches" in str(quiet.skip_reason)
     assert services.queue.active_message_count() == 1 and not services.queue.peek_dead_letter()
@@ -87,7 +84,7 @@ def test_crash_after_receive_before_tick_returns(instance, res, services):
     _tick(instance, res)  # received and locked, then the daemon dies: result and cursor lost
     assert _tick(instance, res).run_requests == []  # still locked: no second request meanwhile
     time.sleep(LOCK + 0.1)
-    res["signal"].client().notify()
+    res["signal"].notify()
     retry = _tick(instance, res)
     [req] = retry.run_requests
     assert req.run_key == batch

@@ -10,10 +10,10 @@ from dagster import DagsterInstance, materialize
 from streamlit.testing.v1 import AppTest
 
 from assets.batch import batch_asset_checks, batch_assets, batches_partitions
-from orchestration.intake import IntakeItem, upload_batch
+from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.resources import resources_from_settings
-from orchestration.sample import synthetic_photo, jpeg_bytes
-from orchestration.wiring import Services
+from orchestration.devtools.sample import synthetic_photo, jpeg_bytes
+from orchestration import wiring
 
 APP = str(Path(__file__).resolve().parents[1] / "ui_streamlit" / "app.py")
 JPEG = jpeg_bytes(synthetic_photo(320, 240, 10, "ui"))
@@ -26,7 +26,7 @@ def env(monkeypatch, settings):
         monkeypatch.setenv(key, value)
     st.cache_resource.clear()
     st.cache_data.clear()
-    yield Services.from_settings(settings)
+    yield wiring.services(settings)
     st.cache_resource.clear()
 
 
@@ -121,6 +121,7 @@ def test_stats_scope_user_and_operator(env, settings, monkeypatch):
     assert {m.label: m.value for m in at.metric} == {"Batches": "1", "Images": "1", "Rejected": "0",
                                                        "With near-duplicates": "0"}
     monkeypatch.setenv("IMGPIPE_OPERATORS", "ops@example.com")
+    st.cache_resource.clear()  # settings are read once per app process
     ops = _app("ops@example.com", "views/stats.py")
     assert {m.label: m.value for m in ops.metric}["Images"] == "2"
     assert "all users" in ops.title[0].value

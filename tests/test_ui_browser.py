@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orchestration import kafka_broker
-from orchestration.sample import synthetic_photo, jpeg_bytes
+from orchestration.devtools import kafka_broker
+from orchestration.devtools.sample import synthetic_photo, jpeg_bytes
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [

@@ -1,37 +1,26 @@
 """What the web pages show, as plain functions over the ports (no Streamlit here, so they are tested
 directly). Every read is scoped to one user: a batch is read with the user as its partition key, so
-another user's batch id finds nothing; operators (``IMGPIPE_OPERATORS``) may see everyone's statistics.
+another user's batch id finds nothing; operators (``IMGPIPE_OPERATORS``, ``Settings.operators``) may see
+everyone's statistics.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 
 import pandas as pd
 
-from orchestration.intake import IntakeItem, check_content, check_size
-from orchestration.manifest import USER_ID_PATTERN
-from orchestration.status import batch_status
-from orchestration.wiring import Services
+from orchestration.domain.intake import IntakeItem, check_content, check_size
+from orchestration.domain.status import batch_status
+from orchestration.domain.identity import user_id_for  # noqa: F401  (the pages' import point)
+from orchestration.domain.services import Services
 
 PAGE_SIZE = 24
 
 
-def user_id_for(email: str | None, subject: str | None = None) -> str:
-    """The pipeline's user id for a signed-in person: the e-mail address (lower case), with characters
-    outside the id alphabet replaced; the OIDC subject when there is no e-mail."""
-    raw = (email or subject or "").strip().lower()
-    uid = re.sub(r"[^a-z0-9_.@-]", "-", raw)[:128].lstrip("._@-")
-    if not re.match(USER_ID_PATTERN, uid):
-        raise ValueError("the signed-in account has no usable e-mail or subject")
-    return uid
-
-
-def is_operator(email: str | None) -> bool:
-    operators = {e.strip().lower() for e in os.environ.get("IMGPIPE_OPERATORS", "").split(",") if e.strip()}
-    return bool(email) and email.lower() in operators
+def is_operator(email: str | None, operators: tuple[str, ...] | list[str]) -> bool:
+    allowed = {e.strip().lower() for e in operators if e.strip()}
+    return bool(email) and email.lower() in allowed
 
 
 @dataclass(frozen=True)
@@ -126,7 +115,7 @@ def stats(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def parse_extra(text: str) -> dict[str, str]:
     """'key=value' lines from the upload form (blank lines ignored); errors name the line."""
-    from orchestration.intake import IntakeError
+    from orchestration.domain.intake import IntakeError
 
     out: dict[str, str] = {}
     for n, line in enumerate(text.splitlines(), start=1):

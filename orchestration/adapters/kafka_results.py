@@ -1,5 +1,5 @@
-"""Kafka adapter of the ResultStream port (kafka-python), plus the reader the CLI, tests and benchmarks
-use to follow a batch's events.
+"""Kafka adapter of the ResultStream port (kafka-python), plus the two readers: ``ResultReader`` (the
+whole topic: CLI, tests, benchmarks) and ``UserEventFollower`` (one user's partition: the web page).
 
 Producer settings: acks=all, retries with idempotence where the broker supports it, JSON values,
 UTF-8 keys (the user id). The reader assigns every partition of the topic itself instead of joining a
@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Mapping
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 
 
 class ResultStreamError(RuntimeError):
@@ -76,14 +77,25 @@ def ensure_topic(bootstrap: str, topic: str, *, partitions: int = 3, timeout_sec
 
 
 class KafkaResultStream:
+    """The producer connects on first use (not on construction), so a process can hold this client from
+    start-up and a broker outage fails only the step that publishes; a later publish tries again."""
+
     def __init__(self, bootstrap: str, topic: str, *, client_id: str = "imgpipe-results", options: dict | None = None):
         self.topic = topic
         self.bootstrap = bootstrap
+        self._client_id = client_id
+        self._options = options or {}
+        self._producer = None
+        self._pending: list = []
+
+    def _get_producer(self) -> KafkaProducer:
+        if self._producer is not None:
+            return self._producer
         try:
             self._producer = KafkaProducer(
-                **(options or {}),
-                bootstrap_servers=bootstrap,
-                client_id=client_id,
+                **self._options,
+                bootstrap_servers=self.bootstrap,
+                client_id=self._client_id,
                 acks="all",
                 retries=5,
                 linger_ms=5,
@@ -96,14 +108,16 @@ class KafkaResultStream:
                 value_serializer=lambda v: json.dumps(v, sort_keys=True, default=str).encode("utf-8"),
             )
         except KafkaError as exc:
-            raise ResultStreamError(f"Kafka broker at {bootstrap} is not reachable: {exc}") from exc
-        self._pending: list = []
+            raise ResultStreamError(f"Kafka broker at {self.bootstrap} is not reachable: {exc}") from exc
+        return self._producer
 
     def publish(self, key: str, event: Mapping[str, Any]) -> None:
         headers = [("event_type", str(event.get("type", "")).encode()), ("event_id", str(event.get("event_id", "")).encode())]
-        self._pending.append(self._producer.send(self.topic, key=key, value=dict(event), headers=headers))
+        self._pending.append(self._get_producer().send(self.topic, key=key, value=dict(event), headers=headers))
 
     def flush(self, timeout_seconds: float = 30.0) -> None:
+        if self._producer is None:
+            return
         self._producer.flush(timeout=timeout_seconds)
         pending, self._pending = self._pending, []
         for future in pending:
@@ -113,7 +127,9 @@ class KafkaResultStream:
                 raise ResultStreamError(f"publishing to {self.topic!r} on {self.bootstrap} failed: {exc}") from exc
 
     def close(self) -> None:
-        self._producer.close(timeout=5)
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+            self._producer = None
 
 
 class ResultReader:
@@ -167,3 +183,89 @@ class ResultReader:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+# -- the web page's follower of one user's events ----------------------------------------------------
+#
+# Choice: one consumer per browser session, reading only the partition that holds the user's events.
+# Events are keyed by user id and Kafka's default partitioner puts a key on ``murmur2(key) % partitions``,
+# so the follower computes that partition and assigns itself just that one: it never receives another
+# user's events (nothing to filter out, nothing to leak), needs no consumer group (a group join costs
+# seconds on this broker) and keeps no committed offsets. What the page shows comes from the metadata
+# store (the truth, which survives reloads and restarts); Kafka only says *when* to look again, and events
+# are de-duplicated by ``event_id``, so a reload, a restart or a re-executed run neither loses nor doubles
+# anything. When Kafka is unreachable the follower says so at once instead of hanging the page.
+
+# When Kafka is unreachable, every new page session would wait for the bootstrap timeout again; the
+# failure is remembered per process for RETRY_AFTER seconds so pages render at once meanwhile.
+RETRY_AFTER = 15.0
+_last_failure: dict[str, tuple[float, str]] = {}
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key``."""
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+class UserEventFollower:
+    def __init__(self, bootstrap: str, topic: str, user_id: str, *, options: dict | None = None,
+                 timeout_ms: int = 1500, client_id: str = "imgpipe-web"):
+        self.user_id = user_id
+        self.error: str | None = None
+        self.seen: set[str] = set()
+        self._consumer = None
+        failed = _last_failure.get(bootstrap)
+        if failed and time.monotonic() - failed[0] < RETRY_AFTER:
+            self.error = failed[1]
+            return
+        try:
+            consumer = KafkaConsumer(
+                **(options or {}),
+                bootstrap_servers=bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                client_id=client_id,
+                bootstrap_timeout_ms=timeout_ms,
+                request_timeout_ms=5000,
+                value_deserializer=lambda b: json.loads(b.decode("utf-8")),
+            )
+            partitions = sorted(consumer.partitions_for_topic(topic) or [])
+            if not partitions:
+                consumer.close()
+                self.error = f"the results topic {topic!r} does not exist yet"
+                return
+            tp = TopicPartition(topic, partitions[partition_for(user_id, len(partitions))])
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            self._consumer = consumer
+        except (KafkaError, OSError, ValueError) as exc:
+            self.error = f"live updates are unavailable: Kafka at {bootstrap} is not reachable ({exc})"
+            _last_failure[bootstrap] = (time.monotonic(), self.error)
+
+    @property
+    def connected(self) -> bool:
+        return self._consumer is not None
+
+    def poll(self, timeout_ms: int = 200) -> list[dict]:
+        """New events of this user (each event once), without blocking the page for long."""
+        if self._consumer is None:
+            return []
+        try:
+            batches = self._consumer.poll(timeout_ms=timeout_ms)
+        except (KafkaError, OSError) as exc:
+            self.error = f"live updates interrupted: {exc}"
+            return []
+        fresh = []
+        for records in batches.values():
+            for r in records:
+                event = r.value
+                if event.get("user_id") != self.user_id or event.get("event_id") in self.seen:
+                    continue
+                self.seen.add(event.get("event_id"))
+                fresh.append(event)
+        return fresh
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

@@ -4,8 +4,10 @@ Mapping:
 - ``send`` → ``ServiceBusMessage(message_id=…)``; duplicate detection is a queue property
   (``requiresDuplicateDetection`` + window, set by the infrastructure code): the service drops a repeat
   silently, so ``send`` cannot tell and returns True;
-- ``receive`` → a PEEK_LOCK receiver; the SDK message is held here by lock token, because Service Bus
-  settles a message only through the receiver that received it;
+- ``receive`` → one PEEK_LOCK receiver per adapter, kept open; the SDK message is held here by lock
+  token, because Service Bus settles a message only through the receiver that received it. The adapter
+  is created once per process (``orchestration.wiring.CLIENTS``), so a sensor can receive in one tick and
+  complete in the next; calls are serialised by a lock (the SDK's receiver is not thread-safe);
 - ``complete`` / ``abandon`` / ``dead_letter(reason, description)`` / ``renew_lock`` → the receiver's
   methods; ``MessageLockLostError`` (and a lock token this instance does not hold, e.g. after a restart
   of the sensor process) → ``MessageLockLost``: the message comes back after its lock expires and the
@@ -19,6 +21,7 @@ There is no Service Bus server that runs here: this is unit-tested at the SDK bo
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timezone
 from typing import Any
 
@@ -58,6 +61,7 @@ class ServiceBusQueue:
         self._sender = None
         self._receiver = None
         self._held: dict[str, Any] = {}
+        self._lock = threading.RLock()
 
     @classmethod
     def from_settings(cls, queue_name: str, *, connection_string: str | None = None,
@@ -90,13 +94,18 @@ class ServiceBusQueue:
     def send(self, body: bytes, *, message_id: str, application_properties: dict[str, str] | None = None) -> bool:
         if not message_id:
             raise ValueError("message_id is required (it drives duplicate detection)")
-        self._get_sender().send_messages(
-            ServiceBusMessage(body, message_id=message_id, application_properties=application_properties or {},
-                              content_type="application/json")
-        )
+        with self._lock:
+            self._get_sender().send_messages(
+                ServiceBusMessage(body, message_id=message_id, application_properties=application_properties or {},
+                                  content_type="application/json")
+            )
         return True
 
     def receive(self, max_messages: int = 1, *, max_wait_seconds: float = 0.0) -> list[ReceivedMessage]:
+        with self._lock:
+            return self._receive(max_messages, max_wait_seconds)
+
+    def _receive(self, max_messages: int, max_wait_seconds: float) -> list[ReceivedMessage]:
         # The SDK needs a positive wait; a short one keeps a sensor tick cheap when the queue is empty.
         msgs = self._get_receiver().receive_messages(max_message_count=max_messages,
                                                      max_wait_time=max(max_wait_seconds, 0.5))
@@ -117,6 +126,10 @@ class ServiceBusQueue:
         return out
 
     def _settle(self, message: ReceivedMessage, action: str, **kwargs) -> Any:
+        with self._lock:
+            return self._settle_locked(message, action, **kwargs)
+
+    def _settle_locked(self, message: ReceivedMessage, action: str, **kwargs) -> Any:
         sdk = self._held.get(message.lock_token)
         if sdk is None:
             raise MessageLockLost(
@@ -176,7 +189,10 @@ class ServiceBusQueue:
         return int(self._admin.get_queue_runtime_properties(self._queue).active_message_count)
 
     def close(self) -> None:
-        for link in (self._sender, self._receiver):
-            if link is not None:
-                link.close()
-        self._client.close()
+        with self._lock:
+            for link in (self._sender, self._receiver):
+                if link is not None:
+                    link.close()
+            self._sender = self._receiver = None
+            self._held.clear()
+            self._client.close()

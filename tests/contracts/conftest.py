@@ -99,7 +99,7 @@ def metadata_store(request, tmp_path):
         import urllib3
 
         from orchestration.adapters.azure_cosmos import CosmosMetadataStore
-        from orchestration.emulators import COSMOS_DEV_KEY
+        from orchestration.devtools.emulators import COSMOS_DEV_KEY
 
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # self-signed test server
         endpoint = request.getfixturevalue("cosmos_endpoint")

@@ -1,10 +1,10 @@
 """Results page: the user's batches, live. The metadata store says what there is; the user's Kafka
-partition says when to look again (see ui_streamlit/live.py)."""
+partition says when to look again (``UserEventFollower`` in orchestration/adapters/kafka_results.py)."""
 
 import streamlit as st
 
 from ui_streamlit import data
-from ui_streamlit.live import UserEvents
+from orchestration.wiring import build_user_follower
 from ui_streamlit.session import current_user, services
 
 svc = services()
@@ -14,9 +14,9 @@ st.title("Your results")
 if st.session_state.get("follower_user") != user:  # one Kafka follower per browser session and user
     if "follower" in st.session_state:
         st.session_state["follower"].close()
-    st.session_state["follower"] = UserEvents(svc.settings, user)
+    st.session_state["follower"] = build_user_follower(svc.settings, user)
     st.session_state["follower_user"] = user
-follower: UserEvents = st.session_state["follower"]
+follower = st.session_state["follower"]
 
 selected = st.query_params.get("batch") or st.session_state.get("selected_batch")
 

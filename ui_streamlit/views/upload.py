@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from orchestration.intake import IntakeError, upload_batch
+from orchestration.domain.intake import IntakeError, upload_batch
 from ui_streamlit import data
 from ui_streamlit.session import current_user, services
 

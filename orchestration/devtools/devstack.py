@@ -19,14 +19,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from orchestration import kafka_broker
+from orchestration.devtools import kafka_broker
 from orchestration.adapters.kafka_results import ensure_topic
-from orchestration.intake import IntakeItem, upload_batch
-from orchestration.sample import make_sample_batch
-from orchestration.settings import Settings, check_profile
-from orchestration.status import batch_status
-from orchestration.wiring import Services, build_reader
-from ui_streamlit.data import user_id_for
+from orchestration.domain.intake import IntakeItem, upload_batch
+from orchestration.devtools.sample import make_sample_batch
+from orchestration.settings import Settings, check_profile, remove_stack_file, write_stack_file
+from orchestration.domain.status import batch_status
+from orchestration.wiring import CLIENTS, build_reader
+from orchestration.domain.identity import user_id_for
 
 # Instance settings for the local stack, chosen for latency on a small machine:
 # - QueuedRunCoordinator checking the queue every second, at most `max_concurrent_runs` runs at once:
@@ -62,26 +62,17 @@ def prepare_dagster_home(settings: Settings) -> Path:
 def stack_env(settings: Settings) -> dict[str, str]:
     """The environment of the processes the stack starts: every setting as its IMGPIPE_* variable, so the
     Dagster daemon, the run workers and the webserver see exactly this configuration."""
-    env = dict(os.environ)
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        env[f"IMGPIPE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env = {**os.environ, **settings.to_env()}
     env.update(DAGSTER_HOME=str(settings.dagster_home), PYTHONUNBUFFERED="1")
     return env
-
-
-def tools_dir(settings: Settings) -> Path:
-    """Where the emulators are installed: IMGPIPE_TOOLS_DIR, else inside the data dir."""
-    given = os.environ.get("IMGPIPE_TOOLS_DIR")
-    return Path(given) if given else settings.data_dir / "tools"
 
 
 def start_emulators(settings: Settings, started: list) -> Settings:
     """Azurite (Blob + Queue) and cosmosdb-server for the 'emulated' profile, installed when missing.
     Returns the settings pointing at them; the processes are appended to ``started``."""
-    from orchestration import emulators
+    from orchestration.devtools import emulators
 
-    tools = emulators.ensure_tools(tools_dir(settings), log=_log)
+    tools = emulators.ensure_tools(settings.tools_dir, log=_log)
     blob, queue, cosmos = (kafka_broker.free_port() for _ in range(3))
     azurite = emulators.start_azurite(tools, blob, queue, log_path=settings.log_dir / "azurite.log")
     started.append(("Azurite", azurite))
@@ -89,12 +80,18 @@ def start_emulators(settings: Settings, started: list) -> Settings:
     server = emulators.start_cosmos(tools, cosmos, log_path=settings.log_dir / "cosmos.log")
     started.append(("cosmosdb-server", server))
     _log(f"cosmosdb-server pid {server.pid}: https://127.0.0.1:{cosmos}")
-    return settings.model_copy(update={
+    return Settings(**{
+        **settings.model_dump(),
         "storage_connection_string": emulators.azurite_connection_string(blob, queue),
         "cosmos_endpoint": f"https://127.0.0.1:{cosmos}",
         "cosmos_key": emulators.COSMOS_DEV_KEY,
         "cosmos_verify_tls": False,
     })
+
+
+# What a second shell needs to reach this stack (written to <data_dir>/stack.json while it runs).
+STACK_FIELDS = ("profile", "kafka_bootstrap", "kafka_topic", "storage_connection_string", "cosmos_endpoint",
+                "cosmos_key", "cosmos_verify_tls", "webserver_port", "web_port")
 
 
 def _wait_http(url: str, timeout_seconds: float, proc: subprocess.Popen, log_file: Path) -> None:
@@ -185,6 +182,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
             else:
                 settings = start_emulators(settings, helpers)
         check_profile(settings)
+        write_stack_file(settings, {k: getattr(settings, k) for k in STACK_FIELDS}, pid=os.getpid())
 
         dagster_log = settings.log_dir / "dagster.log"
         dagster = subprocess.Popen(
@@ -202,12 +200,12 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         _log(f"Dagster UI ready at {ui}")
         web_url = None
         if settings.web:
-            from orchestration import webstack
+            from orchestration.devtools import webstack
 
             oidc = webstack.start_oidc(settings, settings.log_dir / "oidc.log")
             helpers.append(("OIDC provider", oidc))
             _log(f"local OIDC provider pid {oidc.pid} on http://127.0.0.1:{settings.oidc_port} "
-                 f"(users: {settings.dev_users})")
+                 f"(users: {', '.join(settings.dev_users)})")
             secrets_file = webstack.write_secrets(settings, settings.data_dir / "web")
             web = webstack.start_web(settings, stack_env(settings), secrets_file, settings.log_dir / "web.log")
             helpers.append(("web app", web))
@@ -216,11 +214,11 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
 
         if sample:
             files = make_sample_batch(settings.data_dir / "sample")
-            services = Services.from_settings(settings)
+            services = CLIENTS.services(settings)
             result = upload_batch(
                 services,
                 [IntakeItem.from_path(p) for p in files],
-                user_id=user_id_for(settings.dev_users.split(",")[0]) if settings.web else "sample-user",
+                user_id=user_id_for(settings.dev_users[0]) if settings.web and settings.dev_users else "sample-user",
                 metadata={"title": "imgpipe sample batch", "source": "imgpipe dev"},
             )
             _log(f"uploaded sample batch {result.batch_id}: {len(result.accepted)} accepted, "
@@ -236,7 +234,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
                 [
                     "",
                     "imgpipe local stack is running:",
-                    *([f"  web app           {web_url}  (sign in as one of: {settings.dev_users})"] if web_url else []),
+                    *([f"  web app           {web_url}  (sign in as one of: {', '.join(settings.dev_users)})"] if web_url else []),
                     f"  Dagster UI        {ui}  (runs, assets, the batch sensor, backfills)",
                     f"  profile           {settings.profile}",
                     f"  data dir          {settings.data_dir}",
@@ -280,5 +278,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         for name, proc in reversed(helpers):
             kafka_broker.stop_process(proc)
             _log(f"stopped {name} (pid {proc.pid})")
+        CLIENTS.close_all()
+        remove_stack_file(settings, pid=os.getpid())
         signal.signal(signal.SIGTERM, previous)
 

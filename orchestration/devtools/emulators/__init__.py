@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from orchestration.kafka_broker import stop_process, wait_for_port
+from orchestration.devtools.kafka_broker import stop_process, wait_for_port
 
 AZURITE = "azurite@3.35.0"
 COSMOSDB_SERVER = "@vercel/cosmosdb-server@1.0.1"
@@ -30,10 +30,6 @@ COSMOS_DEV_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGy
 
 class ToolsMissing(RuntimeError):
     pass
-
-
-def default_tools_dir() -> Path:
-    return Path(os.environ.get("IMGPIPE_TOOLS_DIR", Path.home() / ".cache" / "imgpipe" / "node-tools"))
 
 
 def tools_installed(tools_dir: Path) -> bool:

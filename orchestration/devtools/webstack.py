@@ -4,6 +4,7 @@ secrets file differs (README, "Web app")."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import secrets
 import subprocess
@@ -12,8 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import ui_streamlit
-from orchestration.kafka_broker import wait_for_port
+from orchestration.devtools.kafka_broker import wait_for_port
 from orchestration.settings import Settings
 
 CLIENT_ID = "imgpipe-web"
@@ -42,7 +42,7 @@ def write_secrets(settings: Settings, directory: Path) -> Path:
 
 def start_oidc(settings: Settings, log_path: Path) -> subprocess.Popen:
     args = [sys.executable, "-m", "oidc_provider_mock", "-p", str(settings.oidc_port), "-H", "127.0.0.1"]
-    for email in filter(None, (e.strip() for e in settings.dev_users.split(","))):
+    for email in settings.dev_users:
         args += ["--user-claims", json.dumps({"sub": email, "email": email, "name": email.split("@")[0]})]
     proc = subprocess.Popen(args, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
     wait_for_port("127.0.0.1", settings.oidc_port, 30)
@@ -50,7 +50,8 @@ def start_oidc(settings: Settings, log_path: Path) -> subprocess.Popen:
 
 
 def start_web(settings: Settings, env: dict[str, str], secrets_file: Path, log_path: Path) -> subprocess.Popen:
-    app = Path(ui_streamlit.__file__).parent / "app.py"
+    # Found, not imported: the developer tooling starts the web app as a process and depends on none of its code.
+    app = Path(importlib.util.find_spec("ui_streamlit").origin).parent / "app.py"
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(settings.web_port),

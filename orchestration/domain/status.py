@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestration.wiring import Services
+from orchestration.domain.services import Services
 
 
 class BatchNotFound(LookupError):

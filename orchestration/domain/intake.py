@@ -1,4 +1,4 @@
-"""Intake — where a batch enters the system. Used by `imgpipe upload` and (later) the web app.
+"""Intake — where a batch enters the system. Used by `imgpipe upload` and the web app's upload page.
 
 For each file: sniff its type from its bytes, refuse what is too large, empty or not a supported
 image (with the file's name and the reason), and store the raw bytes of everything not over the size
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from assets.core.sniff import SUPPORTED_IMAGE_TYPES, sniff_type
-from orchestration.manifest import (
+from orchestration.domain.manifest import (
     META_KEY_PATTERN,
     USER_ID_PATTERN,
     BatchManifest,
@@ -32,7 +32,7 @@ from orchestration.manifest import (
     manifest_path,
     raw_path,
 )
-from orchestration.wiring import Services
+from orchestration.domain.services import Services
 
 
 class IntakeError(ValueError):

@@ -1,0 +1,8 @@
+"""The batches partitions definition: one dynamic partition per batch (the partition key is the batch id).
+
+Its own module so that sensors (which add partitions) and assets (which are partitioned by it) share it
+without importing each other."""
+
+from dagster import DynamicPartitionsDefinition
+
+batches_partitions = DynamicPartitionsDefinition(name="batches")
