@@ -192,6 +192,8 @@ class Clients:
         return self._get("signal", settings, lambda: build_signal(settings))
 
     def queue(self, settings: Settings) -> BatchQueue:
+        if settings.profile == "azure":  # Event Grid raises the signal; the queue does not
+            return self._get("queue", settings, lambda: build_queue(settings))
         return self._get("queue", settings, lambda: build_queue(settings, signal=self.signal(settings)))
 
     def results(self, settings: Settings) -> ResultStream:

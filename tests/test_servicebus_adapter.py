@@ -164,3 +164,55 @@ def test_peek_dead_letter_reads_reason_and_description_from_the_sub_queue():
     assert client.receiver_args[-1] == ("batches", {"sub_queue": ServiceBusSubQueue.DEAD_LETTER})
     assert (d.message_id, d.reason) == ("m4", "MaxDeliveryCountExceeded") and "10 delivery" in d.description
     assert dlq.calls == [("peek", 10)]  # peeked, never settled
+
+
+# -- the batch sensor on Service Bus, across ticks, through the real resources -----------------------
+
+AZURE = dict(profile="azure", servicebus_connection_string="Endpoint=sb://double.invalid/;SharedAccessKeyName=k;"
+             "SharedAccessKey=not-a-secret", storage_account_url="https://acct.blob.core.windows.net",
+             cosmos_endpoint="https://acct.documents.azure.com:443/")
+
+
+def test_sensor_completes_in_the_next_tick_through_the_receiver_that_received(monkeypatch, tmp_path):
+    """The daemon evaluates the sensor once per tick, building its resources each time. On Service Bus the
+    message received in tick 1 can only be completed (tick 2, once the run exists) by the receiver that
+    received it: the queue resource must hand every tick the process's one client. With a new client per
+    tick the completion fails, the message stays locked and is delivered a second time after its lock."""
+    from dagster import build_sensor_context, instance_for_test
+    from dagster._core.test_utils import create_run_for_test
+
+    from orchestration.definitions import process_batch_job
+    from orchestration.domain.manifest import BatchManifest, ManifestImage
+    from orchestration.resources import resources_from_settings
+    from orchestration.settings import load_settings
+    from orchestration.wiring import CLIENTS
+    from sensors.batch_sensor import build_batch_sensor
+    from tests.servicebus_double import FakeNamespace, install
+
+    ns = FakeNamespace()
+    install(monkeypatch, ns)
+    azure, local = load_settings(data_dir=tmp_path, **AZURE), load_settings(data_dir=tmp_path)
+    on_azure, on_local = resources_from_settings(azure), resources_from_settings(local)
+    resources = {"queue": on_azure["queue"], "signal": on_local["signal"], "metadata": on_local["metadata"]}
+    sensor = build_batch_sensor(process_batch_job, settings=local)
+
+    batch_id = "b-20261125-120000-0123abcd"
+    manifest = BatchManifest(batch_id=batch_id, user_id="alice", created_at=NOW,
+                             images=[ManifestImage(image_id="i0001", name="a.jpg", size=1, sniffed_type="image/jpeg")])
+    CLIENTS.queue(azure).send(manifest.model_dump_json().encode(), message_id=batch_id)  # intake, same process
+    CLIENTS.signal(local).notify()
+    try:
+        with instance_for_test() as instance:
+            with build_sensor_context(instance=instance, resources=resources) as ctx:
+                first = sensor(ctx)
+            assert [r.run_key for r in first.run_requests] == [batch_id]
+            create_run_for_test(instance, job_name="process_batch", tags={"dagster/run_key": batch_id})
+            for _ in range(2):  # the completing tick, and an idle one after it
+                with build_sensor_context(instance=instance, cursor=first.cursor, resources=resources) as ctx:
+                    first = sensor(ctx)
+        queue = ns.queues["batches"]
+        assert queue.active == [] and queue.dead == []  # completed once, in the tick after the run appeared
+        assert ns.clients_created == 1 and ns.receivers_created == 1  # one client and receiver for all ticks
+    finally:
+        CLIENTS.close_all()
+    assert ns.open_links == 0  # closed at teardown of the process's clients

@@ -154,3 +154,54 @@ def test_local_queue_is_safe_across_processes(tmp_path):
     everything = [m for r in results for m in r]
     assert sorted(everything) == sorted(f"m{i}" for i in range(200))
     assert len(set(everything)) == 200
+
+
+def test_settles_a_message_in_a_later_sensor_tick(make_queue, tmp_path):
+    """The batch sensor receives a message in one tick and completes it in the next (the run exists only
+    after the tick returns), through the process's one queue client. On Service Bus that works only if
+    both ticks use the receiver that received the message."""
+    from datetime import datetime, timezone
+
+    from dagster import build_sensor_context, instance_for_test
+    from dagster._core.test_utils import create_run_for_test
+
+    from orchestration.adapters.local_metadata import SqliteMetadataStore
+    from orchestration.adapters.local_signal import FileSignal
+    from orchestration.domain.manifest import BatchManifest, ManifestImage
+    from sensors.batch_sensor import evaluate_batch_sensor
+
+    batch_id = "b-20261125-120000-0123abcd"
+    manifest = BatchManifest(batch_id=batch_id, user_id="alice", created_at=datetime.now(timezone.utc),
+                             images=[ManifestImage(image_id="i0001", name="a.jpg", size=1, sniffed_type="image/jpeg")])
+    q = make_queue()
+    q.send(manifest.model_dump_json().encode(), message_id=batch_id)
+    signal, metadata = FileSignal(tmp_path / "signals"), SqliteMetadataStore(tmp_path / "metadata.sqlite")
+    signal.notify()
+    with instance_for_test() as instance:
+        first = evaluate_batch_sensor(build_sensor_context(instance=instance), q, signal, metadata,
+                                      safety_poll_seconds=30)
+        assert [r.run_key for r in first.run_requests] == [batch_id]
+        assert q.active_message_count() == 1  # not settled before the run exists
+        create_run_for_test(instance, job_name="process_batch", tags={"dagster/run_key": batch_id})
+        second = evaluate_batch_sensor(build_sensor_context(instance=instance, cursor=first.cursor), q, signal,
+                                       metadata, safety_poll_seconds=30)
+    assert second.run_requests == []
+    assert q.active_message_count() == 0  # completed in the second tick, not left to redeliver
+    assert q.receive() == [] and q.peek_dead_letter() == []
+
+
+def test_another_client_cannot_settle_but_the_message_is_not_lost(make_queue, clock):
+    """A message received by one client (a code server that then restarted) either settles through a new
+    client (the local queue keeps locks in its database) or raises MessageLockLost (Service Bus: the lock
+    belongs to the receiver); either way it is completed exactly once, at the latest after redelivery."""
+    first_client, second_client = make_queue(lock_duration_seconds=30), make_queue(lock_duration_seconds=30)
+    first_client.send(b"a", message_id="m1")
+    [msg] = first_client.receive()
+    try:
+        second_client.complete(msg)
+    except MessageLockLost:
+        clock.advance(seconds=31)
+        [again] = second_client.receive()
+        assert again.message_id == "m1" and again.delivery_count == 2
+        second_client.complete(again)
+    assert second_client.active_message_count() == 0 and second_client.peek_dead_letter() == []
