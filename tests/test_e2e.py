@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -145,6 +146,15 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
             doc = services.metadata.read("images", img["image_id"], upload.batch_id)
             assert doc["user_metadata"] == {"album": "e2e"} and doc["sha256"] and doc["dagster_run_id"]
 
+        # A second shell that knows only the data dir reaches the same stack (in 'emulated' the endpoints
+        # of the emulators come from <data_dir>/stack.json, which `imgpipe dev` wrote).
+        second_shell = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
+                        "IMGPIPE_DATA_DIR": stack_env["IMGPIPE_DATA_DIR"]}
+        cli = subprocess.run([sys.executable, "-m", "orchestration.cli", "status", upload.batch_id, "--json"],
+                             env=second_shell, capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout)["status"] == "completed"
+
         # The run was launched by the daemon's sensor, keyed by the batch id, and succeeded.
         from dagster import DagsterInstance, DagsterRunStatus
 
@@ -176,6 +186,7 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
         time.sleep(0.25)
     left = {p: _cmdline(p) for p in children if _pid_alive(p)}
     assert left == {}, f"processes left running after Ctrl-C: {left}"  # everything it started is gone
+    assert not (Path(stack_env["IMGPIPE_DATA_DIR"]) / "stack.json").exists()  # the endpoints file goes with it
 
 
 def test_readme_command_runs_the_sample_batch(stack_env):

@@ -19,6 +19,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from orchestration.devtools import kafka_broker
 from orchestration.adapters.kafka_results import ensure_topic
 from orchestration.domain.intake import IntakeItem, upload_batch
@@ -89,9 +91,21 @@ def start_emulators(settings: Settings, started: list) -> Settings:
     })
 
 
-# What a second shell needs to reach this stack (written to <data_dir>/stack.json while it runs).
-STACK_FIELDS = ("profile", "kafka_bootstrap", "kafka_topic", "storage_connection_string", "cosmos_endpoint",
-                "cosmos_key", "cosmos_verify_tls", "webserver_port", "web_port")
+# The only secrets stack.json may carry: the emulators' public development keys (profile 'emulated').
+EMULATOR_SECRETS = ("storage_connection_string", "cosmos_key")
+
+
+def stack_values(settings: Settings) -> dict:
+    """What a second shell needs to reach this stack (written to <data_dir>/stack.json while it runs):
+    every setting that differs from its default, without secrets other than the emulators' keys."""
+    values = {}
+    for name, value in settings:
+        if name == "data_dir" or value == Settings.model_fields[name].get_default(call_default_factory=True):
+            continue
+        if isinstance(value, SecretStr) and not (settings.profile == "emulated" and name in EMULATOR_SECRETS):
+            continue
+        values[name] = list(value) if isinstance(value, tuple) else value
+    return values
 
 
 def _wait_http(url: str, timeout_seconds: float, proc: subprocess.Popen, log_file: Path) -> None:
@@ -182,7 +196,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
             else:
                 settings = start_emulators(settings, helpers)
         check_profile(settings)
-        write_stack_file(settings, {k: getattr(settings, k) for k in STACK_FIELDS}, pid=os.getpid())
+        write_stack_file(settings, stack_values(settings), pid=os.getpid())
 
         dagster_log = settings.log_dir / "dagster.log"
         dagster = subprocess.Popen(
