@@ -93,7 +93,8 @@ def run_baseline(settings, sizes, runs, items_by_size) -> dict:
 
     logging.getLogger("dagster").setLevel(logging.WARNING)  # keep the per-step debug lines off the report
 
-    from assets.batch import batch_asset_checks, batch_assets, batches_partitions
+    from assets.batch import batch_asset_checks, batch_assets
+    from orchestration.partitions import batches_partitions
     from orchestration.resources import resources_from_settings
 
     services = wiring.services(settings)

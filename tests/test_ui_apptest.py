@@ -9,7 +9,8 @@ import streamlit as st
 from dagster import DagsterInstance, materialize
 from streamlit.testing.v1 import AppTest
 
-from assets.batch import batch_asset_checks, batch_assets, batches_partitions
+from assets.batch import batch_asset_checks, batch_assets
+from orchestration.partitions import batches_partitions
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.resources import resources_from_settings
 from orchestration.devtools.sample import synthetic_photo, jpeg_bytes

@@ -3,7 +3,7 @@ Azurite (Blob + Queue) and @vercel/cosmosdb-server (Cosmos DB), both from the np
 
 ``ensure_tools`` installs them (once) into a tools folder; ``start_azurite`` / ``start_cosmos`` start
 them on 127.0.0.1 and return the Popen, to be stopped by PID with ``kafka_broker.stop_process``.
-What they cannot do (shared/notes/local-servers.md): Azurite has no ADLS Gen2 (DFS) endpoint and no
+What they cannot do (measured here; the contract suites skip or xfail those cases by name): Azurite has no ADLS Gen2 (DFS) endpoint and no
 blob soft delete; cosmosdb-server answers a point read of a missing item with HTTP 500 and does not
 support DISTINCT VALUE, GROUP BY or transactional batches.
 """
