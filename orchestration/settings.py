@@ -136,16 +136,29 @@ class Settings(BaseSettings):
     include_gps: bool = Field(_CORE.include_gps, description="Record GPS position in the image facts.")
     animated: Animated = Field(_CORE.animated, description="'first_frame' or 'reject' for animated inputs.")
 
-    # Web app
-    operators: CommaList = Field((), description="E-mails that see everyone's statistics in the web app.")
+    # Who may sign in, and who is an operator (see orchestration/domain/identity.py)
+    oidc_issuers: CommaList = Field((), description="Accepted token issuers (iss), e.g. "
+                                    "https://login.microsoftonline.com/<tenant id>/v2.0; empty = nobody can sign in.")
+    operator_claim: str = Field("roles", min_length=1, description="Token claim that carries roles (Entra app roles: "
+                                "roles).")
+    operator_role: str = Field("imgpipe.operator", min_length=1, description="Role that makes an operator (sees "
+                               "everyone's statistics).")
+
+    # Per-user limits, checked at intake (web app and CLI alike)
+    max_batches_in_flight: int = Field(20, ge=1, description="A user's batches received or processing at once.")
+    max_bytes_per_day: int = Field(5 * 1024**3, ge=1, description="Bytes a user may upload per UTC day.")
+    max_runs_per_user: int = Field(1, ge=1, description="A user's batch runs running at once (the run queue's "
+                                   "per-user limit on the imgpipe/user_id tag; others' batches go first).")
 
     # Local stack (developer tooling)
     webserver_port: int = Field(3000, gt=0, lt=65536, description="Dagster UI port of `imgpipe dev`.")
     web: bool = Field(True, description="`imgpipe dev` also starts the web app and a local OIDC provider.")
     web_port: int = Field(8501, gt=0, lt=65536, description="Web app port of `imgpipe dev`.")
     oidc_port: int = Field(9400, gt=0, lt=65536, description="Port of the local OIDC provider of `imgpipe dev`.")
-    dev_users: CommaList = Field(("alice@example.com", "bob@example.com"),
-                                 description="Users the local OIDC provider offers.")
+    dev_users: CommaList = Field(("alice+x@example.com", "alice-x@example.com", "ops@example.com"),
+                                 description="Users the local OIDC provider offers (e-mail = subject).")
+    dev_operators: CommaList = Field(("ops@example.com",), description="Those of the dev users whose token "
+                                     "carries the operator role.")
     tools_dir: Path = Field(default_factory=_default_tools_dir, description="Where `imgpipe dev --profile "
                             "emulated` and CI install Azurite and cosmosdb-server (npm).")
 
@@ -163,7 +176,7 @@ class Settings(BaseSettings):
             raise ValueError(f"keep_exif {unknown}: allowed are {sorted(COPYABLE_EXIF)}")
         return names
 
-    @field_validator("operators", "dev_users", mode="before")
+    @field_validator("oidc_issuers", "dev_users", "dev_operators", mode="before")
     @classmethod
     def _list(cls, value):
         return _csv(value)

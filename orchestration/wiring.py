@@ -45,12 +45,20 @@ def _secret(value) -> str:
     return value.get_secret_value() if hasattr(value, "get_secret_value") else (value or "")
 
 
+def private_data_dir(settings: Settings) -> None:
+    """The local data dir holds every user's images and documents: owner-only (0700)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if settings.data_dir.stat().st_uid == os.getuid() and settings.data_dir.stat().st_mode & 0o077:
+        settings.data_dir.chmod(0o700)
+
+
 # -- builders: a new adapter each call (use CLIENTS to share one) ------------------------------------
 
 def build_lake(settings: Settings) -> Lake:
     if settings.profile == "local":
         from orchestration.adapters.local_lake import LocalLake
 
+        private_data_dir(settings)
         return LocalLake(settings.lake_dir, soft_delete_days=settings.lake_soft_delete_days)
     from orchestration.adapters.azure_lake import AzureLake
 
@@ -65,6 +73,7 @@ def build_metadata(settings: Settings) -> MetadataStore:
     if settings.profile == "local":
         from orchestration.adapters.local_metadata import SqliteMetadataStore
 
+        private_data_dir(settings)
         return SqliteMetadataStore(settings.metadata_db)
     from orchestration.adapters.azure_cosmos import CosmosMetadataStore
 
@@ -111,6 +120,7 @@ def build_queue(settings: Settings, *, signal: Signal | None = None) -> BatchQue
             fully_qualified_namespace=settings.servicebus_namespace or None)
     from orchestration.adapters.local_queue import SqliteBatchQueue
 
+    private_data_dir(settings)
     # Locally (and in 'emulated') the queue raises the signal itself, as Service Bus + Event Grid do.
     return SqliteBatchQueue(
         settings.queue_db,

@@ -51,10 +51,12 @@ def test_type_is_sniffed_from_bytes_not_the_name(services):
     assert not by_name["photo.jpg"].accepted and "text/plain" in by_name["photo.jpg"].reason
     assert by_name["data.bin"].accepted and by_name["data.bin"].sniffed_type == "image/jpeg"
     assert by_name["empty.png"].code == "empty_file"
-    # Refused files are still kept (never lose a user's bytes) and listed in the batch.
+    # Refused files are listed in the batch with their reason, but their bytes are not kept.
     manifest = BatchManifest.model_validate_json(services.queue.receive()[0].body)
     refused = [i for i in manifest.images if i.refused]
-    assert len(refused) == 2 and all(services.lake.exists(i.lake_path) for i in refused)
+    assert len(refused) == 2 and all(i.lake_path is None for i in refused)
+    assert [p for p in services.lake.list(f"raw/{result.batch_id}") if not p.endswith("manifest.json")] == [
+        f"raw/{result.batch_id}/i0002"]
 
 
 def test_oversize_file_is_refused_without_reading_it(offline_settings):

@@ -1,29 +1,49 @@
-"""The web app's page logic through Streamlit's AppTest (a signed-in user is faked with ``at.user``)."""
+"""The web app's page logic through Streamlit's AppTest. A signed-in person is faked with ``at.user`` holding
+the claims of their ID token, as Streamlit's own sign-in stores them."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import streamlit as st
 from dagster import DagsterInstance, materialize
 from streamlit.testing.v1 import AppTest
 
 from assets.batch import batch_asset_checks, batch_assets
-from orchestration.partitions import batches_partitions
-from orchestration.domain.intake import IntakeItem, upload_batch
-from orchestration.resources import resources_from_settings
-from orchestration.devtools.sample import synthetic_photo, jpeg_bytes
 from orchestration import wiring
+from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
+from orchestration.domain.identity import opaque_user_id
+from orchestration.domain.intake import IntakeItem, upload_batch
+from orchestration.partitions import batches_partitions
+from orchestration.resources import resources_from_settings
+from ui_streamlit import data
 
 APP = str(Path(__file__).resolve().parents[1] / "ui_streamlit" / "app.py")
 JPEG = jpeg_bytes(synthetic_photo(320, 240, 10, "ui"))
+ISS = "https://login.example.test"
+
+
+def person(sub: str, email: str | None = None, *, iss: str = ISS, **claims) -> dict:
+    return {"iss": iss, "sub": sub, "email": email if email is not None else sub, "email_verified": True, **claims}
+
+
+# Two people whose e-mails the old mapping (lower-case, [^a-z0-9_.@-] → '-') turned into one user id.
+ALICE_PLUS = person("alice+x@example.com")
+ALICE_DASH = person("alice-x@example.com")
+OPS = person("ops@example.com", roles=["imgpipe.operator"])
+
+
+def uid(p: dict) -> str:
+    return opaque_user_id(p["iss"], p["sub"])
 
 
 @pytest.fixture
 def env(monkeypatch, settings):
     for key, value in {"IMGPIPE_DATA_DIR": str(settings.data_dir), "IMGPIPE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-                       "IMGPIPE_KAFKA_TOPIC": settings.kafka_topic}.items():
+                       "IMGPIPE_KAFKA_TOPIC": settings.kafka_topic, "IMGPIPE_OIDC_ISSUERS": ISS}.items():
         monkeypatch.setenv(key, value)
     st.cache_resource.clear()
     st.cache_data.clear()
@@ -31,10 +51,10 @@ def env(monkeypatch, settings):
     st.cache_resource.clear()
 
 
-def _app(email: str | None, page: str | None = None, **query) -> AppTest:
+def _app(who: dict | None, page: str | None = None, **query) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=30)
-    if email:
-        at.user = {"is_logged_in": True, "email": email, "sub": email}
+    if who:
+        at.user = {"is_logged_in": True, **who}
     for k, v in query.items():
         at.query_params[k] = v
     at.run()
@@ -61,9 +81,9 @@ def test_signed_out_visitor_only_sees_sign_in(env):
 
 
 def test_upload_shows_per_file_reasons_and_sends_through_intake(env):
-    at = _app("alice@example.com")
+    at = _app(ALICE_PLUS)
     at.file_uploader(key="files").set_value([("good.jpg", JPEG, "image/jpeg"), ("notes.jpg", b"just text", "image/jpeg")]).run()
-    assert any("notes.jpg" in e.value and "text/plain" in e.value for e in at.error)
+    assert any("notes" in e.value and "text/plain" in e.value for e in at.error)
     assert "**1** of 2 file(s) will be processed." in [m.value for m in at.markdown]
     at.text_input[0].input("Alps")
     at.text_input[1].input("snow, trip")
@@ -71,14 +91,14 @@ def test_upload_shows_per_file_reasons_and_sends_through_intake(env):
     _button(at, "Upload").click().run()
     [success] = at.success
     batch_id = success.value.split("**")[1]
-    doc = env.metadata.read("batches", batch_id, "alice@example.com")
+    doc = env.metadata.read("batches", batch_id, uid(ALICE_PLUS))  # stored under the opaque id
     assert doc["metadata"] == {"title": "Alps", "tags": "snow,trip", "camera": "phone"}
     assert [i["name"] for i in doc["images"]] == ["good.jpg", "notes.jpg"]
     assert env.queue.active_message_count() == 1
 
 
 def test_bad_metadata_is_reported_not_sent(env):
-    at = _app("alice@example.com")
+    at = _app(ALICE_PLUS)
     at.file_uploader(key="files").set_value([("good.jpg", JPEG, "image/jpeg")]).run()
     at.text_area[1].input("no equals sign here")
     _button(at, "Upload").click().run()
@@ -88,41 +108,131 @@ def test_bad_metadata_is_reported_not_sent(env):
 
 def test_results_show_own_batches_only(env, settings):
     mine = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG), IntakeItem.from_bytes("b.txt", b"words")],
-                        user_id="alice@example.com", metadata={"title": "Holiday"}).batch_id
+                        user_id=uid(ALICE_PLUS), metadata={"title": "Holiday"}).batch_id
     _process(settings, mine)
-    at = _app("alice@example.com", "views/results.py")
+    at = _app(ALICE_PLUS, "views/results.py")
     assert any(e.label.startswith("**Holiday**") for e in at.expander)
     assert any("2/2 images" in c.value for c in at.caption)
-    assert any("b.txt" in e.value and "rejected" in e.value for e in at.error)
+    assert any("b\\.txt" in e.value and "rejected" in e.value for e in at.error)
     assert len(at.get("image")) == 1  # the processed image's thumbnail in the gallery
     assert len(at.get("download_button")) == 6  # 3 sizes x (JPEG, WebP)
 
-    other = _app("bob@example.com", "views/results.py")
+    other = _app(ALICE_DASH, "views/results.py")
     assert any("No batches yet" in i.value for i in other.info)
-    prying = _app("bob@example.com", "views/results.py", batch=mine)
+    prying = _app(ALICE_DASH, "views/results.py", batch=mine)
     assert any("No such batch" in i.value for i in prying.info)
     assert not any("Holiday" in e.label for e in prying.expander)
+
+
+def test_colliding_emails_are_different_people_everywhere(env, settings):
+    """alice+x@ and alice-x@ were one user id under the e-mail mapping; now neither sees the other's batch,
+    renditions (downloads), statistics or live events."""
+    assert uid(ALICE_PLUS) != uid(ALICE_DASH)
+    batch = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS),
+                         metadata={"title": "Private"}).batch_id
+    _process(settings, batch)
+    status = data.batch_for_user(env, uid(ALICE_PLUS), batch)
+    path = status["images"][0]["renditions"][0]["path"]
+    assert data.rendition(env, uid(ALICE_PLUS), batch, path)  # the owner downloads it...
+    assert data.batch_for_user(env, uid(ALICE_DASH), batch) is None  # ...the other sees no batch
+    assert data.rendition(env, uid(ALICE_DASH), batch, path) is None  # and gets no bytes
+    assert data.image_frame(env, uid(ALICE_DASH)).empty  # and no statistics rows
+    stats = _app(ALICE_DASH, "views/stats.py")
+    assert any("No processed images yet" in i.value for i in stats.info)
+
+    from orchestration.wiring import build_user_follower
+
+    follower = build_user_follower(settings, uid(ALICE_DASH))
+    try:
+        assert follower.connected
+        assert follower.poll(timeout_ms=2000) == []  # alice+x's events are not delivered to alice-x
+    finally:
+        follower.close()
+    own = build_user_follower(settings, uid(ALICE_PLUS))
+    try:
+        events = []
+        for _ in range(10):
+            events += own.poll(timeout_ms=500)
+            if any(e["type"] == "batch.completed" for e in events):
+                break
+        assert {e["batch_id"] for e in events} == {batch}
+    finally:
+        own.close()
+
+
+def test_an_email_claim_grants_nothing(env, settings):
+    """Someone who presents alice's e-mail — from a provider that is not accepted, or as another account of
+    an accepted one, verified or not — gets nothing of alice's."""
+    batch = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS),
+                         metadata={"title": "Private"}).batch_id
+    elsewhere = _app(person(ALICE_PLUS["sub"], ALICE_PLUS["email"], iss="https://evil.example"), "views/results.py")
+    assert any("not accepted" in e.value for e in elsewhere.error)
+    assert not elsewhere.expander and not elsewhere.get("file_uploader")
+    impostor = person("someone-else", ALICE_PLUS["email"], email_verified=False)
+    at = _app(impostor, "views/results.py", batch=batch)
+    assert any("No such batch" in i.value for i in at.info)
+    no_mail = _app(person("no-mail-user", ""), "views/results.py")
+    assert any("No batches yet" in i.value for i in no_mail.info)  # signed in as themselves, nobody else
 
 
 def test_results_page_says_when_kafka_is_down(env, monkeypatch):
     monkeypatch.setenv("IMGPIPE_KAFKA_BOOTSTRAP", "127.0.0.1:1")
     st.cache_resource.clear()
-    upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id="alice@example.com")
-    at = _app("alice@example.com", "views/results.py")
+    upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS))
+    at = _app(ALICE_PLUS, "views/results.py")
     assert any("Kafka" in w.value and "not reachable" in w.value for w in at.warning)
     assert any("0/1 images" in c.value for c in at.caption)  # stored state still shown
 
 
-def test_stats_scope_user_and_operator(env, settings, monkeypatch):
-    a = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id="alice@example.com").batch_id
-    b = upload_batch(env, [IntakeItem.from_bytes("b.txt", b"text")], user_id="bob@example.com").batch_id
+def test_stats_everyone_only_with_the_operator_role(env, settings):
+    a = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS)).batch_id
+    b = upload_batch(env, [IntakeItem.from_bytes("b.txt", b"text")], user_id=uid(ALICE_DASH)).batch_id
     _process(settings, a)
     _process(settings, b)
-    at = _app("alice@example.com", "views/stats.py")
+    at = _app(ALICE_PLUS, "views/stats.py")
     assert {m.label: m.value for m in at.metric} == {"Batches": "1", "Images": "1", "Rejected": "0",
                                                        "With near-duplicates": "0"}
-    monkeypatch.setenv("IMGPIPE_OPERATORS", "ops@example.com")
-    st.cache_resource.clear()  # settings are read once per app process
-    ops = _app("ops@example.com", "views/stats.py")
+    ops = _app(OPS, "views/stats.py")
     assert {m.label: m.value for m in ops.metric}["Images"] == "2"
     assert "all users" in ops.title[0].value
+    # The operator's e-mail without the role, or the role in another claim, is an ordinary user.
+    for lookalike in (person("ops@example.com"), person("ops@example.com", groups=["imgpipe.operator"]),
+                      person("ops2", "ops@example.com", roles=["imgpipe.viewer"])):
+        plain = _app(lookalike, "views/stats.py")
+        assert "all users" not in plain.title[0].value
+
+
+def test_user_text_is_shown_as_text(env, settings):
+    """Titles, file names and reasons carry Markdown and HTML an attacker chose; the page shows them literally."""
+    evil_title = "[click me](https://evil.example) **urgent** <img src=x onerror=alert(1)> :material/home:"
+    batch = upload_batch(env, [IntakeItem.from_bytes("[x](https://evil.example).jpg", b"text, not an image")],
+                         user_id=uid(ALICE_PLUS), metadata={"title": evil_title}).batch_id
+    _process(settings, batch)
+    at = _app(ALICE_PLUS, "views/results.py")
+    [label] = [e.label for e in at.expander]
+    unescaped = re.compile(r"(?<!\\)(\]\(|<img|:material)")  # a link, an HTML tag or an icon code, live
+    assert not unescaped.search(label)
+    assert "\\[click me\\]\\(https" in label and "\\<img" in label  # escaped: shown as typed
+    assert any("evil" in e.value for e in at.error) and not any(unescaped.search(e.value) for e in at.error)
+
+
+def test_a_batch_id_from_the_url_is_checked_before_any_read(env, monkeypatch):
+    reads = []
+    original = type(env.metadata).read
+    monkeypatch.setattr(type(env.metadata), "read", lambda self, *a, **k: reads.append(a) or original(self, *a, **k))
+    at = _app(ALICE_PLUS, "views/results.py", batch="../../batches/other' OR 1=1")
+    assert any("No such batch" in i.value for i in at.info)
+    assert not any("other'" in str(a) for a in reads)
+
+
+def test_csv_export_neutralises_formulas():
+    import csv
+    import io
+
+    frame = pd.DataFrame({"name": ['=HYPERLINK("http://evil")', "+1", "-2", "@SUM(A1)", "\tTAB", "ok.jpg"],
+                          "bytes": [1, 2, 3, 4, 5, -6]})
+    rows = list(csv.reader(io.StringIO(data.csv_bytes(frame).decode())))[1:]
+    names = [r[0] for r in rows]
+    assert names == ["'=HYPERLINK(\"http://evil\")", "'+1", "'-2", "'@SUM(A1)", "'\tTAB", "ok.jpg"]
+    assert rows[-1][1] == "-6"  # numbers stay numbers
+

@@ -15,8 +15,12 @@ if not st.user.get("is_logged_in", False):
     st.button("Sign in", type="primary", on_click=st.login)
     st.stop()
 
+from ui_streamlit.data import plain  # noqa: E402
+from ui_streamlit.session import identity  # noqa: E402
+
+me = identity()  # stops here, with the reason, for a token from a provider that is not accepted
 with st.sidebar:
-    st.caption(f"Signed in as **{st.user.get('email') or st.user.get('sub')}**")
+    st.caption(f"Signed in as **{plain(me.display)}**" + (" · operator" if me.operator else ""))
     st.button("Sign out", on_click=st.logout)
 
 page = st.navigation(

@@ -1,26 +1,53 @@
 """What the web pages show, as plain functions over the ports (no Streamlit here, so they are tested
 directly). Every read is scoped to one user: a batch is read with the user as its partition key, so
-another user's batch id finds nothing; operators (``IMGPIPE_OPERATORS``, ``Settings.operators``) may see
-everyone's statistics.
+another user's batch id finds nothing; operators (a role in the token, see orchestration/domain/identity.py)
+may see everyone's statistics. User-supplied text is rendered as text (``plain``), exported cells are
+neutralised (``csv_bytes``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pandas as pd
 
 from orchestration.domain.intake import IntakeItem, check_content, check_size
+from orchestration.domain.manifest import BATCH_ID_PATTERN
 from orchestration.domain.status import batch_status
-from orchestration.domain.identity import user_id_for  # noqa: F401  (the pages' import point)
 from orchestration.domain.services import Services
 
 PAGE_SIZE = 24
 
 
-def is_operator(email: str | None, operators: tuple[str, ...] | list[str]) -> bool:
-    allowed = {e.strip().lower() for e in operators if e.strip()}
-    return bool(email) and email.lower() in allowed
+# Characters that Streamlit's Markdown gives a meaning to (emphasis, links, headings, tables, HTML, LaTeX,
+# emoji/icon shortcodes). Escaped with a backslash, they show as themselves.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$])")
+
+
+def plain(text: object) -> str:
+    """User-supplied text, safe to put where Streamlit renders Markdown (labels, st.error, captions): every
+    character shows as itself — no links, no images, no HTML, no formatting — and newlines become spaces."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """The frame as CSV with every text cell that a spreadsheet would run as a formula made inert (a
+    leading apostrophe, as OWASP recommends)."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[column]):
+            safe[column] = safe[column].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
+    return safe.to_csv(index=False).encode("utf-8")
+
+
+def valid_batch_id(value: object) -> str | None:
+    """A batch id from the URL, or None when it is not one (it never reaches the store then)."""
+    return value if isinstance(value, str) and re.fullmatch(BATCH_ID_PATTERN, value) else None
 
 
 @dataclass(frozen=True)
@@ -31,18 +58,22 @@ class FileCheck:
     reason: str | None
 
 
-def precheck(files: list[tuple[str, bytes]], services: Services) -> list[FileCheck]:
-    """The checks intake applies, run before sending so each file's reason shows at once."""
+def precheck(files: list, services: Services) -> list[FileCheck]:
+    """The checks intake applies, run before sending so each file's reason shows at once. ``files`` are
+    uploaded files (``name``, ``size`` and ``getbuffer()``, as Streamlit's UploadedFile has); only the
+    first bytes are looked at, nothing is copied."""
     s = services.settings
     out = []
-    for name, data in files:
-        refusal = check_size(len(data), s.max_file_bytes) or check_content(data)
-        out.append(FileCheck(name, len(data), refusal is None, refusal.reason if refusal else None))
+    for f in files:
+        head = bytes(f.getbuffer()[:64])
+        refusal = check_size(f.size, s.max_file_bytes) or check_content(head)
+        out.append(FileCheck(f.name, f.size, refusal is None, refusal.reason if refusal else None))
     return out
 
 
-def items(files: list[tuple[str, bytes]]) -> list[IntakeItem]:
-    return [IntakeItem.from_bytes(name, data) for name, data in files]
+def items(files: list) -> list[IntakeItem]:
+    """Intake items that read each file's bytes only when intake stores it (one file at a time)."""
+    return [IntakeItem(name=f.name, size=f.size, read=f.getvalue) for f in files]
 
 
 def user_batches(services: Services, user_id: str, limit: int = 50) -> list[dict]:

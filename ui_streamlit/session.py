@@ -1,13 +1,13 @@
-"""Per-process and per-session objects of the web app."""
+"""Per-process and per-session objects of the web app: the shared clients and the signed-in identity."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from orchestration.domain.identity import Identity, IdentityRefused, identify
 from orchestration.domain.services import Services
 from orchestration.settings import Settings, load_settings
 from orchestration.wiring import CLIENTS
-from ui_streamlit.data import is_operator, user_id_for
 
 
 @st.cache_resource(show_spinner=False)
@@ -22,9 +22,23 @@ def services() -> Services:
     return CLIENTS.services(settings())
 
 
+def identity() -> Identity:
+    """Who is signed in, from the identity provider's token (never from an e-mail). A token that does not
+    identify an accepted account stops the page with the reason; nothing is read for it."""
+    s = settings()
+    try:
+        return identify(dict(st.user.to_dict()) if hasattr(st.user, "to_dict") else dict(st.user),
+                        issuers=s.oidc_issuers, operator_claim=s.operator_claim, operator_role=s.operator_role)
+    except IdentityRefused as exc:
+        st.error(f"You are signed in, but {exc}.", icon=":material/lock:")
+        st.button("Sign out", on_click=st.logout, key="refused-sign-out")
+        st.stop()
+        raise  # not reached: st.stop() ends the script run
+
+
 def current_user() -> str:
-    return user_id_for(st.user.get("email"), st.user.get("sub"))
+    return identity().user_id
 
 
 def current_is_operator() -> bool:
-    return is_operator(st.user.get("email"), settings().operators)
+    return identity().operator

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
+import threading
+import types
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Callable, Iterable, Iterator
@@ -84,11 +88,41 @@ def _worker_main(conn: Connection, config: CoreConfig) -> None:
             conn.send((key, ("rejected", ImageRejected("too_large_to_decode", "result too large")), peak_rss_mb()))
 
 
+# The environment an image worker starts with: enough to run Python, nothing else. A decoder exploit in a
+# worker must not find the run's credentials (Cosmos key, connection strings, tokens) in its environment
+# (/proc/<pid>/environ) — those stay with the run process, which talks to the services.
+WORKER_ENV_KEEP = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONHASHSEED",
+                   "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV", "SYSTEMROOT")
+_ENV_LOCK = threading.Lock()
+
+
+@contextmanager
+def _worker_environment():
+    """Start processes (and the forkserver, whose environment its children inherit) with only
+    ``WORKER_ENV_KEEP``, and without the parent's ``__main__`` (multiprocessing would otherwise re-run the
+    parent's main script in every worker; a worker needs nothing but the image core). Both are restored
+    right after the start."""
+    with _ENV_LOCK:
+        saved_env, saved_main = dict(os.environ), sys.modules.get("__main__")
+        try:
+            for name in list(os.environ):
+                if name not in WORKER_ENV_KEEP:
+                    del os.environ[name]
+            sys.modules["__main__"] = types.ModuleType("__main__")
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved_env)
+            if saved_main is not None:
+                sys.modules["__main__"] = saved_main
+
+
 class _Worker:
     def __init__(self, ctx, config: CoreConfig):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, config), daemon=True, name="imgpipe-image-worker")
-        self.proc.start()
+        with _worker_environment():
+            self.proc.start()
         child.close()
         self.key: str | None = None
         self.started = 0.0

@@ -4,6 +4,7 @@ run workers) can use the same database file at once."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +35,11 @@ def connect(path: Path, *, immediate: bool = False) -> Iterator[sqlite3.Connecti
 
 
 def init_db(path: Path, schema: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Create the database if missing, owner-only (0600; SQLite gives its -wal/-shm files the same mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
     conn = sqlite3.connect(path, timeout=30.0)
     try:
         conn.execute("PRAGMA busy_timeout = 30000")

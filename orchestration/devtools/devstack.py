@@ -21,18 +21,20 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from orchestration.devtools import kafka_broker
+from orchestration.devtools import kafka_broker, webstack
 from orchestration.adapters.kafka_results import ensure_topic
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.devtools.sample import make_sample_batch
 from orchestration.settings import Settings, check_profile, remove_stack_file, write_stack_file
 from orchestration.domain.status import batch_status
-from orchestration.wiring import CLIENTS, build_reader
-from orchestration.domain.identity import user_id_for
+from orchestration.wiring import CLIENTS, build_reader, private_data_dir
+from orchestration.domain.identity import opaque_user_id
 
 # Instance settings for the local stack, chosen for latency on a small machine:
 # - QueuedRunCoordinator checking the queue every second, at most `max_concurrent_runs` runs at once:
 #   a burst of uploads queues up instead of starting one ~150 MB run process per batch at the same time;
+# - fairness: at most `runs_per_user` runs per user (tag imgpipe/user_id, applyLimitPerUniqueValue), so
+#   one user's 200 queued batches cannot hold every slot while another user's batch waits behind them;
 # - the sensor daemon evaluates sensors in threads (its loop still runs at most every 5 s);
 # - no telemetry (the machine may have no network).
 DAGSTER_YAML = """\
@@ -42,12 +44,20 @@ run_coordinator:
   config:
     max_concurrent_runs: {max_runs}
     dequeue_interval_seconds: 1
+    tag_concurrency_limits:
+      - key: "{user_tag}"
+        value:
+          applyLimitPerUniqueValue: true
+        limit: {runs_per_user}
 sensors:
   use_threads: true
   num_workers: 2
 telemetry:
   enabled: false
 """
+
+
+USER_TAG = "imgpipe/user_id"  # set by the batch sensor on every run (the opaque user id, never an e-mail)
 
 
 def _log(msg: str) -> None:
@@ -57,7 +67,8 @@ def _log(msg: str) -> None:
 def prepare_dagster_home(settings: Settings) -> Path:
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(DAGSTER_YAML.format(max_runs=max(2, settings.effective_workers)))
+    (home / "dagster.yaml").write_text(DAGSTER_YAML.format(max_runs=max(2, settings.effective_workers),
+                                                           user_tag=USER_TAG, runs_per_user=settings.max_runs_per_user))
     return home
 
 
@@ -170,7 +181,7 @@ def follow_batch(settings: Settings, batch_id: str, total: int, timeout_seconds:
 
 
 def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool = False) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     prepare_dagster_home(settings)
     host, _, port = settings.kafka_bootstrap.rpartition(":")
@@ -196,6 +207,8 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
             else:
                 settings = start_emulators(settings, helpers)
         check_profile(settings)
+        if settings.web:
+            settings = webstack.with_local_issuer(settings)
         write_stack_file(settings, stack_values(settings), pid=os.getpid())
 
         dagster_log = settings.log_dir / "dagster.log"
@@ -214,8 +227,6 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         _log(f"Dagster UI ready at {ui}")
         web_url = None
         if settings.web:
-            from orchestration.devtools import webstack
-
             oidc = webstack.start_oidc(settings, settings.log_dir / "oidc.log")
             helpers.append(("OIDC provider", oidc))
             _log(f"local OIDC provider pid {oidc.pid} on http://127.0.0.1:{settings.oidc_port} "
@@ -232,7 +243,9 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
             result = upload_batch(
                 services,
                 [IntakeItem.from_path(p) for p in files],
-                user_id=user_id_for(settings.dev_users[0]) if settings.web and settings.dev_users else "sample-user",
+                # The first local user's id, as the web app derives it from their token (issuer + subject).
+                user_id=(opaque_user_id(webstack.local_issuer(settings), settings.dev_users[0])
+                         if settings.web and settings.dev_users else "sample-user"),
                 metadata={"title": "imgpipe sample batch", "source": "imgpipe dev"},
             )
             _log(f"uploaded sample batch {result.batch_id}: {len(result.accepted)} accepted, "

@@ -40,25 +40,61 @@ def write_secrets(settings: Settings, directory: Path) -> Path:
     return path
 
 
+def local_issuer(settings: Settings) -> str:
+    """The ``iss`` of the local provider's tokens (its base URL)."""
+    return f"http://127.0.0.1:{settings.oidc_port}"
+
+
+def with_local_issuer(settings: Settings) -> Settings:
+    """The stack's settings with the local provider among the accepted issuers."""
+    issuers = tuple(dict.fromkeys((*settings.oidc_issuers, local_issuer(settings))))
+    return Settings(**{**settings.model_dump(), "oidc_issuers": issuers})
+
+
+def dev_user_claims(settings: Settings, email: str) -> dict:
+    """The token claims of one local user: the e-mail is the subject (stable within this provider), the
+    operator role only for ``IMGPIPE_DEV_OPERATORS``."""
+    claims = {"sub": email, "email": email, "email_verified": True, "name": email.split("@")[0]}
+    if email in settings.dev_operators:
+        claims[settings.operator_claim] = [settings.operator_role]
+    return claims
+
+
 def start_oidc(settings: Settings, log_path: Path) -> subprocess.Popen:
     args = [sys.executable, "-m", "oidc_provider_mock", "-p", str(settings.oidc_port), "-H", "127.0.0.1"]
     for email in settings.dev_users:
-        args += ["--user-claims", json.dumps({"sub": email, "email": email, "name": email.split("@")[0]})]
+        args += ["--user-claims", json.dumps(dev_user_claims(settings, email))]
     proc = subprocess.Popen(args, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
     wait_for_port("127.0.0.1", settings.oidc_port, 30)
     return proc
 
 
-def start_web(settings: Settings, env: dict[str, str], secrets_file: Path, log_path: Path) -> subprocess.Popen:
+def max_upload_mb(settings: Settings) -> int:
+    """Streamlit's ``server.maxUploadSize`` (MB per file) for IMGPIPE_MAX_FILE_BYTES, rounded up."""
+    return max(1, -(-settings.max_file_bytes // (1024 * 1024)))
+
+
+def app_path() -> Path:
     # Found, not imported: the developer tooling starts the web app as a process and depends on none of its code.
-    app = Path(importlib.util.find_spec("ui_streamlit").origin).parent / "app.py"
+    return Path(importlib.util.find_spec("ui_streamlit").origin).parent / "app.py"
+
+
+def web_command(settings: Settings, secrets_file: Path) -> list[str]:
+    return [sys.executable, "-m", "streamlit", "run", str(app_path()), "--server.headless", "true",
+            "--server.address", "127.0.0.1", "--server.port", str(settings.web_port),
+            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            # Streamlit refuses larger uploads itself (per file, in MB), before the page sees them, and
+            # whoever sends them (a session that has not signed in included).
+            "--server.maxUploadSize", str(max_upload_mb(settings)),
+            "--server.enableXsrfProtection", "true",
+            "--secrets.files", str(secrets_file)]
+
+
+def start_web(settings: Settings, env: dict[str, str], secrets_file: Path, log_path: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(settings.web_port),
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-         "--secrets.files", str(secrets_file)],
+        web_command(settings, secrets_file),
         env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        cwd=app.parent,
+        cwd=app_path().parent,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

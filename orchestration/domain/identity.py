@@ -1,17 +1,87 @@
-"""Who a signed-in person is, as the pipeline's user id (the partition key of their batches)."""
+"""Who a signed-in person is: the pipeline's user id (the partition key of their batches) and whether
+they are an operator — both from the identity provider's token, never from an e-mail address.
+
+The user id
+-----------
+``u-`` + the first 160 bits of ``sha256(issuer key NUL subject key)`` in lower-case base32 (34 characters,
+inside the id alphabet of ``USER_ID_PATTERN``). The keys are the provider's stable, non-reassignable
+identifiers of the account:
+
+- Microsoft Entra ID (the token carries ``tid`` and ``oid``): ``entra:<tenant id>`` and the object id
+  ``oid``, which is the same for the person across applications (Entra's ``sub`` is per application);
+- any other OpenID Connect provider: the issuer URL ``iss`` and ``sub``.
+
+Two different accounts get two different ids (a collision would need a SHA-256 collision in 160 bits);
+the e-mail is shown, never used: it can be unverified, optional, changed, or set by a tenant admin or a
+guest. Only tokens from configured issuers are accepted (``IMGPIPE_OIDC_ISSUERS``; for Entra ID that is
+``https://login.microsoftonline.com/<tenant id>/v2.0``, which pins the tenant).
+
+Operators
+---------
+A role claim, never an address: the token's ``IMGPIPE_OPERATOR_CLAIM`` (default ``roles``, where Entra ID
+puts app roles) must contain ``IMGPIPE_OPERATOR_ROLE`` (default ``imgpipe.operator``).
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
 
 from orchestration.domain.manifest import USER_ID_PATTERN
 
 
-def user_id_for(email: str | None, subject: str | None = None) -> str:
-    """The pipeline's user id for a signed-in person: the e-mail address (lower case), with characters
-    outside the id alphabet replaced; the OIDC subject when there is no e-mail."""
-    raw = (email or subject or "").strip().lower()
-    uid = re.sub(r"[^a-z0-9_.@-]", "-", raw)[:128].lstrip("._@-")
-    if not re.match(USER_ID_PATTERN, uid):
-        raise ValueError("the signed-in account has no usable e-mail or subject")
+class IdentityRefused(ValueError):
+    """The token does not identify an accepted account; the message says why (shown to the person)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str     # opaque, stable, collision-free: the only thing used for authorisation
+    display: str     # for display only (e-mail or name); grants nothing
+    operator: bool
+
+
+def _norm_issuer(value: str) -> str:
+    return value.strip().rstrip("/")
+
+
+def opaque_user_id(issuer_key: str, subject_key: str) -> str:
+    digest = hashlib.sha256(f"{issuer_key}\x00{subject_key}".encode("utf-8")).digest()[:20]
+    uid = "u-" + base64.b32encode(digest).decode("ascii").lower()
+    assert re.match(USER_ID_PATTERN, uid)
     return uid
+
+
+def _has_role(claims: Mapping[str, Any], claim: str, role: str) -> bool:
+    value = claims.get(claim)
+    if isinstance(value, str):
+        values: Iterable[Any] = value.split()
+    elif isinstance(value, (list, tuple, set)):
+        values = value
+    else:
+        return False
+    return bool(role) and any(isinstance(v, str) and v == role for v in values)
+
+
+def identify(claims: Mapping[str, Any], *, issuers: Iterable[str], operator_claim: str = "roles",
+             operator_role: str = "imgpipe.operator") -> Identity:
+    """The identity in an OIDC ID token's claims (as ``st.user`` holds them)."""
+    accepted = {_norm_issuer(i) for i in issuers if i.strip()}
+    iss = _norm_issuer(str(claims.get("iss") or ""))
+    if not accepted:
+        raise IdentityRefused("no identity provider is configured for sign-in (IMGPIPE_OIDC_ISSUERS is empty)")
+    if not iss or iss not in accepted:
+        raise IdentityRefused("accounts from this identity provider are not accepted here")
+    tid, oid = str(claims.get("tid") or ""), str(claims.get("oid") or "")
+    if tid and oid:
+        uid = opaque_user_id(f"entra:{tid.lower()}", oid.lower())
+    else:
+        sub = str(claims.get("sub") or "")
+        if not sub:
+            raise IdentityRefused("the identity provider sent no subject (sub) for this account")
+        uid = opaque_user_id(iss, sub)
+    display = str(claims.get("email") or claims.get("preferred_username") or claims.get("name") or uid)
+    return Identity(uid, display[:200], _has_role(claims, operator_claim, operator_role))

@@ -7,7 +7,13 @@ document (status 'received') and send the manifest on the queue with ``message_i
 retried send is dropped as a duplicate). Returns at once; the processing happens in a Dagster run.
 
 Refused files stay in the manifest with their reason, so the run records them as rejected images and
-the user sees every file of the batch in its status — nothing a user sent disappears silently.
+the user sees every file of the batch in its status — nothing a user sent disappears silently. Their bytes
+are not kept: the name, size, sha256, sniffed type and reason are all a user needs to see why (and the
+file is still theirs).
+
+Per-user limits (``IMGPIPE_MAX_BATCHES_IN_FLIGHT``, ``IMGPIPE_MAX_BYTES_PER_DAY``) are checked before
+anything is written, for the web app and the CLI alike; a user over a limit gets ``QuotaExceeded`` naming
+it, and nothing of theirs is stored or lost.
 """
 
 from __future__ import annotations
@@ -37,6 +43,34 @@ from orchestration.domain.services import Services
 
 class IntakeError(ValueError):
     """The batch as a whole cannot be accepted (bad user id, bad metadata, no files, ...)."""
+
+
+class QuotaExceeded(IntakeError):
+    """The user is over one of the per-user limits; the message names it and when it frees up."""
+
+
+IN_FLIGHT = ("received", "processing")
+
+
+def check_quota(services: Services, user_id: str, offered_bytes: int, *, now: datetime | None = None) -> None:
+    """Raise ``QuotaExceeded`` when this batch would take the user over a per-user limit."""
+    s = services.settings
+    in_flight = sum(
+        1 for status in IN_FLIGHT
+        for _ in services.metadata.query("batches", {"user_id": user_id, "status": status}, partition_key=user_id))
+    if in_flight >= s.max_batches_in_flight:
+        raise QuotaExceeded(f"you have {in_flight} batches waiting or processing; the limit is "
+                            f"{s.max_batches_in_flight} (IMGPIPE_MAX_BATCHES_IN_FLIGHT) — upload again once some finish")
+    day = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
+    used = 0
+    for doc in services.metadata.query("batches", partition_key=user_id, order_by="created_at", descending=True):
+        if str(doc.get("created_at", ""))[:10] < day:
+            break
+        used += int(doc.get("bytes") or 0)
+    if used + offered_bytes > s.max_bytes_per_day:
+        raise QuotaExceeded(f"this batch ({offered_bytes:,} bytes) would take you to {used + offered_bytes:,} bytes "
+                            f"today; the limit is {s.max_bytes_per_day:,} bytes per day (IMGPIPE_MAX_BYTES_PER_DAY, "
+                            f"UTC) — upload again tomorrow or in smaller batches")
 
 
 @dataclass(frozen=True)
@@ -174,9 +208,12 @@ def upload_batch(
         raise IntakeError("a batch needs at least one file")
     if len(items) > settings.max_files_per_batch:
         raise IntakeError(f"{len(items)} files; a batch holds at most {settings.max_files_per_batch}")
+    offered = sum(item.size for item in items if item.size <= settings.max_file_bytes)
+    check_quota(services, user_id, offered)
 
     batch_id = new_batch_id()
     result = UploadResult(batch_id=batch_id)
+    stored = 0
     entries: list[ManifestImage] = []
     for index, item in enumerate(items, start=1):
         image_id = f"i{index:04d}"
@@ -195,10 +232,12 @@ def upload_batch(
             if data is not None:
                 mime = sniff_type(data[:64])
                 sha = hashlib.sha256(data).hexdigest()
-                lake_path = raw_path(batch_id, image_id)
-                # Stored even when refused below: the user's bytes are never lost, and an operator can look.
-                services.lake.write(lake_path, data, content_type="application/octet-stream")
                 refused = check_content(data)
+                if refused is None:  # only images are kept; a refusal records why, not the bytes
+                    lake_path = raw_path(batch_id, image_id)
+                    services.lake.write(lake_path, data, content_type="application/octet-stream")
+                    stored += len(data)
+            data = None  # one file's bytes in memory at a time
         entries.append(
             ManifestImage(
                 image_id=image_id, name=name, size=item.size, sha256=sha, sniffed_type=mime,
@@ -219,7 +258,7 @@ def upload_batch(
     )
     body = manifest.model_dump_json().encode()
     services.lake.write(manifest_path(batch_id), body, content_type="application/json")
-    services.metadata.upsert("batches", batch_document(manifest))
+    services.metadata.upsert("batches", {**batch_document(manifest), "bytes": offered, "stored_bytes": stored})
     result.sent = services.queue.send(body, message_id=batch_id, application_properties={"user_id": user_id})
     return result
 

@@ -18,7 +18,11 @@ if st.session_state.get("follower_user") != user:  # one Kafka follower per brow
     st.session_state["follower_user"] = user
 follower = st.session_state["follower"]
 
-selected = st.query_params.get("batch") or st.session_state.get("selected_batch")
+asked = st.query_params.get("batch")
+selected = data.valid_batch_id(asked) or st.session_state.get("selected_batch")
+if asked and not data.valid_batch_id(asked):
+    st.info("No such batch among yours.")
+    st.stop()
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=2000)
@@ -37,28 +41,28 @@ def _gallery(status: dict) -> None:
             if img["outcome"] == "processed":
                 thumb = next((r for r in img["renditions"] if r["name"] == "thumb" and r["format"] == "JPEG"), None)
                 if thumb:
-                    st.image(_rendition(user, status["batch_id"], thumb["path"]), caption=img["name"])
+                    st.image(_rendition(user, status["batch_id"], thumb["path"]), caption=data.plain(img["name"]))
                 with st.popover("Details and downloads"):
                     f = img.get("facts") or {}
-                    st.caption(f"{f.get('width')}×{f.get('height')} {f.get('format')} · pHash `{f.get('phash')}`")
+                    st.caption(data.plain(f"{f.get('width')}×{f.get('height')} {f.get('format')} · pHash {f.get('phash')}"))
                     camera = " ".join(filter(None, [(f.get("exif") or {}).get("camera_make"),
                                                     (f.get("exif") or {}).get("camera_model")]))
                     if camera:
-                        st.caption(f"Camera: {camera}")
+                        st.caption(f"Camera: {data.plain(camera)}")
                     if img.get("near_duplicates"):
                         d = img["near_duplicates"][0]
-                        st.write(f"Near-duplicate of **{d['name']}** ({d['batch_id']}, distance {d['distance']})")
+                        st.write(f"Near-duplicate of **{data.plain(d['name'])}** ({d['batch_id']}, distance {d['distance']})")
                     for r in img["renditions"]:
                         st.download_button(
-                            f"{r['name']} {r['width']}×{r['height']} {r['format']}",
+                            data.plain(f"{r['name']} {r['width']}×{r['height']} {r['format']}"),
                             data=_rendition(user, status["batch_id"], r["path"]) or b"",
                             file_name=f"{img['name'].rsplit('.', 1)[0]}_{r['name']}.{r['path'].rsplit('.', 1)[-1]}",
                             key=f"dl-{r['path']}",
                         )
             elif img["outcome"] == "rejected":
-                st.error(f"**{img['name']}** rejected: {img['reason']}", icon=":material/block:")
+                st.error(f"**{data.plain(img['name'])}** rejected: {data.plain(img['reason'])}", icon=":material/block:")
             else:
-                st.info(f"{img['name']}: waiting", icon=":material/hourglass_empty:")
+                st.info(f"{data.plain(img['name'])}: waiting", icon=":material/hourglass_empty:")
 
 
 @st.fragment(run_every=2)
@@ -81,14 +85,14 @@ def live() -> None:
         return
     for n, status in enumerate(batches):
         done, total = data.progress(status)
-        title = status["metadata"].get("title") or status["batch_id"]
+        title = data.plain(status["metadata"].get("title") or status["batch_id"])
         # The selected (or newest) batch opens with its gallery; the others show their progress and
         # open on demand, so the page stays fast however many batches the user has.
         with st.expander(f"**{title}** — {status['status']}, {done}/{total} images", expanded=n == 0):
             st.caption(f"{status['batch_id']} · {status['status']} · {done}/{total} images")
             st.progress(done / total if total else 1.0)
             if status.get("error"):
-                st.error(status["error"])
+                st.error(data.plain(status["error"]))
             if n == 0 or st.toggle("Show images", key=f"open-{status['batch_id']}"):
                 _gallery(status)
 

@@ -43,5 +43,4 @@ st.subheader("Processing time per image (ms)")
 st.dataframe(tables["processing ms per image"])
 st.subheader("All images")
 st.dataframe(frame, hide_index=True)
-st.download_button("Download CSV", frame.to_csv(index=False).encode(), file_name="imgpipe-images.csv",
-                   mime="text/csv")
+st.download_button("Download CSV", data.csv_bytes(frame), file_name="imgpipe-images.csv", mime="text/csv")

@@ -13,7 +13,7 @@ st.caption(f"Up to {limits.max_files_per_batch} images, {limits.max_file_bytes /
            "JPEG, PNG, WebP, GIF, TIFF, BMP, AVIF.")
 
 uploaded = st.file_uploader("Images", accept_multiple_files=True, key="files")
-files = [(f.name, f.getvalue()) for f in uploaded or []]
+files = list(uploaded or [])  # Streamlit's UploadedFile objects: read only when stored, never copied whole
 checks = data.precheck(files, svc)
 too_many = len(files) > limits.max_files_per_batch
 if files:
@@ -21,7 +21,7 @@ if files:
     st.write(f"**{ok}** of {len(files)} file(s) will be processed.")
     refused = [c for c in checks if not c.ok]
     for c in refused:
-        st.error(f"{c.name}: {c.reason}", icon=":material/block:")
+        st.error(f"{data.plain(c.name)}: {data.plain(c.reason)}", icon=":material/block:")
     if too_many:
         st.error(f"{len(files)} files; a batch holds at most {limits.max_files_per_batch}.")
 
@@ -44,7 +44,7 @@ if send:
                                                             text=f"Stored {done} of {total} {name}"),
         )
     except IntakeError as exc:
-        st.error(str(exc))
+        st.error(data.plain(exc))
     else:
         bar.progress(1.0, text="Stored")
         st.session_state["selected_batch"] = result.batch_id
