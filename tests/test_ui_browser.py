@@ -1,8 +1,9 @@
 """The web app in a real browser (Debian's headless Chromium driven by Playwright) against the real local
 stack started by `imgpipe dev`: Kafka broker, Dagster webserver + daemon, local OIDC provider, web app.
 
-Sign in as alice, upload a batch with one bad file, see its reason, watch the results arrive live, open
-the gallery, then sign in as bob and see none of alice's batches. A screenshot of each step is saved
+Sign in as alice+x@, upload a batch with one bad file, see its reason, watch the results arrive live, open
+the gallery, then sign in as alice-x@ — whose e-mail the old mapping made the same user id — and see none
+of it, even with its batch id in the URL; then as the operator (a role in the token) see everyone's stats. A screenshot of each step is saved
 under the stack's data dir (``artifacts/screenshots``) and its path printed."""
 
 from __future__ import annotations
@@ -88,13 +89,13 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
 
     alice = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = alice.new_page()
-    _sign_in(page, stack, "alice@example.com")
+    _sign_in(page, stack, "alice+x@example.com")
     _shot(page, stack, "01-upload-page")
 
     page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files([str(good1), str(good2), str(bad)])
     page.get_by_role("button", name="Remove readme.jpg").wait_for()
     page.get_by_text(re.compile(r"readme\.jpg: not a supported image.*text/plain")).wait_for()
-    page.get_by_label("Title").fill("Weekend")
+    page.get_by_label("Title").fill("Weekend [click](https://evil.example)")
     _shot(page, stack, "02-file-checks")
     page.get_by_role("button", name="Upload", exact=True).click()
     success = page.get_by_test_id("stAlertContentSuccess")
@@ -110,6 +111,9 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     page.get_by_text("Details and downloads").first.click()
     page.get_by_role("button", name=re.compile(r"large .* JPEG")).first.wait_for()
     page.get_by_text(re.compile(r"1600×1200 JPEG · pHash")).first.wait_for()
+    links = page.locator("a[href*='evil.example']")
+    assert links.count() == 0, [links.nth(i).evaluate("e => e.parentElement.outerHTML") for i in range(links.count())]  # the title's Markdown link is shown as text
+    page.get_by_text(re.compile(r"Weekend \[click\]\(https\u2060?://evil\.example\)")).first.wait_for()  # as typed
     _shot(page, stack, "05-gallery-details")
 
     page.get_by_role("link", name="Stats").click()
@@ -117,9 +121,10 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     _shot(page, stack, "06-stats")
     alice.close()
 
-    bob = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = bob.new_page()
-    _sign_in(page, stack, "bob@example.com")
+    # alice-x@example.com: under the old e-mail mapping the same user id as alice+x@example.com.
+    other = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = other.new_page()
+    _sign_in(page, stack, "alice-x@example.com")
     page.get_by_role("link", name="Results").click()
     page.get_by_text("No batches yet").wait_for(timeout=30_000)
     assert page.get_by_text(batch_id).count() == 0
@@ -127,4 +132,15 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     page.get_by_text("No such batch among yours").wait_for(timeout=30_000)
     assert page.get_by_text("Weekend").count() == 0
     _shot(page, stack, "07-other-user-sees-nothing")
-    bob.close()
+    page.get_by_role("link", name="Stats").click()
+    page.get_by_text("No processed images yet").wait_for(timeout=30_000)
+    other.close()
+
+    ops = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ops.new_page()
+    _sign_in(page, stack, "ops@example.com")
+    page.get_by_role("link", name="Stats").click()
+    page.get_by_text("Statistics — all users").wait_for(timeout=30_000)
+    page.get_by_text("Download CSV").wait_for(timeout=30_000)
+    _shot(page, stack, "08-operator-stats")
+    ops.close()

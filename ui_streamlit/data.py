@@ -25,10 +25,16 @@ PAGE_SIZE = 24
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$])")
 
 
+# GitHub-flavoured Markdown also turns bare URLs ("https://…", "www.…") into links, escapes or not; an
+# invisible word joiner (U+2060) after the scheme or "www" keeps them plain text.
+_AUTOLINK = re.compile(r"(?i)(https?|ftp|mailto|www)(?=[:.])")
+
+
 def plain(text: object) -> str:
     """User-supplied text, safe to put where Streamlit renders Markdown (labels, st.error, captions): every
     character shows as itself — no links, no images, no HTML, no formatting — and newlines become spaces."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    flat = _AUTOLINK.sub("\\1\u2060", " ".join(str(text).split()))
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
