@@ -4,6 +4,7 @@
     imgpipe status BATCH_ID [--user ID] [--json]
     imgpipe dev [--no-sample]
     imgpipe dead-letters [--json]
+    imgpipe failed [--json]
     imgpipe sample DIR
 """
 
@@ -59,10 +60,14 @@ def cmd_upload(args) -> int:
         print(f"imgpipe upload: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"batch_id": result.batch_id}))
+        print(json.dumps({"batch_id": result.batch_id, "queued": result.queued}))
     else:
         print(f"batch {result.batch_id}: {len(result.accepted)} file(s) accepted, {len(result.refused)} refused")
         print(f"follow it with: imgpipe status {result.batch_id}")
+    if not result.queued:
+        print(f"imgpipe upload: batch {result.batch_id} is stored, but handing it to the queue failed "
+              f"({result.queue_error}); it will be queued again automatically — do not upload it again",
+              file=sys.stderr)
     for f in result.refused:
         print(f"refused {f.name}: {f.reason}", file=sys.stderr)
     return 0
@@ -128,6 +133,22 @@ def cmd_dead_letters(args) -> int:
     return 0
 
 
+def cmd_failed(args) -> int:
+    """Batches that ended 'failed' (retries spent, never queued, invalid) or are being retried, all users."""
+    metadata = _services().metadata
+    rows = [d for status in ("failed", "retrying", "invalid") for d in metadata.query("batches", {"status": status})]
+    rows.sort(key=lambda d: d.get("created_at", ""), reverse=True)
+    if args.json:
+        print(json.dumps([{k: d.get(k) for k in ("batch_id", "user_id", "status", "error", "created_at",
+                                                  "dagster_run_id")} for d in rows], indent=1))
+        return 0
+    if not rows:
+        print("no failed or retrying batches")
+    for d in rows:
+        print(f"{d.get('created_at', '')[:19]} {d['batch_id']} ({d['user_id']}): {d['status']} — {d.get('error') or ''}")
+    return 0
+
+
 def cmd_sample(args) -> int:
     from orchestration.devtools.sample import make_sample_batch
 
@@ -164,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max", type=int, default=100)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser("failed", help="batches that failed (with the reason) or are being retried, all users")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_failed)
 
     p = sub.add_parser("sample", help="write the sample batch into a directory")
     p.add_argument("directory")

@@ -113,6 +113,16 @@ class Settings(BaseSettings):
     servicebus_namespace: str = Field("", description="<namespace>.servicebus.windows.net (DefaultAzureCredential).")
     servicebus_queue: str = Field("batches", description="Service Bus queue of batch manifests.")
 
+    # Intake reconciler (sensors/reconcile_sensor.py)
+    reconcile_after_seconds: float = Field(120.0, gt=0, description="A batch 'received' this long without a run "
+                                           "is handed to the queue again.")
+    reconcile_max_attempts: int = Field(5, ge=1, description="Re-sends before such a batch ends 'failed' with the "
+                                        "reason.")
+
+    # Recovery
+    run_max_retries: int = Field(2, ge=0, description="Automatic re-executions (from failure) of a failed batch run "
+                                 "before the batch ends 'failed'.")
+
     # Sensor
     sensor_interval_seconds: int = Field(1, ge=1, description="Minimum time between two sensor ticks.")
     sensor_safety_poll_seconds: float = Field(

@@ -215,8 +215,8 @@ def build_failure_sensor(job):
         monitored_jobs=[job],
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=5,
-        description="Marks the batch document 'failed' with the error when a whole run fails "
-        "(it can be re-executed from the UI; writes are idempotent).",
+        description="When a batch run fails: marks the batch 'retrying' while run retries remain (the daemon "
+        "re-executes it from failure; writes are idempotent), 'failed' with the error once they are spent.",
     )
     def batch_failure_sensor(context: RunFailureSensorContext, metadata: ResourceParam[MetadataStore]):
         run = context.dagster_run
@@ -227,7 +227,15 @@ def build_failure_sensor(job):
         store = metadata
         doc = store.read("batches", batch_id, user_id)
         if doc:
-            message = context.failure_event.message or "run failed"
-            store.upsert("batches", {**doc, "status": "failed", "error": message[:2000], "dagster_run_id": run.run_id})
+            message = (context.failure_event.message or "run failed")[:2000]
+            attempt = int(run.tags.get("dagster/retry_number", "0") or 0)
+            instance = context.instance
+            allowed = int(run.tags.get("dagster/max_retries", instance.run_retries_max_retries)
+                          if instance.run_retries_enabled else 0)
+            if attempt < allowed:
+                update = {"status": "retrying", "error": f"attempt {attempt + 1} of {allowed + 1} failed: {message}"}
+            else:
+                update = {"status": "failed", "error": message}
+            store.upsert("batches", {**doc, **update, "dagster_run_id": run.run_id})
 
     return batch_failure_sensor

@@ -153,3 +153,39 @@ def test_cli_reports_bad_configuration_naming_the_variable(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode != 0 and "IMGPIPE_MAX_FILE_BYTES" in proc.stderr
+
+
+# -- input edge cases ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [{"user_id": "alice\n"}, {"user_id": "alice", "metadata": {"key\n": "v"}}])
+def test_a_trailing_newline_is_refused_before_anything_is_written(services, kwargs):
+    with pytest.raises(IntakeError):
+        upload_batch(services, [IntakeItem.from_bytes("a.jpg", JPEG)], **kwargs)
+    assert list(services.lake.list("raw")) == [] and services.queue.active_message_count() == 0
+
+
+def test_directory_expansion_does_not_follow_links_out_of_it(tmp_path):
+    from orchestration.domain.intake import expand_paths
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(JPEG)
+    upload = tmp_path / "upload"
+    (upload / "sub").mkdir(parents=True)
+    (upload / "a.jpg").write_bytes(JPEG)
+    (upload / "link-to-secret.jpg").symlink_to(outside / "secret.jpg")
+    (upload / "linked-dir").symlink_to(outside, target_is_directory=True)
+    (upload / "sub" / "again.jpg").symlink_to(upload / "a.jpg")  # inside: the same file, taken once
+    os.mkfifo(upload / "pipe.jpg")
+    got = [p.relative_to(upload).as_posix() for p in expand_paths([upload])]
+    assert got == ["a.jpg"]
+
+
+def test_a_path_that_is_not_a_file_says_what_it_is(tmp_path):
+    from orchestration.domain.intake import expand_paths
+
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(IntakeError, match="named pipe"):
+        expand_paths([tmp_path / "pipe"])
+    with pytest.raises(IntakeError, match="no such file"):
+        expand_paths([tmp_path / "missing.jpg"])

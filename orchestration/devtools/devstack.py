@@ -36,6 +36,10 @@ from orchestration.domain.identity import opaque_user_id
 # - fairness: at most `runs_per_user` runs per user (tag imgpipe/user_id, applyLimitPerUniqueValue), so
 #   one user's 200 queued batches cannot hold every slot while another user's batch waits behind them;
 # - the sensor daemon evaluates sensors in threads (its loop still runs at most every 5 s);
+# - run retries: a failed batch run is re-executed from failure `run_max_retries` times by the daemon
+#   (writes are idempotent), then the batch ends 'failed' (failure sensor);
+# - run monitoring fails runs stuck STARTING (the run worker never came up) after 180 s; runs whose
+#   worker died with a previous stack are failed at start-up (`fail_orphaned_runs`), then retried;
 # - no telemetry (the machine may have no network).
 DAGSTER_YAML = """\
 run_coordinator:
@@ -52,6 +56,13 @@ run_coordinator:
 sensors:
   use_threads: true
   num_workers: 2
+run_retries:
+  enabled: true
+  max_retries: {run_retries}
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  poll_interval_seconds: 30
 telemetry:
   enabled: false
 """
@@ -68,8 +79,39 @@ def prepare_dagster_home(settings: Settings) -> Path:
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(DAGSTER_YAML.format(max_runs=max(2, settings.effective_workers),
-                                                           user_tag=USER_TAG, runs_per_user=settings.max_runs_per_user))
+                                                           user_tag=USER_TAG, runs_per_user=settings.max_runs_per_user,
+                                                           run_retries=settings.run_max_retries))
     return home
+
+
+def _alive_dagster_process(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"dagster" in cmdline
+
+
+def fail_orphaned_runs(home: Path) -> list[str]:
+    """Runs a previous stack left STARTING/STARTED/CANCELING whose run worker process is gone (the stack
+    was killed): reported failed with the reason, so their concurrency slots free up and run retries
+    re-execute them. The local run launcher cannot see a dead worker by itself. Returns their run ids."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    failed = []
+    with DagsterInstance.from_config(str(home)) as instance:
+        open_statuses = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+        for record in instance.get_run_records(filters=RunsFilter(statuses=open_statuses)):
+            run = record.dagster_run
+            pids = [e.dagster_event.pid for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.pid]
+            if _alive_dagster_process(pids[-1] if pids else None):
+                continue
+            instance.report_run_failed(run, message="the run worker died with the previous imgpipe dev "
+                                                    "(found at start-up); the run is retried")
+            failed.append(run.run_id)
+    return failed
 
 
 def stack_env(settings: Settings) -> dict[str, str]:
@@ -183,7 +225,11 @@ def follow_batch(settings: Settings, batch_id: str, total: int, timeout_seconds:
 def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool = False) -> int:
     private_data_dir(settings)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
-    prepare_dagster_home(settings)
+    home = prepare_dagster_home(settings)
+    orphans = fail_orphaned_runs(home)
+    if orphans:
+        _log(f"{len(orphans)} run(s) left running by a previous stack had lost their worker; marked failed "
+             f"(they are retried): {', '.join(orphans)}")
     host, _, port = settings.kafka_bootstrap.rpartition(":")
     broker = dagster = None
     helpers: list = []

@@ -51,7 +51,7 @@ def _norm_issuer(value: str) -> str:
 def opaque_user_id(issuer_key: str, subject_key: str) -> str:
     digest = hashlib.sha256(f"{issuer_key}\x00{subject_key}".encode("utf-8")).digest()[:20]
     uid = "u-" + base64.b32encode(digest).decode("ascii").lower()
-    assert re.match(USER_ID_PATTERN, uid)
+    assert re.fullmatch(USER_ID_PATTERN, uid)
     return uid
 
 

@@ -105,7 +105,9 @@ class FileReport:
 class UploadResult:
     batch_id: str
     files: list[FileReport] = field(default_factory=list)
-    sent: bool = True
+    sent: bool = True            # False: the queue dropped it as a duplicate of a send inside the window
+    queued: bool = True          # False: the send failed; the reconciler will hand the batch to the queue
+    queue_error: str | None = None
 
     @property
     def accepted(self) -> list[FileReport]:
@@ -121,21 +123,46 @@ def new_batch_id(now: datetime | None = None) -> str:
     return f"b-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
 
 
+def _kind(path: Path) -> str:
+    """What a path is, in words, for a message about why it was not taken."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return "no such file or directory"
+    import stat
+
+    for test, name in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a broken symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Files given directly, plus the regular files inside given directories (recursively, sorted,
-    hidden files skipped). A path that does not exist is an error naming it."""
+    hidden files skipped). Inside a directory, symbolic links that lead out of it are not followed (a link
+    to a file within it is taken once, as that file). A path that is not a regular file or directory is
+    an error naming it and what it is."""
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
+            root = path.resolve()
+            seen: set[Path] = set()
+            for child in sorted(path.rglob("*")):  # rglob does not descend into symlinked directories
                 rel = child.relative_to(path)
-                if child.is_file() and not any(part.startswith(".") for part in rel.parts):
-                    out.append(child)
+                if any(part.startswith(".") for part in rel.parts):
+                    continue
+                real = child.resolve()
+                if not real.is_relative_to(root) or not real.is_file() or real in seen:
+                    continue  # a link out of the directory, a pipe or device, or a file already taken
+                seen.add(real)
+                out.append(child)
         elif path.is_file():
             out.append(path)
         else:
-            raise IntakeError(f"{path}: no such file or directory")
+            raise IntakeError(f"{path}: {_kind(path)}; give image files or directories")
     return out
 
 
@@ -153,7 +180,7 @@ def parse_metadata(pairs: Iterable[str]) -> dict[str, str]:
 def validate_metadata(meta: Mapping[str, str], max_bytes: int) -> dict[str, str]:
     clean: dict[str, str] = {}
     for key, value in meta.items():
-        if not re.match(META_KEY_PATTERN, key):
+        if not re.fullmatch(META_KEY_PATTERN, key):
             raise IntakeError(f"metadata key {key!r} must be 1-64 letters, digits, '_', '.', '-'")
         if not isinstance(value, str):
             raise IntakeError(f"metadata value of {key!r} must be text")
@@ -200,7 +227,7 @@ def upload_batch(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> UploadResult:
     settings = services.settings
-    if not re.match(USER_ID_PATTERN, user_id or ""):
+    if not isinstance(user_id, str) or not re.fullmatch(USER_ID_PATTERN, user_id):
         raise IntakeError(f"user id {user_id!r} must be 1-128 letters, digits, '_', '.', '@', '-'")
     meta = validate_metadata(metadata or {}, settings.max_metadata_bytes)
     items = list(items)
@@ -257,9 +284,24 @@ def upload_batch(
         batch_id=batch_id, user_id=user_id, created_at=datetime.now(timezone.utc), metadata=meta, images=entries
     )
     body = manifest.model_dump_json().encode()
-    services.lake.write(manifest_path(batch_id), body, content_type="application/json")
-    services.metadata.upsert("batches", {**batch_document(manifest), "bytes": offered, "stored_bytes": stored})
-    result.sent = services.queue.send(body, message_id=batch_id, application_properties={"user_id": user_id})
+    doc = {**batch_document(manifest), "bytes": offered, "stored_bytes": stored}
+    try:
+        services.lake.write(manifest_path(batch_id), body, content_type="application/json")
+        services.metadata.upsert("batches", doc)
+    except Exception as exc:  # a busy or unreachable store: the user is told, the CLI shows no traceback
+        raise IntakeError(f"could not record batch {batch_id} ({type(exc).__name__}: {exc}); nothing was queued "
+                          f"— try again") from exc
+    try:
+        result.sent = services.queue.send(body, message_id=batch_id, application_properties={"user_id": user_id})
+    except Exception as exc:
+        # The batch is stored (files, manifest, document) but not on the queue. The reconciler
+        # (sensors/reconcile_sensor.py) re-sends it; the queue's duplicate detection and the run key keep
+        # it to one run even if this send did reach the queue after all.
+        result.queued, result.queue_error = False, f"{type(exc).__name__}: {exc}"
+        try:
+            services.metadata.upsert("batches", {**doc, "queue_error": result.queue_error[:1000]})
+        except Exception:
+            pass  # the reconciler finds the batch by its 'received' status either way
     return result
 
 

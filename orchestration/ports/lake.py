@@ -55,7 +55,7 @@ def normalize_path(path: str) -> str:
         raise InvalidPath(f"invalid lake path {path!r}: must be a non-empty relative '/'-separated path")
     segments = path.split("/")
     for seg in segments:
-        if seg in ("", ".", "..") or not _SEGMENT.match(seg):
+        if seg in ("", ".", "..") or not _SEGMENT.fullmatch(seg):
             raise InvalidPath(f"invalid lake path {path!r}: bad segment {seg!r}")
     return path
 

@@ -43,7 +43,7 @@ _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 def check_field(name: str) -> str:
     """Field paths in filters/ORDER BY are identifiers joined by dots; anything else is refused."""
-    if not _FIELD.match(name):
+    if not _FIELD.fullmatch(name):
         raise ValueError(f"invalid field name {name!r} in metadata query")
     return name
 

@@ -48,6 +48,9 @@ if send:
     else:
         bar.progress(1.0, text="Stored")
         st.session_state["selected_batch"] = result.batch_id
+        if not result.queued:
+            st.warning(f"Batch **{result.batch_id}** is stored, but the queue did not take it yet; it will be "
+                       "handed over again automatically — no need to upload it again.")
         st.success(f"Batch **{result.batch_id}** received: {len(result.accepted)} image(s) queued, "
                    f"{len(result.refused)} refused.")
         st.page_link("views/results.py", label="See its results", icon=":material/photo_library:")

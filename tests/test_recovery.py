@@ -1,0 +1,90 @@
+"""Recovery without a human: runs orphaned by a killed stack are failed at start-up (and so retried), failed
+runs are retried a bounded number of times, and only then does the batch end 'failed' with the reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, build_run_status_sensor_context, materialize
+from dagster._core.test_utils import create_run_for_test, instance_for_test
+
+from assets.batch import batch_asset_checks, batch_assets
+from orchestration.devtools.devstack import fail_orphaned_runs, prepare_dagster_home
+from orchestration.domain.intake import IntakeItem, upload_batch
+from orchestration.partitions import batches_partitions
+from orchestration.resources import resources_from_settings
+from orchestration.settings import load_settings
+
+# A stand-in run worker: records an event with its pid, as a real one's step events do, then lives on.
+WORKER = ("import os, sys, time\nfrom dagster import DagsterInstance\n"
+          "from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData\n"
+          "with DagsterInstance.from_config(sys.argv[1]) as inst:\n"
+          "    inst.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.ENGINE_EVENT.value,\n"
+          "        job_name='process_batch', message='run worker up', event_specific_data=EngineEventData(),\n"
+          "        pid=os.getpid()), run_id=sys.argv[2])\n"
+          "print('ready', flush=True)\n"
+          "time.sleep(float(sys.argv[3]))\n")
+
+
+def _run_with_worker(home, instance, seconds: float):
+    """A STARTED run whose (stand-in) run worker wrote an event and then lives ``seconds`` (its command
+    line names dagster, as a real run worker's does)."""
+    run = create_run_for_test(instance, job_name="process_batch", status=DagsterRunStatus.STARTED)
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(home), run.run_id, str(seconds), "dagster-run-worker"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return run, proc
+
+
+def test_runs_whose_worker_died_are_failed_at_start_up_and_live_ones_kept(tmp_path):
+    home = prepare_dagster_home(load_settings(data_dir=tmp_path))
+    with DagsterInstance.from_config(str(home)) as instance:
+        dead, p1 = _run_with_worker(home, instance, 0)
+        p1.wait(timeout=30)
+        alive, p2 = _run_with_worker(home, instance, 60)
+        never = create_run_for_test(instance, job_name="process_batch", status=DagsterRunStatus.STARTING)
+    try:
+        assert sorted(fail_orphaned_runs(home)) == sorted([dead.run_id, never.run_id])
+        with DagsterInstance.from_config(str(home)) as instance:
+            assert instance.get_run_by_id(dead.run_id).status == DagsterRunStatus.FAILURE
+            assert instance.get_run_by_id(never.run_id).status == DagsterRunStatus.FAILURE
+            assert instance.get_run_by_id(alive.run_id).status == DagsterRunStatus.STARTED
+            [failure] = instance.get_records_for_run(dead.run_id, of_type=DagsterEventType.RUN_FAILURE).records
+            assert "run worker died" in failure.event_log_entry.dagster_event.message
+            assert instance.run_retries_enabled and instance.run_retries_max_retries == 2  # so they are retried
+    finally:
+        p2.kill()
+        p2.wait()
+
+
+@pytest.mark.parametrize("retry_number,expected", [("0", "retrying"), ("1", "retrying"), ("2", "failed")])
+def test_a_failed_run_marks_the_batch_retrying_until_its_retries_are_spent(settings, tmp_path, retry_number, expected):
+    from orchestration import wiring
+    from orchestration.definitions import process_batch_job
+    from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
+    from sensors.batch_sensor import build_failure_sensor
+
+    services = wiring.services(settings)
+    batch = upload_batch(services, [IntakeItem.from_bytes("a.jpg", jpeg_bytes(synthetic_photo(64, 48, 0, "r")))],
+                         user_id="alice").batch_id
+    dead_kafka = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})
+    with instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 2}}) as instance:
+        instance.add_dynamic_partitions(batches_partitions.name, [batch])
+        result = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
+                             resources=resources_from_settings(dead_kafka), raise_on_error=False,
+                             tags={"imgpipe/user_id": "alice", "dagster/retry_number": retry_number})
+        assert not result.success
+        run = instance.get_run_by_id(result.run_id)
+        [failure] = instance.get_records_for_run(result.run_id, of_type=DagsterEventType.RUN_FAILURE).records
+        ctx = build_run_status_sensor_context(
+            sensor_name="batch_failure_sensor", dagster_event=failure.event_log_entry.dagster_event,
+            dagster_instance=instance, dagster_run=run,
+            resources={"metadata": resources_from_settings(settings)["metadata"]},
+        ).for_run_failure()
+        build_failure_sensor(process_batch_job)(ctx)
+    doc = services.metadata.read("batches", batch, "alice")
+    assert doc["status"] == expected and doc["error"]
+    if expected == "retrying":
+        assert f"attempt {int(retry_number) + 1} of 3" in doc["error"]
