@@ -8,6 +8,8 @@ and event ids — so a re-executed run overwrites instead of duplicating.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -61,7 +63,7 @@ def _store_renditions(lake: Lake, batch_id: str, image: ManifestImage, outcome: 
         path = rendition_path(batch_id, image.image_id, r.name, r.extension)
         lake.write(path, r.data, content_type=CONTENT_TYPES[r.format])
         renditions.append({"name": r.name, "format": r.format, "width": r.width, "height": r.height,
-                           "bytes": len(r.data), "path": path})
+                           "bytes": len(r.data), "sha256": hashlib.sha256(r.data).hexdigest(), "path": path})
     return {
         "image_id": image.image_id,
         "name": image.name,
@@ -213,3 +215,31 @@ def result_events(manifest: BatchManifest, docs: list[dict]) -> list[dict]:
         }
     )
     return events
+
+
+def check_renditions(lake: Lake, batch_id: str) -> tuple[int, list[str]]:
+    """Every recorded rendition is in the lake with its recorded sha256 and, from its header, its recorded
+    pixel size; the smallest rendition of each image is decoded in full (the encoder's output is readable).
+    Decoding every rendition again cost ~28 % of a 200-image run; this costs a read and a hash per file.
+    Returns (renditions checked, problems)."""
+    from PIL import Image
+
+    problems, checked = [], 0
+    for outcome in load_outcomes(lake, batch_id):
+        renditions = outcome["renditions"]
+        smallest = min(renditions, key=lambda r: r["width"] * r["height"]) if renditions else None
+        for r in renditions:
+            checked += 1
+            try:
+                data = lake.read(r["path"])
+                if r.get("sha256") and hashlib.sha256(data).hexdigest() != r["sha256"]:
+                    problems.append(f"{r['path']}: bytes differ from the recorded sha256")
+                    continue
+                with Image.open(io.BytesIO(data)) as im:
+                    if im.size != (r["width"], r["height"]):
+                        problems.append(f"{r['path']}: {im.size} != recorded {(r['width'], r['height'])}")
+                    elif r is smallest:
+                        im.load()
+            except Exception as exc:  # missing or unreadable: report, don't crash the check
+                problems.append(f"{r['path']}: {type(exc).__name__}: {exc}")
+    return checked, problems

@@ -193,3 +193,22 @@ def test_image_documents_appear_while_the_batch_is_processing(instance, settings
     status = batch_status(services, batch, "alice")
     assert status["status"] == "processing"
     assert sorted(i["outcome"] for i in status["images"]) == ["processed"] * 5 + ["rejected"] * 2
+
+
+def test_the_rendition_check_catches_edited_and_broken_renditions(instance, settings, uploaded):
+    from assets import batch_work
+
+    services, upload = uploaded
+    batch = upload.batch_id
+    assert _run(instance, settings, batch).success
+    checked, problems = batch_work.check_renditions(services.lake, batch)
+    assert checked == 30 and problems == []  # 5 processed images x 3 sizes x 2 formats
+    outcome = next(o for o in batch_work.load_outcomes(services.lake, batch) if o["renditions"])
+    large = next(r for r in outcome["renditions"] if r["name"] == "large")
+    thumb = next(r for r in outcome["renditions"] if r["name"] == "thumb" and r["format"] == "JPEG")
+    services.lake.write(large["path"], services.lake.read(large["path"])[:-10] + b"edited ok!")  # bytes changed
+    thumb_bytes = services.lake.read(thumb["path"])
+    services.lake.write(thumb["path"], thumb_bytes[: len(thumb_bytes) // 2])  # truncated
+    checked, problems = batch_work.check_renditions(services.lake, batch)
+    assert any(large["path"] in p and "sha256" in p for p in problems)
+    assert any(thumb["path"] in p for p in problems)

@@ -33,6 +33,7 @@ from orchestration.domain.identity import opaque_user_id
 # Instance settings for the local stack, chosen for latency on a small machine:
 # - QueuedRunCoordinator checking the queue every second, at most `max_concurrent_runs` runs at once:
 #   a burst of uploads queues up instead of starting one ~150 MB run process per batch at the same time;
+#   launches are made from 2 threads, so starting one run worker (~2-3 s) does not hold up the next;
 # - fairness: at most `runs_per_user` runs per user (tag imgpipe/user_id, applyLimitPerUniqueValue), so
 #   one user's 200 queued batches cannot hold every slot while another user's batch waits behind them;
 # - the sensor daemon evaluates sensors in threads (its loop still runs at most every 5 s);
@@ -48,6 +49,8 @@ run_coordinator:
   config:
     max_concurrent_runs: {max_runs}
     dequeue_interval_seconds: 1
+    dequeue_use_threads: true
+    dequeue_num_workers: 2
     tag_concurrency_limits:
       - key: "{user_tag}"
         value:

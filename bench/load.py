@@ -1,0 +1,189 @@
+"""Many small batches against one large batch, through the real local stack.
+
+    python bench/load.py [--batches 50] [--images 4] [--out bench/results/load.json]
+
+Starts `imgpipe dev --no-sample` (Kafka broker + Dagster webserver + daemon) in a fresh data dir, then:
+
+1. uploads ``--batches`` batches of ``--images`` 2-MP JPEGs at once (one thread per batch, as many users
+   would) and waits for every batch-complete event;
+2. uploads one batch of ``batches x images`` of the same images and waits for it;
+
+and reports, for each: images/s from the first upload to the last batch-complete event, upload → complete
+p50/p95 per batch, the run concurrency achieved (time-weighted mean of runs in progress, from the Dagster
+instance's run records), and the peak resident memory of the whole stack (every process it started,
+sampled every 0.5 s). The ratio of the two throughputs is the figure to watch (target: small batches at
+least 80 % of the large batch's images/s). Printed as a table and written as JSON; no assertion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import write_results  # noqa: E402
+from orchestration import wiring  # noqa: E402
+from orchestration.devtools import kafka_broker  # noqa: E402
+from orchestration.devtools.sample import jpeg_bytes, synthetic_photo  # noqa: E402
+from orchestration.domain.intake import IntakeItem, upload_batch  # noqa: E402
+from orchestration.settings import load_settings  # noqa: E402
+from orchestration.wiring import build_reader  # noqa: E402
+
+
+def _tree_rss_mb(root_pid: int) -> float:
+    """Resident memory of a process and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            ppid, pages = int(fields[1]), int(fields[21])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = pages
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _run_concurrency(settings, since: float, until: float) -> float:
+    """Time-weighted mean number of batch runs in progress between ``since`` and ``until``."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        spans = [(r.start_time, r.end_time) for r in instance.get_run_records()
+                 if r.start_time and r.end_time and r.end_time >= since and r.start_time <= until]
+    busy = sum(min(e, until) - max(s, since) for s, e in spans)
+    return busy / (until - since) if until > since else 0.0
+
+
+def _wait_complete(settings, batch_ids: set[str], t0: float, timeout: float) -> dict[str, float]:
+    done: dict[str, float] = {}
+    reader = build_reader(settings)
+    try:
+        deadline = time.monotonic() + timeout
+        while len(done) < len(batch_ids) and time.monotonic() < deadline:
+            for _, e in reader.poll(0.5):
+                if e.get("type") == "batch.completed" and e.get("batch_id") in batch_ids and e["batch_id"] not in done:
+                    done[e["batch_id"]] = time.perf_counter() - t0
+    finally:
+        reader.close()
+    missing = batch_ids - set(done)
+    if missing:
+        raise TimeoutError(f"{len(missing)} batch(es) not complete within {timeout:.0f} s")
+    return done
+
+
+def _phase(settings, groups: list[list[IntakeItem]], label: str) -> dict:
+    services = wiring.services(settings)
+    uploaded_at: dict[str, float] = {}
+    t0 = time.perf_counter()
+    wall0 = time.time()
+
+    def send(n_items):
+        n, items = n_items
+        started = time.perf_counter() - t0
+        batch = upload_batch(services, items, user_id=f"user{n % 10}").batch_id
+        uploaded_at[batch] = started  # upload → complete counts from the moment this upload began
+        return batch
+
+    with ThreadPoolExecutor(max_workers=min(16, len(groups))) as pool:
+        batches = set(pool.map(send, enumerate(groups)))
+    done = _wait_complete(settings, batches, t0, timeout=1800)
+    elapsed = max(done.values())
+    latencies = sorted(done[b] - uploaded_at[b] for b in batches)
+    images = sum(len(g) for g in groups)
+    out = {
+        "batches": len(groups), "images": images, "elapsed_s": round(elapsed, 2),
+        "images_per_s": round(images / elapsed, 3),
+        "upload_to_complete_p50_s": round(statistics.median(latencies), 2),
+        "upload_to_complete_p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2),
+        "run_concurrency_mean": round(_run_concurrency(settings, wall0, wall0 + elapsed), 2),
+    }
+    print(f"  {label}: {images} images in {elapsed:.1f} s = {out['images_per_s']:.2f} images/s, "
+          f"complete p50 {out['upload_to_complete_p50_s']} s / p95 {out['upload_to_complete_p95_s']} s, "
+          f"runs in progress {out['run_concurrency_mean']}", flush=True)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=50)
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
+    args = parser.parse_args()
+
+    n_total = args.batches * args.images
+    print(f"making {n_total} 2-MP JPEGs ...", flush=True)
+    photos = [jpeg_bytes(synthetic_photo(1600, 1200, hue=i * 37 % 256, label=str(i))) for i in range(n_total)]
+    items = [IntakeItem.from_bytes(f"img_{i:04d}.jpg", data) for i, data in enumerate(photos)]
+    small = [items[i * args.images:(i + 1) * args.images] for i in range(args.batches)]
+
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+               "image": "1600x1200 JPEG, renditions 2048/1024/256 JPEG + WebP"}
+    with tempfile.TemporaryDirectory(prefix="imgpipe-load-") as tmp:
+        settings = load_settings(data_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{kafka_broker.free_port()}",
+                                 webserver_port=kafka_broker.free_port(), web=False,
+                                 max_batches_in_flight=args.batches + 1)
+        env = {**os.environ, **settings.to_env()}
+        proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        peak = [0.0]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.wait(0.5):
+                peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
+
+        try:
+            for line in proc.stdout:
+                if "Press Ctrl-C" in line:
+                    break
+            else:
+                raise RuntimeError("the local stack did not start")
+            threading.Thread(target=sample, daemon=True).start()
+            time.sleep(2)
+            print(f"{args.batches} batches x {args.images} images, uploaded at once:", flush=True)
+            results["small_batches"] = _phase(settings, small, "small batches")
+            print(f"1 batch x {n_total} images:", flush=True)
+            results["large_batch"] = _phase(settings, [items], "large batch")
+        finally:
+            stop.set()
+            os.kill(proc.pid, signal.SIGINT)
+            proc.wait(timeout=120)
+            wiring.CLIENTS.close_all()
+    results["peak_stack_rss_mb"] = round(peak[0], 1)
+    ratio = results["small_batches"]["images_per_s"] / results["large_batch"]["images_per_s"]
+    results["ratio_small_to_large"] = round(ratio, 3)
+    s, big = results["small_batches"], results["large_batch"]
+    print("\n                      images/s   complete p50 / p95     runs in progress")
+    print(f"  {args.batches} x {args.images:<3}           {s['images_per_s']:7.2f}   {s['upload_to_complete_p50_s']:6.1f} / "
+          f"{s['upload_to_complete_p95_s']:6.1f} s       {s['run_concurrency_mean']}")
+    print(f"  1 x {n_total:<5}           {big['images_per_s']:7.2f}   {big['upload_to_complete_p50_s']:6.1f} / "
+          f"{big['upload_to_complete_p95_s']:6.1f} s       {big['run_concurrency_mean']}")
+    print(f"  ratio small/large: {ratio:.2f} (target >= 0.80); peak stack memory {results['peak_stack_rss_mb']} MB")
+    write_results(results, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
