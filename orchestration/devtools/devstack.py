@@ -5,8 +5,14 @@ Starts, in this order, each as a child process tracked by PID:
 2. ``dagster dev`` (webserver + daemon, which runs the batch sensor) with ``DAGSTER_HOME`` under the data
    dir and the instance settings written below;
 then optionally uploads the sample batch and follows its events on Kafka. Ctrl-C (or SIGTERM) stops
-everything in reverse order: SIGINT to ``dagster dev`` (it shuts down its webserver, daemon and code
-server), then SIGTERM to the broker, escalating to SIGKILL for anything that hangs.
+everything: SIGINT to ``dagster dev`` (it shuts down its webserver, daemon and code server), then SIGTERM
+to the others, newest first, escalating to SIGKILL for anything that hangs.
+
+Supervision: every child is registered the moment its process exists (a Ctrl-C during any start-up stops
+it); the ports the stack listens on are checked first and a taken one is an error naming the program on
+it; a child that exits is restarted and the stack says so (at most ``MAX_RESTARTS`` times in
+``RESTART_WINDOW``, then it stops with the reason); runs a killed previous stack left behind are failed at
+start-up so that run retries pick them up.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from pydantic import SecretStr
 
@@ -25,7 +33,7 @@ from orchestration.devtools import kafka_broker, webstack
 from orchestration.adapters.kafka_results import ensure_topic
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.devtools.sample import make_sample_batch
-from orchestration.settings import Settings, check_profile, remove_stack_file, write_stack_file
+from orchestration.settings import ConfigurationError, Settings, check_profile, remove_stack_file, write_stack_file
 from orchestration.domain.status import batch_status
 from orchestration.wiring import CLIENTS, build_reader, private_data_dir
 from orchestration.domain.identity import opaque_user_id
@@ -125,18 +133,18 @@ def stack_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_emulators(settings: Settings, started: list) -> Settings:
-    """Azurite (Blob + Queue) and cosmosdb-server for the 'emulated' profile, installed when missing.
-    Returns the settings pointing at them; the processes are appended to ``started``."""
+def start_emulators(settings: Settings, launch) -> Settings:
+    """Azurite (Blob + Queue) and cosmosdb-server for the 'emulated' profile, installed when missing, each
+    started through ``launch`` (registered and supervised). Returns the settings pointing at them."""
     from orchestration.devtools import emulators
 
     tools = emulators.ensure_tools(settings.tools_dir, log=_log)
     blob, queue, cosmos = (kafka_broker.free_port() for _ in range(3))
-    azurite = emulators.start_azurite(tools, blob, queue, log_path=settings.log_dir / "azurite.log")
-    started.append(("Azurite", azurite))
+    azurite = launch(Child("Azurite", lambda on_start: emulators.start_azurite(
+        tools, blob, queue, log_path=settings.log_dir / "azurite.log", on_start=on_start)))
     _log(f"Azurite pid {azurite.pid}: blob 127.0.0.1:{blob}, queue 127.0.0.1:{queue}")
-    server = emulators.start_cosmos(tools, cosmos, log_path=settings.log_dir / "cosmos.log")
-    started.append(("cosmosdb-server", server))
+    server = launch(Child("cosmosdb-server", lambda on_start: emulators.start_cosmos(
+        tools, cosmos, log_path=settings.log_dir / "cosmos.log", on_start=on_start)))
     _log(f"cosmosdb-server pid {server.pid}: https://127.0.0.1:{cosmos}")
     return Settings(**{
         **settings.model_dump(),
@@ -225,6 +233,70 @@ def follow_batch(settings: Settings, batch_id: str, total: int, timeout_seconds:
     return None
 
 
+class PortBusy(ConfigurationError):
+    """A port the stack needs is taken; the message names the port, its setting and the program on it."""
+
+
+def check_ports(settings: Settings) -> None:
+    """Refuse to start, naming the program, when a port the stack would listen on is already taken — rather
+    than reporting another program's health as ours. (A Kafka broker already listening on
+    IMGPIPE_KAFKA_BOOTSTRAP is used, on purpose.)"""
+    wanted = [(settings.webserver_port, "IMGPIPE_WEBSERVER_PORT", "the Dagster UI")]
+    if settings.web:
+        wanted += [(settings.web_port, "IMGPIPE_WEB_PORT", "the web app"),
+                   (settings.oidc_port, "IMGPIPE_OIDC_PORT", "the local OIDC provider")]
+    busy = [f"port {port} ({var}, for {what}) is in use by {kafka_broker.port_owner(port)}"
+            for port, var, what in wanted if kafka_broker.port_in_use("127.0.0.1", port)]
+    if busy:
+        raise PortBusy("cannot start the local stack:\n  " + "\n  ".join(busy) +
+                       "\nstop that program or choose another port with the setting named")
+
+
+@dataclass
+class Child:
+    """One process of the stack: how to (re)start it — ``start(on_start)`` starts it, hands the process to
+    ``on_start`` at once (so a Ctrl-C during its start-up stops it too) and returns once it is ready — and
+    how to stop it."""
+
+    name: str
+    start: Callable[[Callable[[subprocess.Popen], None]], subprocess.Popen]
+    stop: Callable[[subprocess.Popen], None] = kafka_broker.stop_process
+    proc: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def _started(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+
+    def launch(self) -> subprocess.Popen:
+        self.start(self._started)
+        return self.proc
+
+
+# A child that dies is restarted, at most this many times in RESTART_WINDOW seconds; then the stack stops
+# with the reason (a crash loop needs a person: the log says where to look).
+MAX_RESTARTS, RESTART_WINDOW = 5, 600.0
+
+
+def supervise_once(children: list[Child], *, on_restart: Callable[[Child], None] | None = None) -> str | None:
+    """Restart every child that has exited; returns why to give up, or None while all is well."""
+    for child in children:
+        if child.proc is None or child.proc.poll() is None:
+            continue
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW]
+        code, pid = child.proc.returncode, child.proc.pid
+        if len(child.restarts) >= MAX_RESTARTS:
+            return (f"{child.name} exited with code {code} {MAX_RESTARTS + 1} times within "
+                    f"{RESTART_WINDOW / 60:.0f} minutes; stopping the stack (see {child.name}'s log)")
+        _log(f"{child.name} (pid {pid}) exited with code {code}; restarting it")
+        child.restarts.append(now)
+        child.launch()
+        _log(f"{child.name} restarted: pid {child.proc.pid}")
+        if on_restart:
+            on_restart(child)
+    return None
+
+
 def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool = False) -> int:
     private_data_dir(settings)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
@@ -234,55 +306,65 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         _log(f"{len(orphans)} run(s) left running by a previous stack had lost their worker; marked failed "
              f"(they are retried): {', '.join(orphans)}")
     host, _, port = settings.kafka_bootstrap.rpartition(":")
-    broker = dagster = None
-    helpers: list = []
+    children: list[Child] = []  # every process started, registered the moment it exists
     stopping = False
+
+    def launch(child: Child) -> subprocess.Popen:
+        children.append(child)
+        return child.launch()
 
     def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        check_ports(settings)
         if host in ("127.0.0.1", "localhost") and not kafka_broker.port_in_use("127.0.0.1", int(port)):
-            broker = kafka_broker.start_broker(int(port), log_path=settings.log_dir / "kafka.log")
+            broker = launch(Child("Kafka broker", lambda on_start: kafka_broker.start_broker(
+                int(port), log_path=settings.log_dir / "kafka.log", on_start=on_start)))
             _log(f"Kafka broker (Tansu) pid {broker.pid} on {settings.kafka_bootstrap}")
         else:
-            _log(f"using the Kafka broker already at {settings.kafka_bootstrap}")
+            _log(f"using the Kafka broker already at {settings.kafka_bootstrap} "
+                 f"({kafka_broker.port_owner(int(port)) if host in ('127.0.0.1', 'localhost') else 'remote'})")
         ensure_topic(settings.kafka_bootstrap, settings.kafka_topic)
         if settings.profile == "emulated":
             if settings.storage_connection_string and settings.cosmos_endpoint:
                 _log("using the Azurite and Cosmos DB servers given by IMGPIPE_STORAGE_CONNECTION_STRING / "
                      "IMGPIPE_COSMOS_ENDPOINT")
             else:
-                settings = start_emulators(settings, helpers)
+                settings = start_emulators(settings, launch)
         check_profile(settings)
         if settings.web:
             settings = webstack.with_local_issuer(settings)
         write_stack_file(settings, stack_values(settings), pid=os.getpid())
 
         dagster_log = settings.log_dir / "dagster.log"
-        dagster = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions",
-             "-h", "127.0.0.1", "-p", str(settings.webserver_port)],
-            env=stack_env(settings),
-            stdout=open(dagster_log, "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
         ui = f"http://127.0.0.1:{settings.webserver_port}"
-        _log(f"dagster dev pid {dagster.pid} (webserver + daemon), log {dagster_log}")
-        _log("waiting for the Dagster webserver (about 10 s) ...")
-        _wait_http(f"{ui}/server_info", 120, dagster, dagster_log)
+
+        def start_dagster(on_start) -> subprocess.Popen:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions",
+                 "-h", "127.0.0.1", "-p", str(settings.webserver_port)],
+                env=stack_env(settings), stdout=open(dagster_log, "ab"), stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            on_start(proc)
+            _log(f"dagster dev pid {proc.pid} (webserver + daemon), log {dagster_log}")
+            _log("waiting for the Dagster webserver (about 10 s) ...")
+            _wait_http(f"{ui}/server_info", 120, proc, dagster_log)
+            return proc
+
+        launch(Child("dagster dev", start_dagster, stop=stop_dagster))
         _log(f"Dagster UI ready at {ui}")
         web_url = None
         if settings.web:
-            oidc = webstack.start_oidc(settings, settings.log_dir / "oidc.log")
-            helpers.append(("OIDC provider", oidc))
+            oidc = launch(Child("OIDC provider", lambda on_start: webstack.start_oidc(
+                settings, settings.log_dir / "oidc.log", on_start=on_start)))
             _log(f"local OIDC provider pid {oidc.pid} on http://127.0.0.1:{settings.oidc_port} "
                  f"(users: {', '.join(settings.dev_users)})")
             secrets_file = webstack.write_secrets(settings, settings.data_dir / "web")
-            web = webstack.start_web(settings, stack_env(settings), secrets_file, settings.log_dir / "web.log")
-            helpers.append(("web app", web))
+            web = launch(Child("web app", lambda on_start: webstack.start_web(
+                settings, stack_env(settings), secrets_file, settings.log_dir / "web.log", on_start=on_start)))
             web_url = f"http://127.0.0.1:{settings.web_port}"
             _log(f"web app pid {web.pid} ready at {web_url}")
 
@@ -331,12 +413,15 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         )
         if exit_after_sample:
             return 0
+
+        def after_restart(child: Child) -> None:
+            if child.name == "Kafka broker":  # in-memory: the topic is recreated; pages read the store
+                ensure_topic(settings.kafka_bootstrap, settings.kafka_topic)
+
         while True:
-            if dagster.poll() is not None:
-                _log(f"dagster dev exited with code {dagster.returncode}; see {dagster_log}")
-                return 1
-            if broker is not None and broker.poll() is not None:
-                _log(f"the Kafka broker exited with code {broker.returncode}; see {settings.log_dir / 'kafka.log'}")
+            reason = supervise_once(children, on_restart=after_restart)
+            if reason:
+                _log(reason)
                 return 1
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -345,15 +430,12 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
     finally:
         if stopping:
             _log("stopping ...")
-        if dagster is not None:
-            stop_dagster(dagster)
-            _log(f"stopped dagster dev (pid {dagster.pid})")
-        if broker is not None:
-            kafka_broker.stop_process(broker)
-            _log(f"stopped Kafka broker (pid {broker.pid})")
-        for name, proc in reversed(helpers):
-            kafka_broker.stop_process(proc)
-            _log(f"stopped {name} (pid {proc.pid})")
+        # dagster dev first (it stops its run workers), then the rest, newest first.
+        order = sorted(children, key=lambda c: c.name != "dagster dev")
+        for child in order[:1] + list(reversed(order[1:])):
+            if child.proc is not None:
+                child.stop(child.proc)
+                _log(f"stopped {child.name} (pid {child.proc.pid})")
         CLIENTS.close_all()
         remove_stack_file(settings, pid=os.getpid())
         signal.signal(signal.SIGTERM, previous)

@@ -47,10 +47,45 @@ def port_in_use(host: str, port: int) -> bool:
         return False
 
 
-def start_broker(port: int, *, log_path: Path | None = None) -> subprocess.Popen:
-    """Start Tansu on 127.0.0.1:port (in-memory storage) and wait until it accepts connections."""
+def port_owner(port: int) -> str:
+    """Who listens on TCP ``port``, as 'pid N (command line)', read from /proc; or a neutral phrase when
+    the process is not visible to this user."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                next(fh, None)
+                for line in fh:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(fields[9])
+        except OSError:
+            continue
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                try:
+                    cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
+                except OSError:
+                    cmd = "?"
+                return f"pid {pid} ({cmd[:120]})"
+    return "another program (not visible to this user)"
+
+
+def start_broker(port: int, *, log_path: Path | None = None, on_start=None) -> subprocess.Popen:
+    """Start Tansu on 127.0.0.1:port (in-memory storage) and wait until it accepts connections.
+    ``on_start(proc)`` hears of the process the moment it exists (before the wait)."""
     if port_in_use("127.0.0.1", port):
-        raise RuntimeError(f"port 127.0.0.1:{port} is already in use; set IMGPIPE_KAFKA_BOOTSTRAP to another port")
+        raise RuntimeError(f"port 127.0.0.1:{port} is already in use by {port_owner(port)}; "
+                           f"set IMGPIPE_KAFKA_BOOTSTRAP to another port")
     url = f"tcp://127.0.0.1:{port}"
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
@@ -60,6 +95,8 @@ def start_broker(port: int, *, log_path: Path | None = None) -> subprocess.Popen
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    if on_start:
+        on_start(proc)
     try:
         wait_for_port("127.0.0.1", port)
     except TimeoutError:

@@ -60,11 +60,13 @@ def dev_user_claims(settings: Settings, email: str) -> dict:
     return claims
 
 
-def start_oidc(settings: Settings, log_path: Path) -> subprocess.Popen:
+def start_oidc(settings: Settings, log_path: Path, *, on_start=None) -> subprocess.Popen:
     args = [sys.executable, "-m", "oidc_provider_mock", "-p", str(settings.oidc_port), "-H", "127.0.0.1"]
     for email in settings.dev_users:
         args += ["--user-claims", json.dumps(dev_user_claims(settings, email))]
     proc = subprocess.Popen(args, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    if on_start:
+        on_start(proc)
     wait_for_port("127.0.0.1", settings.oidc_port, 30)
     return proc
 
@@ -90,12 +92,15 @@ def web_command(settings: Settings, secrets_file: Path) -> list[str]:
             "--secrets.files", str(secrets_file)]
 
 
-def start_web(settings: Settings, env: dict[str, str], secrets_file: Path, log_path: Path) -> subprocess.Popen:
+def start_web(settings: Settings, env: dict[str, str], secrets_file: Path, log_path: Path, *,
+              on_start=None) -> subprocess.Popen:
     proc = subprocess.Popen(
         web_command(settings, secrets_file),
         env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
         cwd=app_path().parent,
     )
+    if on_start:  # registered before the (up to 60 s) wait, so Ctrl-C meanwhile stops it too
+        on_start(proc)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

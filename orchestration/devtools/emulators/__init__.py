@@ -60,7 +60,8 @@ def azurite_connection_string(blob_port: int, queue_port: int) -> str:
     )
 
 
-def start_azurite(tools_dir: Path, blob_port: int, queue_port: int, *, log_path: Path | None = None) -> subprocess.Popen:
+def start_azurite(tools_dir: Path, blob_port: int, queue_port: int, *, log_path: Path | None = None,
+                  on_start=None) -> subprocess.Popen:
     exe = tools_dir / "node_modules" / ".bin" / "azurite"
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
@@ -69,6 +70,8 @@ def start_azurite(tools_dir: Path, blob_port: int, queue_port: int, *, log_path:
          "--skipApiVersionCheck", "--disableTelemetry", "--loose"],
         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    if on_start:
+        on_start(proc)
     try:
         wait_for_port("127.0.0.1", blob_port, 30)
         wait_for_port("127.0.0.1", queue_port, 30)
@@ -78,11 +81,13 @@ def start_azurite(tools_dir: Path, blob_port: int, queue_port: int, *, log_path:
     return proc
 
 
-def start_cosmos(tools_dir: Path, port: int, *, log_path: Path | None = None) -> subprocess.Popen:
+def start_cosmos(tools_dir: Path, port: int, *, log_path: Path | None = None, on_start=None) -> subprocess.Popen:
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     env = {**os.environ, "NODE_PATH": str(tools_dir / "node_modules")}
     proc = subprocess.Popen(["node", str(HERE / "cosmos_server.js"), str(port), "127.0.0.1"], env=env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    if on_start:
+        on_start(proc)
     try:
         wait_for_port("127.0.0.1", port, 30)
     except TimeoutError:
