@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
-import pytest
 
 from orchestration.devtools import kafka_broker
 from orchestration.devtools.devstack import MAX_RESTARTS, Child, supervise_once

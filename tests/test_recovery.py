@@ -88,3 +88,24 @@ def test_a_failed_run_marks_the_batch_retrying_until_its_retries_are_spent(setti
     assert doc["status"] == expected and doc["error"]
     if expected == "retrying":
         assert f"attempt {int(retry_number) + 1} of 3" in doc["error"]
+
+
+def test_the_watchdog_fails_a_run_whose_worker_dies_while_the_stack_runs(tmp_path):
+    from orchestration.devtools.devstack import RunWatchdog
+
+    home = prepare_dagster_home(load_settings(data_dir=tmp_path))
+    with DagsterInstance.from_config(str(home)) as instance:
+        dying, p1 = _run_with_worker(home, instance, 0)
+        living, p2 = _run_with_worker(home, instance, 60)
+    p1.wait(timeout=30)
+    try:
+        dog = RunWatchdog(home, interval_seconds=0)
+        assert dog.check(now=1) == []  # seen dead once: a suspect, not yet failed
+        assert dog.check(now=2) == [dying.run_id]  # still dead and STARTED: failed
+        assert dog.check(now=3) == []
+        with DagsterInstance.from_config(str(home)) as instance:
+            assert instance.get_run_by_id(dying.run_id).status == DagsterRunStatus.FAILURE
+            assert instance.get_run_by_id(living.run_id).status == DagsterRunStatus.STARTED
+    finally:
+        p2.kill()
+        p2.wait()

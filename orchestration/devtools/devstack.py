@@ -105,6 +105,11 @@ def _alive_dagster_process(pid: int | None) -> bool:
     return b"dagster" in cmdline
 
 
+def _worker_pid(instance, run_id: str) -> int | None:
+    pids = [e.dagster_event.pid for e in instance.all_logs(run_id) if e.dagster_event and e.dagster_event.pid]
+    return pids[-1] if pids else None
+
+
 def fail_orphaned_runs(home: Path) -> list[str]:
     """Runs a previous stack left STARTING/STARTED/CANCELING whose run worker process is gone (the stack
     was killed): reported failed with the reason, so their concurrency slots free up and run retries
@@ -116,13 +121,48 @@ def fail_orphaned_runs(home: Path) -> list[str]:
         open_statuses = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
         for record in instance.get_run_records(filters=RunsFilter(statuses=open_statuses)):
             run = record.dagster_run
-            pids = [e.dagster_event.pid for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.pid]
-            if _alive_dagster_process(pids[-1] if pids else None):
+            if _alive_dagster_process(_worker_pid(instance, run.run_id)):
                 continue
             instance.report_run_failed(run, message="the run worker died with the previous imgpipe dev "
                                                     "(found at start-up); the run is retried")
             failed.append(run.run_id)
     return failed
+
+
+class RunWatchdog:
+    """While the stack runs: a STARTED run whose run worker process has gone (killed, OOM) is reported
+    failed — after being seen dead on two checks, re-reading its status just before — so run retries take
+    it up instead of it holding a concurrency slot for ever. (K8sRunLauncher has run monitoring for this;
+    the local launcher does not.)"""
+
+    def __init__(self, home: Path, interval_seconds: float = 5.0):
+        self.home, self.interval = home, interval_seconds
+        self._suspects: set[str] = set()
+        self._next = 0.0
+
+    def check(self, now: float | None = None) -> list[str]:
+        from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+        now = time.monotonic() if now is None else now
+        if now < self._next:
+            return []
+        self._next = now + self.interval
+        failed, suspects = [], set()
+        with DagsterInstance.from_config(str(self.home)) as instance:
+            for record in instance.get_run_records(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED])):
+                run_id = record.dagster_run.run_id
+                pid = _worker_pid(instance, run_id)
+                if pid is None or _alive_dagster_process(pid):
+                    continue
+                if run_id not in self._suspects:
+                    suspects.add(run_id)  # dead now; failed on the next check if still STARTED
+                    continue
+                run = instance.get_run_by_id(run_id)
+                if run is not None and run.status == DagsterRunStatus.STARTED:
+                    instance.report_run_failed(run, message=f"the run worker (pid {pid}) died; the run is retried")
+                    failed.append(run_id)
+        self._suspects = suspects
+        return failed
 
 
 def stack_env(settings: Settings) -> dict[str, str]:
@@ -418,11 +458,17 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
             if child.name == "Kafka broker":  # in-memory: the topic is recreated; pages read the store
                 ensure_topic(settings.kafka_bootstrap, settings.kafka_topic)
 
+        watchdog = RunWatchdog(home)
         while True:
             reason = supervise_once(children, on_restart=after_restart)
             if reason:
                 _log(reason)
                 return 1
+            try:
+                for run_id in watchdog.check():
+                    _log(f"run {run_id}: its run worker died; marked failed (it is retried)")
+            except Exception as exc:  # the instance is busy or restarting: try again on the next check
+                _log(f"run watchdog: {type(exc).__name__}: {exc}")
             time.sleep(0.5)
     except KeyboardInterrupt:
         stopping = True
