@@ -228,3 +228,121 @@ def test_a_killed_broker_is_restarted_and_batches_still_complete(tmp_path):
         os.kill(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
+
+
+def _local_env(tmp_path, **extra) -> dict:
+    kafka_port, web_port = kafka_broker.free_port(), kafka_broker.free_port()
+    return {**os.environ, "IMGPIPE_PROFILE": "local", "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
+            "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}", "IMGPIPE_WEBSERVER_PORT": str(web_port),
+            "IMGPIPE_WEB": "false", **extra}
+
+
+def test_a_killed_run_worker_is_detected_and_the_batch_completes_by_retry(tmp_path):
+    """kill -9 of the run worker in the middle of `renditions`: the run is failed (by the code server that
+    launched the worker, or else by the stack's watchdog), the daemon's run retry re-executes it from
+    failure, and the batch completes — once: one document and one set of renditions per image, one event id
+    per image and one batch-complete."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
+
+    env = _local_env(tmp_path, IMGPIPE_WORKERS="1")
+    proc = _start(env, "--no-sample")
+    try:
+        _wait_for_line(proc, "Press Ctrl-C", timeout=180)
+        settings = _settings_from(env)
+        services = wiring.services(settings)
+        photos = [IntakeItem.from_bytes(f"p{i}.jpg", jpeg_bytes(synthetic_photo(2400, 1600, i * 20, str(i))))
+                  for i in range(24)]
+        batch = upload_batch(services, photos, user_id="erin").batch_id
+        from orchestration.devtools.devstack import _worker_pid
+
+        worker, deadline = None, time.monotonic() + 120
+        with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+            while worker is None and time.monotonic() < deadline:  # the run's worker, once images are done
+                started = instance.get_run_records(filters=RunsFilter(tags={"dagster/partition": batch},
+                                                                      statuses=[DagsterRunStatus.STARTED]))
+                if started and list(services.metadata.query("images", partition_key=batch)):
+                    worker = _worker_pid(instance, started[0].dagster_run.run_id)
+                time.sleep(0.1)
+        assert worker, "the run worker was not seen processing"
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 180
+        while batch_status(services, batch, "erin")["status"] != "completed" and time.monotonic() < deadline:
+            time.sleep(1)
+        status = batch_status(services, batch, "erin")
+        assert status["status"] == "completed", status
+        docs = list(services.metadata.query("images", partition_key=batch))
+        assert sorted(d["id"] for d in docs) == sorted({d["id"] for d in docs}) and len(docs) == 24
+        files = sorted(services.lake.list(f"processed/{batch}"))
+        assert len(files) == 24 * 6 + 1 and len(set(files)) == len(files)  # 6 renditions each + outcomes.json
+        with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+            runs = [r.dagster_run for r in instance.get_run_records(filters=RunsFilter(tags={"dagster/partition": batch}))]
+        by_status = sorted(r.status.value for r in runs)
+        assert by_status == [DagsterRunStatus.FAILURE.value, DagsterRunStatus.SUCCESS.value], by_status
+        [original] = [r for r in runs if "dagster/parent_run_id" not in r.tags]  # one run per batch...
+        [retry] = [r for r in runs if r.tags.get("dagster/parent_run_id") == original.run_id]  # ...and its retry
+        assert original.tags["dagster/run_key"] == batch and retry.status == DagsterRunStatus.SUCCESS
+        reader = build_reader(settings)
+        try:
+            events = [e for _, e in reader.follow(
+                lambda k, e: e.get("batch_id") == batch and e["type"] == "batch.completed",
+                timeout_seconds=30) if e.get("batch_id") == batch]
+        finally:
+            reader.close()
+        assert len({e["event_id"] for e in events}) == 25
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=60)
+
+
+def test_a_killed_stack_resumes_its_batch_after_a_restart(tmp_path):
+    """kill -9 of every process of the stack while a batch is processing; `imgpipe dev` started again on the
+    same data dir fails the orphaned run at start-up, the run retry re-executes it, and the batch completes
+    once."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
+
+    env = _local_env(tmp_path, IMGPIPE_WORKERS="1")
+    proc = _start(env, "--no-sample")
+    second = None
+    try:
+        _wait_for_line(proc, "Press Ctrl-C", timeout=180)
+        settings = _settings_from(env)
+        services = wiring.services(settings)
+        photos = [IntakeItem.from_bytes(f"p{i}.jpg", jpeg_bytes(synthetic_photo(2400, 1600, i * 20, str(i))))
+                  for i in range(24)]
+        batch = upload_batch(services, photos, user_id="erin").batch_id
+        deadline = time.monotonic() + 120
+        while not list(services.metadata.query("images", partition_key=batch)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert batch_status(services, batch, "erin")["status"] == "processing"
+        everything = [proc.pid, *_stack_children(proc.pid)]
+        for pid in everything:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=30)
+        time.sleep(1)
+
+        second = _start(env, "--no-sample")
+        lines = _wait_for_line(second, "Press Ctrl-C", timeout=180)
+        assert any("left running by a previous stack" in line for line in lines), lines
+        deadline = time.monotonic() + 180
+        while batch_status(services, batch, "erin")["status"] != "completed" and time.monotonic() < deadline:
+            time.sleep(1)
+        assert batch_status(services, batch, "erin")["status"] == "completed"
+        docs = list(services.metadata.query("images", partition_key=batch))
+        assert len(docs) == 24 and len({d["id"] for d in docs}) == 24
+        files = list(services.lake.list(f"processed/{batch}"))
+        assert len(files) == 24 * 6 + 1
+        with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+            runs = [r.dagster_run for r in instance.get_run_records(filters=RunsFilter(tags={"dagster/partition": batch}))]
+        assert sorted(r.status.value for r in runs) == [DagsterRunStatus.FAILURE.value, DagsterRunStatus.SUCCESS.value]
+    finally:
+        for p in (proc, second):
+            if p is not None and p.poll() is None:
+                os.kill(p.pid, signal.SIGINT)
+                p.communicate(timeout=60)
