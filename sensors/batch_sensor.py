@@ -226,7 +226,8 @@ def build_failure_sensor(job):
             return
         store = metadata
         doc = store.read("batches", batch_id, user_id)
-        if doc:
+        # A sensor tick can come after the retry already completed the batch: never undo a completion.
+        if doc and doc.get("status") != "completed":
             message = (context.failure_event.message or "run failed")[:2000]
             attempt = int(run.tags.get("dagster/retry_number", "0") or 0)
             instance = context.instance

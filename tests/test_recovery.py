@@ -3,6 +3,7 @@ runs are retried a bounded number of times, and only then does the batch end 'fa
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -29,11 +30,11 @@ WORKER = ("import os, sys, time\nfrom dagster import DagsterInstance\n"
 
 
 def _run_with_worker(home, instance, seconds: float):
-    """A STARTED run whose (stand-in) run worker wrote an event and then lives ``seconds`` (its command
-    line names dagster, as a real run worker's does)."""
+    """A STARTED run whose (stand-in) run worker wrote an event and then lives ``seconds`` (with the stack's
+    DAGSTER_HOME in its environment, as a real run worker has)."""
     run = create_run_for_test(instance, job_name="process_batch", status=DagsterRunStatus.STARTED)
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(home), run.run_id, str(seconds), "dagster-run-worker"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(home), run.run_id, str(seconds)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "DAGSTER_HOME": str(home)})
     assert proc.stdout.readline().strip() == "ready"
     return run, proc
 
@@ -109,3 +110,62 @@ def test_the_watchdog_fails_a_run_whose_worker_dies_while_the_stack_runs(tmp_pat
     finally:
         p2.kill()
         p2.wait()
+
+
+def test_a_live_run_worker_is_recognised_though_its_command_line_does_not_say_dagster(tmp_path):
+    """Run workers are multiprocessing children of the code server ('python -c from multiprocessing.spawn
+    import spawn_main ...'); the watchdog must see them as alive, or it would fail every long run."""
+    from orchestration.devtools.devstack import _alive_run_worker
+
+    code = ("import multiprocessing as mp, time\n"
+            "def work():\n    time.sleep(30)\n"
+            "if __name__ == '__main__':\n"
+            "    p = mp.get_context('spawn').Process(target=work); p.start(); print(p.pid, flush=True); p.join()\n")
+    script = tmp_path / "launcher.py"
+    script.write_text(code)
+    launcher = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "DAGSTER_HOME": str(tmp_path / "home")})
+    worker = None
+    try:
+        worker = int(launcher.stdout.readline())
+        assert b"dagster" not in open(f"/proc/{worker}/cmdline", "rb").read()
+        assert _alive_run_worker(worker, tmp_path / "home")
+        assert not _alive_run_worker(worker, tmp_path / "another-home")  # another stack's (or a reused pid)
+        assert not _alive_run_worker(os.getpid(), tmp_path / "home")
+    finally:
+        for pid in filter(None, (worker, launcher.pid)):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        launcher.wait()
+
+
+def test_a_late_failure_sensor_tick_never_undoes_a_completed_retry(settings, tmp_path):
+    """Seen under fault injection: the retry completed the batch before the failure sensor's tick for the
+    original run; the batch must stay completed."""
+    from orchestration import wiring
+    from orchestration.definitions import process_batch_job
+    from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
+    from sensors.batch_sensor import build_failure_sensor
+
+    services = wiring.services(settings)
+    batch = upload_batch(services, [IntakeItem.from_bytes("a.jpg", jpeg_bytes(synthetic_photo(64, 48, 0, "r")))],
+                         user_id="alice").batch_id
+    dead_kafka = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})
+    with instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 2}}) as instance:
+        instance.add_dynamic_partitions(batches_partitions.name, [batch])
+        failed = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
+                             resources=resources_from_settings(dead_kafka), raise_on_error=False,
+                             tags={"imgpipe/user_id": "alice"})
+        retry = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
+                            resources=resources_from_settings(settings), tags={"imgpipe/user_id": "alice"})
+        assert retry.success and services.metadata.read("batches", batch, "alice")["status"] == "completed"
+        [failure] = instance.get_records_for_run(failed.run_id, of_type=DagsterEventType.RUN_FAILURE).records
+        ctx = build_run_status_sensor_context(
+            sensor_name="batch_failure_sensor", dagster_event=failure.event_log_entry.dagster_event,
+            dagster_instance=instance, dagster_run=instance.get_run_by_id(failed.run_id),
+            resources={"metadata": resources_from_settings(settings)["metadata"]},
+        ).for_run_failure()
+        build_failure_sensor(process_batch_job)(ctx)
+    assert services.metadata.read("batches", batch, "alice")["status"] == "completed"

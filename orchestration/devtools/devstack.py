@@ -10,8 +10,8 @@ to the others, newest first, escalating to SIGKILL for anything that hangs.
 
 Supervision: every child is registered the moment its process exists (a Ctrl-C during any start-up stops
 it); the ports the stack listens on are checked first and a taken one is an error naming the program on
-it; a child that exits is restarted and the stack says so (at most ``MAX_RESTARTS`` times in
-``RESTART_WINDOW``, then it stops with the reason); runs a killed previous stack left behind are failed at
+it; a child that exits is restarted and the stack says so (a crash loop — ``MAX_RESTARTS`` exits in a
+row, each soon after its start — stops the stack with the reason); runs a killed previous stack left behind are failed at
 start-up so that run retries pick them up.
 """
 
@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -95,14 +95,17 @@ def prepare_dagster_home(settings: Settings) -> Path:
     return home
 
 
-def _alive_dagster_process(pid: int | None) -> bool:
+def _alive_run_worker(pid: int | None, home: Path) -> bool:
+    """Whether ``pid`` is a live process of this stack's Dagster instance. A run worker is a multiprocessing
+    child of the code server (its command line does not say dagster), so it is recognised by the
+    DAGSTER_HOME in its environment — which also keeps a reused pid from passing for it."""
     if not pid:
         return False
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"dagster" in cmdline
+    return f"DAGSTER_HOME={home}".encode() in environ
 
 
 def _worker_pid(instance, run_id: str) -> int | None:
@@ -121,7 +124,7 @@ def fail_orphaned_runs(home: Path) -> list[str]:
         open_statuses = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
         for record in instance.get_run_records(filters=RunsFilter(statuses=open_statuses)):
             run = record.dagster_run
-            if _alive_dagster_process(_worker_pid(instance, run.run_id)):
+            if _alive_run_worker(_worker_pid(instance, run.run_id), home):
                 continue
             instance.report_run_failed(run, message="the run worker died with the previous imgpipe dev "
                                                     "(found at start-up); the run is retried")
@@ -152,7 +155,7 @@ class RunWatchdog:
             for record in instance.get_run_records(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED])):
                 run_id = record.dagster_run.run_id
                 pid = _worker_pid(instance, run_id)
-                if pid is None or _alive_dagster_process(pid):
+                if pid is None or _alive_run_worker(pid, self.home):
                     continue
                 if run_id not in self._suspects:
                     suspects.add(run_id)  # dead now; failed on the next check if still STARTED
@@ -302,19 +305,22 @@ class Child:
     start: Callable[[Callable[[subprocess.Popen], None]], subprocess.Popen]
     stop: Callable[[subprocess.Popen], None] = kafka_broker.stop_process
     proc: subprocess.Popen | None = None
-    restarts: list[float] = field(default_factory=list)
+    ready_at: float = 0.0
+    quick_exits: int = 0  # exits in a row, each within SHORT_LIFE seconds of being ready
 
     def _started(self, proc: subprocess.Popen) -> None:
         self.proc = proc
 
     def launch(self) -> subprocess.Popen:
         self.start(self._started)
+        self.ready_at = time.monotonic()
         return self.proc
 
 
-# A child that dies is restarted, at most this many times in RESTART_WINDOW seconds; then the stack stops
-# with the reason (a crash loop needs a person: the log says where to look).
-MAX_RESTARTS, RESTART_WINDOW = 5, 600.0
+# A child that dies is restarted. One that keeps exiting by itself right after each start (MAX_RESTARTS
+# times in a row, each within SHORT_LIFE seconds of being ready) is a crash loop that needs a person: the
+# stack stops with the reason and the log to read. A child killed by a signal is always restarted.
+MAX_RESTARTS, SHORT_LIFE = 5, 20.0
 
 
 def supervise_once(children: list[Child], *, on_restart: Callable[[Child], None] | None = None) -> str | None:
@@ -323,17 +329,22 @@ def supervise_once(children: list[Child], *, on_restart: Callable[[Child], None]
         if child.proc is None or child.proc.poll() is None:
             continue
         now = time.monotonic()
-        child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW]
         code, pid = child.proc.returncode, child.proc.pid
-        if len(child.restarts) >= MAX_RESTARTS:
-            return (f"{child.name} exited with code {code} {MAX_RESTARTS + 1} times within "
-                    f"{RESTART_WINDOW / 60:.0f} minutes; stopping the stack (see {child.name}'s log)")
+        # Killed by a signal (kill -9, the OOM killer): restarted, whatever the pace. Exiting by itself
+        # soon after starting, again and again: a crash loop.
+        child.quick_exits = child.quick_exits + 1 if code >= 0 and now - child.ready_at < SHORT_LIFE else 0
+        if child.quick_exits > MAX_RESTARTS:
+            return (f"{child.name} exited with code {code} within {SHORT_LIFE:.0f} s of starting, "
+                    f"{child.quick_exits} times in a row; stopping the stack (see {child.name}'s log)")
         _log(f"{child.name} (pid {pid}) exited with code {code}; restarting it")
-        child.restarts.append(now)
-        child.launch()
+        try:
+            child.launch()
+            if on_restart:
+                on_restart(child)
+        except Exception as exc:  # it died again while starting: the next pass sees that and tries again
+            _log(f"{child.name} did not come back ({type(exc).__name__}: {exc}); trying again")
+            continue
         _log(f"{child.name} restarted: pid {child.proc.pid}")
-        if on_restart:
-            on_restart(child)
     return None
 
 

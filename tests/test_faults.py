@@ -1,0 +1,209 @@
+"""Fault injection on the real local stack: batches keep arriving while the run worker, the Dagster daemon,
+the Kafka broker and the whole stack are killed (kill -9) at seeded random moments; what a supervisor would
+restart is restarted (the whole stack, after it was killed; `imgpipe dev` restarts its own children).
+Every batch must end `completed` exactly once — one original run (plus retries of it), one successful
+run, one document and one set of renditions per image — or `failed` with a reason; none stuck, none lost.
+
+    IMGPIPE_FAULT_KILLS (default 20)   kills per run (at least 20 in CI)
+    IMGPIPE_FAULT_SEED  (default 1125) the random schedule
+
+Bounded: at most ~7 minutes of kills plus 5 minutes to settle. Prints a table of the kills and outcomes.
+Events on Kafka are not asserted here: the local broker keeps its topic in memory, so a broker kill loses
+what it held (the pages read the metadata store; tests/test_e2e.py checks event ids without broker kills).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from orchestration import wiring
+from orchestration.devtools import kafka_broker
+from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
+from orchestration.domain.intake import IntakeItem, upload_batch
+from orchestration.settings import Settings, load_settings
+
+pytestmark = pytest.mark.e2e
+
+KILLS = int(os.environ.get("IMGPIPE_FAULT_KILLS", "20"))
+SEED = int(os.environ.get("IMGPIPE_FAULT_SEED", "1125"))
+TARGETS = ("run worker", "daemon", "broker", "stack")
+WEIGHTS = (4, 2, 2)  # of the first three; the whole stack is killed every 7th time
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    kids = [int(p) for p in out.split()]
+    return kids + [g for k in kids for g in _children(k)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+class Stack:
+    def __init__(self, env: dict):
+        self.env, self.proc, self.restarts = env, None, 0
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 180
+        for line in self.proc.stdout:
+            if "Press Ctrl-C" in line:
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            raise AssertionError("the stack did not start")
+        # Keep draining its output so it never blocks on a full pipe.
+        import threading
+
+        threading.Thread(target=lambda p=self.proc: [None for _ in p.stdout], daemon=True).start()
+
+    def pids(self, target: str, settings) -> list[int]:
+        tree = [self.proc.pid, *_children(self.proc.pid)]
+        if target == "stack":
+            return tree
+        if target == "broker":
+            return [p for p in tree if "tansu" in _cmdline(p)]
+        if target == "daemon":
+            return [p for p in tree if "dagster-daemon" in _cmdline(p) or "dagster._daemon" in _cmdline(p)]
+        from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+        from orchestration.devtools.devstack import _alive_run_worker, _worker_pid
+
+        with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+            started = instance.get_run_records(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+            pids = [_worker_pid(instance, r.dagster_run.run_id) for r in started]
+        return [p for p in pids if p and _alive_run_worker(p, settings.dagster_home)]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                for pid in [self.proc.pid, *_children(self.proc.pid)]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+
+def test_batches_survive_random_kills(tmp_path):
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    rng = random.Random(SEED)
+    env = {**os.environ, "IMGPIPE_PROFILE": "local", "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
+           "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_broker.free_port()}",
+           "IMGPIPE_WEBSERVER_PORT": str(kafka_broker.free_port()), "IMGPIPE_WEB": "false", "IMGPIPE_WORKERS": "1",
+           "IMGPIPE_RUN_MAX_RETRIES": "10", "IMGPIPE_QUEUE_LOCK_SECONDS": "15",
+           "IMGPIPE_SENSOR_SAFETY_POLL_SECONDS": "5", "IMGPIPE_RECONCILE_AFTER_SECONDS": "30",
+           "IMGPIPE_MAX_RUNS_PER_USER": "2"}
+    given = {k[len("IMGPIPE_"):].lower(): v for k, v in env.items() if k.startswith("IMGPIPE_")}
+    settings = load_settings(**{k: v for k, v in given.items() if k in Settings.model_fields})
+    photos = [jpeg_bytes(synthetic_photo(1600, 1200, i * 23 % 256, str(i))) for i in range(6)]
+    stack = Stack(env)
+    services = wiring.services(settings)
+    batches: dict[str, int] = {}
+    kills: list[tuple[int, str, int, float, str]] = []
+    t0 = time.monotonic()
+    try:
+        while len(kills) < KILLS and time.monotonic() - t0 < 420:
+            if len(batches) < KILLS + 5:
+                n = rng.randint(2, 6)
+                try:
+                    up = upload_batch(services, [IntakeItem.from_bytes(f"{len(batches)}-{i}.jpg", photos[i])
+                                                 for i in range(n)], user_id=f"u{rng.randint(0, 3)}")
+                    batches[up.batch_id] = n
+                except Exception as exc:  # the local queue is SQLite: never down, but say so if it is
+                    raise AssertionError(f"upload failed: {exc}") from exc
+            time.sleep(rng.uniform(0.3, 2.5))
+            assert stack.proc.poll() is None, f"imgpipe dev itself exited (code {stack.proc.returncode}) after {kills}"
+            # Every run includes whole-stack kills (every 7th), the others drawn at random.
+            target = "stack" if (len(kills) + 1) % 7 == 0 else rng.choices(TARGETS[:3], weights=WEIGHTS[:3])[0]
+            pids = stack.pids(target, settings)
+            wait_until = time.monotonic() + 15
+            while target == "run worker" and not pids and time.monotonic() < wait_until:
+                time.sleep(0.2)  # catch a run in the act
+                pids = stack.pids(target, settings)
+            if not pids:  # nothing of that kind running right now: the broker always is
+                target, pids = "broker", stack.pids("broker", settings)
+            if not pids:
+                continue  # the broker is being restarted by the stack this very moment
+            names = sorted({(_cmdline(p).split(" -m ")[-1].split()[0] if " -m " in _cmdline(p) else
+                             Path(_cmdline(p).split(" ")[0]).name) or "?" for p in pids})
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            kills.append((len(kills) + 1, target, len(pids), round(time.monotonic() - t0, 1), ", ".join(names)[:60]))
+            if target == "stack":
+                stack.proc.wait(timeout=30)
+                time.sleep(1)
+                stack.start()  # what a supervisor (systemd, Kubernetes) would do
+                stack.restarts += 1
+
+        assert stack.proc.poll() is None, f"imgpipe dev itself exited (code {stack.proc.returncode})"
+        # Settle: every batch must reach an end state.
+        deadline = time.monotonic() + 300
+
+        def docs() -> dict[str, dict]:
+            return {b: next(iter(services.metadata.query("batches", {"batch_id": b}))) for b in batches}
+
+        while time.monotonic() < deadline and any(d["status"] not in ("completed", "failed") for d in docs().values()):
+            time.sleep(2)
+        outcomes = docs()
+        with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+            runs = {b: [r.dagster_run for r in instance.get_run_records(
+                filters=RunsFilter(tags={"dagster/partition": b}))] for b in batches}
+    finally:
+        stack.stop()
+
+    print(f"\nfault injection, seed {SEED}: {len(kills)} kills, {stack.restarts} whole-stack restarts")
+    print(" kill  target       processes  at (s)  what")
+    for n, target, count, at, names in kills:
+        print(f" {n:4d}  {target:11s}  {count:9d}  {at:6.1f}  {names}")
+    print(f"kills by target: {dict(Counter(k[1] for k in kills))}")
+    end_states = Counter(doc["status"] for doc in outcomes.values())
+    print(f"batches: {len(batches)}, outcomes: {dict(end_states)}, runs per batch: "
+          f"{dict(Counter(len(r) for r in runs.values()))}")
+
+    assert len(kills) >= KILLS, f"only {len(kills)} kills in the time allowed"
+    problems = []
+    for batch, n in batches.items():
+        doc = outcomes[batch]
+        if doc["status"] == "failed":
+            if not doc.get("error"):
+                problems.append(f"{batch}: failed without a reason")
+            continue
+        if doc["status"] != "completed":
+            problems.append(f"{batch}: stuck in {doc['status']!r}")
+            continue
+        originals = [r for r in runs[batch] if "dagster/parent_run_id" not in r.tags]
+        successes = [r for r in runs[batch] if r.status == DagsterRunStatus.SUCCESS]
+        if len(originals) != 1 or len(successes) != 1:
+            problems.append(f"{batch}: {len(originals)} original run(s), {len(successes)} successful")
+        images = list(services.metadata.query("images", partition_key=batch))
+        if len(images) != n or len({d["id"] for d in images}) != n:
+            problems.append(f"{batch}: {len(images)} documents for {n} images")
+        files = list(services.lake.list(f"processed/{batch}"))
+        if len(files) != n * 6 + 1:
+            problems.append(f"{batch}: {len(files)} lake objects for {n} images (want {n * 6 + 1})")
+    assert problems == [], "\n".join(problems)
+    assert end_states["completed"] >= len(batches) // 2  # recovery really worked for most
