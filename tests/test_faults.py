@@ -1,8 +1,8 @@
 """Fault injection on the real local stack: batches keep arriving while the run worker, the Dagster daemon,
 the Kafka broker and the whole stack are killed (kill -9) at seeded random moments; what a supervisor would
 restart is restarted (the whole stack, after it was killed; `imgpipe dev` restarts its own children).
-Every batch must end `completed` exactly once — one original run (plus retries of it), one successful
-run, one document and one set of renditions per image — or `failed` with a reason; none stuck, none lost.
+Every batch must end `completed` exactly once — one original run (plus retries of it), never two successful
+runs, one document and one set of renditions per image — or `failed` with a reason; none stuck, none lost.
 
     IMGPIPE_FAULT_KILLS (default 20)   kills per run (at least 20 in CI)
     IMGPIPE_FAULT_SEED  (default 1125) the random schedule
@@ -181,8 +181,11 @@ def test_batches_survive_random_kills(tmp_path):
         print(f" {n:4d}  {target:11s}  {count:9d}  {at:6.1f}  {names}")
     print(f"kills by target: {dict(Counter(k[1] for k in kills))}")
     end_states = Counter(doc["status"] for doc in outcomes.values())
+    killed_after_last_step = sum(1 for b, doc in outcomes.items() if doc["status"] == "completed" and not any(
+        r.status == DagsterRunStatus.SUCCESS for r in runs[b]))
     print(f"batches: {len(batches)}, outcomes: {dict(end_states)}, runs per batch: "
-          f"{dict(Counter(len(r) for r in runs.values()))}")
+          f"{dict(Counter(len(r) for r in runs.values()))}, completed by a run killed after its last step: "
+          f"{killed_after_last_step}")
 
     assert len(kills) >= KILLS, f"only {len(kills)} kills in the time allowed"
     problems = []
@@ -197,7 +200,9 @@ def test_batches_survive_random_kills(tmp_path):
             continue
         originals = [r for r in runs[batch] if "dagster/parent_run_id" not in r.tags]
         successes = [r for r in runs[batch] if r.status == DagsterRunStatus.SUCCESS]
-        if len(originals) != 1 or len(successes) != 1:
+        # One run per batch (plus retries of it), never two that both succeed. A run killed after its last
+        # step finished (the batch is complete) may end FAILURE with nothing left to retry: counted below.
+        if len(originals) != 1 or len(successes) > 1:
             problems.append(f"{batch}: {len(originals)} original run(s), {len(successes)} successful")
         images = list(services.metadata.query("images", partition_key=batch))
         if len(images) != n or len({d["id"] for d in images}) != n:
