@@ -78,19 +78,42 @@ def raw_images(context: AssetExecutionContext, lake: LakePort, metadata: Metadat
     "becomes a rejection with a reason and never fails the batch.",
 )
 def renditions(
-    context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort, processing: ProcessingParam
+    context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort, processing: ProcessingParam,
+    results: ResultsPort,
 ) -> MaterializeResult:
     lake_client, store = lake, metadata
     manifest = batch_work.load_manifest(lake_client, context.partition_key)
     workers = processing.workers
+    batch_doc = store.read("batches", manifest.batch_id, manifest.user_id)
+    streamed: list[str] = []
+    streaming = True
 
     def progress(outcome: dict) -> None:
-        # Each image's document as soon as it is done, so the web page and `imgpipe status` show the
-        # batch filling up; image_documents rewrites them complete (near-duplicates) by the same ids.
-        store.upsert("images", batch_work.image_documents(manifest, [outcome], context.run.run_id)[0])
+        # Each image's document and event as soon as it is done, so the user's page shows each result
+        # while the batch is still running; image_documents rewrites the documents complete
+        # (near-duplicates) by the same ids. Streaming is best effort: with the broker down the images
+        # are still processed, and result_events (retried with the run) sends whatever was not acknowledged.
+        nonlocal streaming
+        doc = batch_work.image_documents(manifest, [outcome], context.run.run_id)[0]
+        store.upsert("images", doc)
+        if streaming:
+            # (not again what the broker acknowledged in an earlier attempt)
+            for event in batch_work.unsent([batch_work.image_event(manifest, doc)], batch_doc):
+                try:
+                    results.publish(manifest.user_id, event)
+                    streamed.append(event["event_id"])
+                except Exception as exc:  # noqa: BLE001 - any broker failure: stop streaming, result_events retries
+                    streaming = False
+                    context.log.warning(f"results not streamed per image (result_events will send them): {exc}")
 
     report = batch_work.process_batch(lake_client, manifest, workers=workers, config=processing.config,
                                       on_outcome=progress)
+    if streamed and streaming:
+        try:
+            results.flush()
+            batch_work.record_sent(store, manifest, streamed)
+        except Exception as exc:  # noqa: BLE001
+            context.log.warning(f"per-image events not acknowledged (result_events will send them): {exc}")
     outcomes = report.outcomes
     rejected = [o for o in outcomes if o["outcome"] == "rejected"]
     for o in rejected:
@@ -167,20 +190,29 @@ def result_events(
     manifest = batch_work.load_manifest(lake_client, context.partition_key)
     docs = sorted(store.query("images", partition_key=manifest.batch_id), key=lambda d: d["image_id"])
     *image_events, completed_event = batch_work.result_events(manifest, docs)
+    # Only what the broker has not acknowledged before (streamed by renditions, or sent by an earlier
+    # attempt of this step) goes out; the rest would reach consumers twice.
+    batch_doc = store.read("batches", manifest.batch_id, manifest.user_id) or {}
+    missing = batch_work.unsent(image_events, batch_doc)
     # The producer is the process's shared client (closed when the run worker exits), not ours to close.
-    for event in image_events:
+    for event in missing:
         results.publish(manifest.user_id, event)
     results.flush()
+    batch_work.record_sent(store, manifest, [e["event_id"] for e in missing])
     # Mark the batch completed before announcing it, so a consumer reacting to batch.completed
     # reads the final state. If the announcement fails the run fails, and the failure sensor marks
-    # the batch 'failed' until a re-execution completes it.
+    # the batch 'failed' (then 'retrying') until a re-execution completes it.
     batch_doc = store.read("batches", manifest.batch_id, manifest.user_id) or {}
     store.upsert("batches", {**batch_doc, "status": "completed", "error": None,
                              "completed_at": datetime.now(timezone.utc).isoformat()})
-    results.publish(manifest.user_id, completed_event)
-    results.flush()
-    events = [*image_events, completed_event]
-    return MaterializeResult(metadata={"events": len(events), "topic": getattr(results, "topic", ""),
+    sent_completed = not batch_work.unsent([completed_event], batch_doc)
+    if not sent_completed:
+        results.publish(manifest.user_id, completed_event)
+        results.flush()
+        batch_work.record_sent(store, manifest, [completed_event["event_id"]])
+    return MaterializeResult(metadata={"events": len(image_events) + 1,
+                                       "events_sent_now": len(missing) + (not sent_completed),
+                                       "topic": getattr(results, "topic", ""),
                                        "key": manifest.user_id})
 
 

@@ -185,36 +185,63 @@ def summarize(docs: Iterable[dict]) -> dict:
     return {"image_count": len(docs), "processed": processed, "rejected": len(docs) - processed}
 
 
+def image_event(manifest: BatchManifest, doc: dict) -> dict:
+    """The event telling the user about one image. Its id is deterministic — batch, image, outcome and the
+    processing version — so a re-executed run repeats it exactly (and it is not sent twice, see
+    ``unsent``), while a reprocessing under a new version is a new event the page shows."""
+    version = doc.get("processing_version", PROCESSING_VERSION)
+    kind = EVENT_IMAGE_PROCESSED if doc["outcome"] == "processed" else EVENT_IMAGE_REJECTED
+    return {
+        "event_id": f"{manifest.batch_id}:{doc['image_id']}:{doc['outcome']}:{version}",
+        "type": kind,
+        "batch_id": manifest.batch_id,
+        "user_id": manifest.user_id,
+        "image_id": doc["image_id"],
+        "name": doc["name"],
+        "outcome": doc["outcome"],
+        "code": doc["code"],
+        "reason": doc["reason"],
+        "renditions": doc["renditions"],
+        "processing_version": version,
+    }
+
+
 def result_events(manifest: BatchManifest, docs: list[dict]) -> list[dict]:
     """One event per image, then one batch-complete event; ids are deterministic (consumers dedupe)."""
-    events = []
-    for d in docs:
-        kind = EVENT_IMAGE_PROCESSED if d["outcome"] == "processed" else EVENT_IMAGE_REJECTED
-        events.append(
-            {
-                "event_id": f"{manifest.batch_id}:{d['image_id']}:{d['outcome']}",
-                "type": kind,
-                "batch_id": manifest.batch_id,
-                "user_id": manifest.user_id,
-                "image_id": d["image_id"],
-                "name": d["name"],
-                "outcome": d["outcome"],
-                "code": d["code"],
-                "reason": d["reason"],
-                "renditions": d["renditions"],
-            }
-        )
+    events = [image_event(manifest, d) for d in docs]
+    versions = sorted({e["processing_version"] for e in events}) or [PROCESSING_VERSION]
     events.append(
         {
-            "event_id": f"{manifest.batch_id}:completed",
+            "event_id": f"{manifest.batch_id}:completed:{'+'.join(versions)}",
             "type": EVENT_BATCH_COMPLETED,
             "batch_id": manifest.batch_id,
             "user_id": manifest.user_id,
             "status": "completed",
+            "processing_version": versions[-1],
             **summarize(docs),
         }
     )
     return events
+
+
+# The batch document lists the ids of the events the broker has acknowledged (``events_sent``): a run
+# re-executed after a failure sends only what is missing, so consumers see each event once.
+SENT_FIELD = "events_sent"
+
+
+def unsent(events: Iterable[dict], batch_doc: dict | None) -> list[dict]:
+    sent = set((batch_doc or {}).get(SENT_FIELD) or ())
+    return [e for e in events if e["event_id"] not in sent]
+
+
+def record_sent(store: MetadataStore, manifest: BatchManifest, event_ids: Iterable[str]) -> None:
+    """Add ``event_ids`` (acknowledged by the broker) to the batch document's sent list."""
+    ids = list(event_ids)
+    if not ids:
+        return
+    doc = store.read("batches", manifest.batch_id, manifest.user_id) or {
+        "id": manifest.batch_id, "batch_id": manifest.batch_id, "user_id": manifest.user_id}
+    store.upsert("batches", {**doc, SENT_FIELD: sorted(set(doc.get(SENT_FIELD) or ()) | set(ids))})
 
 
 def check_renditions(lake: Lake, batch_id: str) -> tuple[int, list[str]]:

@@ -76,6 +76,35 @@ def _run_concurrency(settings, since: float, until: float) -> float:
     return busy / (until - since) if until > since else 0.0
 
 
+def _run_phases(settings, since: float, uploaded_at: dict[str, float], t0_wall: float) -> dict:
+    """Median seconds each batch run spent in each phase, from the Dagster instance's run records and events:
+    queued (enqueued → dequeued: waiting for a slot), launching (dequeued → starting), starting (the run
+    worker process comes up and loads the code), executing (start → end)."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    phases: dict[str, list[float]] = {"sensor_s": [], "queued_s": [], "launching_s": [], "starting_s": [], "executing_s": []}
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        for r in instance.get_run_records():
+            created = r.create_timestamp.timestamp()
+            if created < since or not (r.start_time and r.end_time):
+                continue
+            first: dict[str, float] = {}
+            for e in instance.all_logs(r.dagster_run.run_id):
+                if e.dagster_event is not None:
+                    first.setdefault(e.dagster_event.event_type_value, e.timestamp)
+            batch = r.dagster_run.tags.get("dagster/partition")
+            if batch in uploaded_at:
+                phases["sensor_s"].append(created - (t0_wall + uploaded_at[batch]))  # upload done → run created
+            enqueued = first.get(DagsterEventType.RUN_ENQUEUED.value, created)
+            dequeued = first.get(DagsterEventType.RUN_DEQUEUED.value, enqueued)
+            starting = first.get(DagsterEventType.RUN_STARTING.value, dequeued)
+            phases["queued_s"].append(dequeued - enqueued)      # waiting for a free slot
+            phases["launching_s"].append(starting - dequeued)   # the launcher asks the code server
+            phases["starting_s"].append(r.start_time - starting)  # run worker process up, code loaded
+            phases["executing_s"].append(r.end_time - r.start_time)
+    return {k: round(statistics.median(v), 2) if v else None for k, v in phases.items()}
+
+
 def _wait_complete(settings, batch_ids: set[str], t0: float, timeout: float) -> dict[str, float]:
     done: dict[str, float] = {}
     reader = build_reader(settings)
@@ -96,6 +125,7 @@ def _wait_complete(settings, batch_ids: set[str], t0: float, timeout: float) -> 
 def _phase(settings, groups: list[list[IntakeItem]], label: str) -> dict:
     services = wiring.services(settings)
     uploaded_at: dict[str, float] = {}
+    upload_took: dict[str, float] = {}
     t0 = time.perf_counter()
     wall0 = time.time()
 
@@ -103,6 +133,7 @@ def _phase(settings, groups: list[list[IntakeItem]], label: str) -> dict:
         n, items = n_items
         started = time.perf_counter() - t0
         batch = upload_batch(services, items, user_id=f"user{n % 10}").batch_id
+        upload_took[batch] = time.perf_counter() - t0 - started
         uploaded_at[batch] = started  # upload → complete counts from the moment this upload began
         return batch
 
@@ -110,6 +141,7 @@ def _phase(settings, groups: list[list[IntakeItem]], label: str) -> dict:
         batches = set(pool.map(send, enumerate(groups)))
     done = _wait_complete(settings, batches, t0, timeout=1800)
     elapsed = max(done.values())
+    time.sleep(1.5)  # let the last runs record their end (the batch-complete event comes just before it)
     latencies = sorted(done[b] - uploaded_at[b] for b in batches)
     images = sum(len(g) for g in groups)
     out = {
@@ -118,10 +150,13 @@ def _phase(settings, groups: list[list[IntakeItem]], label: str) -> dict:
         "upload_to_complete_p50_s": round(statistics.median(latencies), 2),
         "upload_to_complete_p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2),
         "run_concurrency_mean": round(_run_concurrency(settings, wall0, wall0 + elapsed), 2),
+        "upload_s_p50": round(statistics.median(upload_took.values()), 2),
+        "run_phase_p50": _run_phases(settings, wall0, {b: uploaded_at[b] + upload_took[b] for b in batches}, wall0),
     }
     print(f"  {label}: {images} images in {elapsed:.1f} s = {out['images_per_s']:.2f} images/s, "
           f"complete p50 {out['upload_to_complete_p50_s']} s / p95 {out['upload_to_complete_p95_s']} s, "
-          f"runs in progress {out['run_concurrency_mean']}", flush=True)
+          f"runs in progress {out['run_concurrency_mean']}; upload p50 {out['upload_s_p50']} s; "
+          f"per run p50 {out['run_phase_p50']}", flush=True)
     return out
 
 

@@ -109,7 +109,8 @@ def test_reexecution_leaves_no_duplicates(instance, settings, uploaded):
     assert len(list(services.metadata.query("batches", {"batch_id": batch}))) == 1
     events = _events(settings, batch)
     ids = [e["event_id"] for e in events]
-    assert len(set(ids)) == 8  # republished events carry the same ids, so consumers can drop repeats
+    # Acknowledged events are not sent again: the consumer sees each of the 8 once, not 16 times.
+    assert len(ids) == len(set(ids)) == 8, sorted(ids)
 
 
 def test_failed_run_can_be_reexecuted(instance, settings, uploaded):
@@ -123,7 +124,47 @@ def test_failed_run_can_be_reexecuted(instance, settings, uploaded):
     again = _run(instance, settings, batch)
     assert again.success
     assert len(list(services.metadata.query("images", partition_key=batch))) == 7
-    assert _events(settings, batch)[-1]["type"] == "batch.completed"
+    events = _events(settings, batch)
+    assert events[-1]["type"] == "batch.completed"
+    assert len(events) == len({e["event_id"] for e in events}) == 8
+
+
+class _Recorder:
+    """A ResultStream that records what was published, and in which step (from the run's current step)."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def publish(self, key, event):
+        self.events.append(dict(event))
+
+    def flush(self, timeout_seconds=30.0):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_each_image_event_is_sent_while_the_batch_is_processing(instance, settings, uploaded):
+    """Per-image results stream from the renditions step itself (as each image is done), not after the
+    whole batch: materialising only raw_images + renditions already sent all 7 image events; the
+    events step then sends only batch.completed."""
+    from dagster import AssetSelection
+
+    services, upload = uploaded
+    batch = upload.batch_id
+    recorder = _Recorder()
+    instance.add_dynamic_partitions(batches_partitions.name, [batch])
+    resources = {**resources_from_settings(settings), "results": recorder}
+    first = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
+                        resources=resources, selection=AssetSelection.assets("raw_images", "renditions"))
+    assert first.success
+    assert sorted(e["type"] for e in recorder.events) == ["image.processed"] * 5 + ["image.rejected"] * 2
+    rest = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
+                       resources=resources, selection=AssetSelection.assets("image_documents", "result_events"))
+    assert rest.success
+    assert [e["type"] for e in recorder.events[7:]] == ["batch.completed"]
+    assert len({e["event_id"] for e in recorder.events}) == 8
 
 
 def test_failed_run_marks_the_batch_failed_through_the_failure_sensor(settings, uploaded):

@@ -266,6 +266,9 @@ def test_a_killed_run_worker_is_detected_and_the_batch_completes_by_retry(tmp_pa
                     worker = _worker_pid(instance, started[0].dagster_run.run_id)
                 time.sleep(0.1)
         assert worker, "the run worker was not seen processing"
+        # Run workers are forked from the code server's preloaded forkserver (code_server.py), not spawned.
+        ppid = int(open(f"/proc/{worker}/stat").read().rsplit(")", 1)[1].split()[1])
+        assert b"forkserver" in open(f"/proc/{ppid}/cmdline", "rb").read()
         os.kill(worker, signal.SIGKILL)
         deadline = time.monotonic() + 180
         while batch_status(services, batch, "erin")["status"] != "completed" and time.monotonic() < deadline:

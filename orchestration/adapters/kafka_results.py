@@ -208,12 +208,25 @@ def partition_for(key: str, partitions: int) -> int:
 
 
 class UserEventFollower:
+    """Follows one user's partition from "now" (``since`` seconds since the epoch; default: the moment it
+    is made, less ``SLACK`` seconds), not from the partition's start: the page reads the history from
+    the metadata store, and replaying a partition that grows without bound on every new page session is
+    what this avoids. "From now" is found with ``offsets_for_times`` (the local broker answers
+    ``seek_to_end``/``end_offsets`` wrongly, and for a time after its last record answers offset 0 with
+    timestamp -1, which is read as "none"): until some event newer than ``since`` exists there is no
+    offset, so each poll asks again — one small request — and starts reading at the first one."""
+
+    SLACK = 5.0  # events a few seconds older than the page are read too (clock skew, the page's own read)
+
     def __init__(self, bootstrap: str, topic: str, user_id: str, *, options: dict | None = None,
-                 timeout_ms: int = 1500, client_id: str = "imgpipe-web"):
+                 timeout_ms: int = 1500, client_id: str = "imgpipe-web", since: float | None = None):
         self.user_id = user_id
         self.error: str | None = None
         self.seen: set[str] = set()
         self._consumer = None
+        self._tp: TopicPartition | None = None
+        self._since_ms = int(((time.time() - self.SLACK) if since is None else since) * 1000)
+        self._positioned = False
         failed = _last_failure.get(bootstrap)
         if failed and time.monotonic() - failed[0] < RETRY_AFTER:
             self.error = failed[1]
@@ -236,8 +249,8 @@ class UserEventFollower:
                 return
             tp = TopicPartition(topic, partitions[partition_for(user_id, len(partitions))])
             consumer.assign([tp])
-            consumer.seek_to_beginning(tp)
-            self._consumer = consumer
+            self._consumer, self._tp = consumer, tp
+            self._position()
         except (KafkaError, OSError, ValueError) as exc:
             self.error = f"live updates are unavailable: Kafka at {bootstrap} is not reachable ({exc})"
             _last_failure[bootstrap] = (time.monotonic(), self.error)
@@ -251,6 +264,8 @@ class UserEventFollower:
         if self._consumer is None:
             return []
         try:
+            if not self._positioned and not self._position():
+                return []  # nothing newer than `since` yet
             batches = self._consumer.poll(timeout_ms=timeout_ms)
         except (KafkaError, OSError) as exc:
             self.error = f"live updates interrupted: {exc}"
@@ -259,11 +274,21 @@ class UserEventFollower:
         for records in batches.values():
             for r in records:
                 event = r.value
+                if r.timestamp < self._since_ms:  # the broker answers per record batch: older neighbours
+                    continue
                 if event.get("user_id") != self.user_id or event.get("event_id") in self.seen:
                     continue
                 self.seen.add(event.get("event_id"))
                 fresh.append(event)
         return fresh
+
+    def _position(self) -> bool:
+        offset = self._consumer.offsets_for_times({self._tp: self._since_ms}).get(self._tp)
+        if offset is None or offset.timestamp < 0:  # Kafka: None; the local broker: offset 0, timestamp -1
+            return False
+        self._consumer.seek(self._tp, offset.offset)
+        self._positioned = True
+        return True
 
     def close(self) -> None:
         if self._consumer is not None:

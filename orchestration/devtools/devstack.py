@@ -41,10 +41,17 @@ from orchestration.domain.identity import opaque_user_id
 # Instance settings for the local stack, chosen for latency on a small machine:
 # - QueuedRunCoordinator checking the queue every second, at most `max_concurrent_runs` runs at once:
 #   a burst of uploads queues up instead of starting one ~150 MB run process per batch at the same time;
-#   launches are made from 2 threads, so starting one run worker (~2-3 s) does not hold up the next;
+#   launches are made from 2 threads, so starting one run worker does not hold up the next (run workers
+#   fork from the code server's preloaded forkserver: ~0.5 s instead of ~1.5 CPU-s, code_server.py);
 # - fairness: at most `runs_per_user` runs per user (tag imgpipe/user_id, applyLimitPerUniqueValue), so
 #   one user's 200 queued batches cannot hold every slot while another user's batch waits behind them;
-# - the sensor daemon evaluates sensors in threads (its loop still runs at most every 5 s);
+# - the sensor daemon evaluates sensors in threads (its loop still runs at most every 5 s) and creates a
+#   tick's runs from 4 threads (`num_submit_workers`): creating a run asks the code server for its
+#   execution plan, and done one by one, 50 uploads at once waited 15 s (p50) for their run to exist
+#   (bench/load.py); backfills (reprocessing) submit their runs the same way;
+# - at most 2 runs per CPU: a run spends part of its life starting up and writing events, not
+#   decoding, so two per CPU keep the CPUs busy without more image workers than fit in memory
+#   (a run's worker pool is sized to the CPUs; 20 x 4-image batches: 0.7 → 1.6 runs in progress);
 # - run retries: a failed batch run is re-executed from failure `run_max_retries` times by the daemon
 #   (writes are idempotent), then the batch ends 'failed' (failure sensor);
 # - run monitoring fails runs stuck STARTING (the run worker never came up) after 180 s; runs whose
@@ -67,6 +74,11 @@ run_coordinator:
 sensors:
   use_threads: true
   num_workers: 2
+  num_submit_workers: 4
+backfills:
+  use_threads: true
+  num_workers: 2
+  num_submit_workers: 4
 run_retries:
   enabled: true
   max_retries: {run_retries}
@@ -89,7 +101,7 @@ def _log(msg: str) -> None:
 def prepare_dagster_home(settings: Settings) -> Path:
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(DAGSTER_YAML.format(max_runs=max(2, settings.effective_workers),
+    (home / "dagster.yaml").write_text(DAGSTER_YAML.format(max_runs=max(2, 2 * settings.effective_workers),
                                                            user_tag=USER_TAG, runs_per_user=settings.max_runs_per_user,
                                                            run_retries=settings.run_max_retries))
     return home
@@ -228,6 +240,36 @@ def _wait_http(url: str, timeout_seconds: float, proc: subprocess.Popen, log_fil
             pass
         time.sleep(0.25)
     raise TimeoutError(f"{url} not ready after {timeout_seconds:.0f} s; see {log_file}")
+
+
+def write_workspace(home: Path, code_port: int) -> Path:
+    """The workspace `dagster dev` loads: the imgpipe code location at the stack's code server."""
+    path = home / "workspace.yaml"
+    path.write_text("load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
+                    f"      port: {code_port}\n      location_name: imgpipe\n")
+    return path
+
+
+def start_code_server(port: int, env: dict[str, str], log_path: Path, *, on_start,
+                      timeout_seconds: float = 120.0) -> subprocess.Popen:
+    """Start the code server (orchestration/devtools/code_server.py) and wait until it answers a ping."""
+    from dagster._grpc.client import DagsterGrpcClient
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.devtools.code_server", "--port", str(port)],
+                            env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    on_start(proc)
+    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the code server exited with code {proc.returncode}; see {log_path}")
+        try:
+            client.ping("imgpipe")
+            return proc
+        except Exception:  # noqa: BLE001 - not listening yet
+            time.sleep(0.3)
+    raise RuntimeError(f"the code server did not answer within {timeout_seconds:.0f} s; see {log_path}")
 
 
 def stop_dagster(proc: subprocess.Popen, timeout_seconds: float = 30.0) -> None:
@@ -392,9 +434,18 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         dagster_log = settings.log_dir / "dagster.log"
         ui = f"http://127.0.0.1:{settings.webserver_port}"
 
+        # The code location is served by our own supervised code server (run workers forked from a
+        # preloaded process: orchestration/devtools/code_server.py); `dagster dev` connects to it.
+        code_port = kafka_broker.free_port()
+        workspace = write_workspace(settings.dagster_home, code_port)
+        launch(Child("code server", lambda on_start: start_code_server(
+            code_port, stack_env(settings), settings.log_dir / "code-server.log", on_start=on_start),
+            stop=stop_dagster))  # SIGINT, then its whole process group (forkserver, run workers)
+        _log(f"code server on 127.0.0.1:{code_port} (run workers fork from a preloaded process)")
+
         def start_dagster(on_start) -> subprocess.Popen:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions",
+                [sys.executable, "-m", "dagster", "dev", "-w", str(workspace),
                  "-h", "127.0.0.1", "-p", str(settings.webserver_port)],
                 env=stack_env(settings), stdout=open(dagster_log, "ab"), stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -34,3 +34,33 @@ def test_unreachable_broker_is_a_clear_error():
         stream = KafkaResultStream("127.0.0.1:1", "nothing")
         stream.publish("u", {"event_id": "x"})
         stream.flush(timeout_seconds=3)
+
+
+def test_a_page_follower_starts_from_now_not_from_the_partition_start(kafka_bootstrap, kafka_topic):
+    """A new page session reads only events newer than itself (the store holds the history): older events
+    of the user are not replayed, newer ones arrive — also when the partition had nothing new at first."""
+    import time
+
+    from orchestration.adapters.kafka_results import KafkaResultStream, UserEventFollower
+
+    stream = KafkaResultStream(kafka_bootstrap, kafka_topic)
+    try:
+        for n in range(30):
+            stream.publish("u-old", {"event_id": f"old-{n}", "user_id": "u-old", "type": "image.processed"})
+        stream.flush()
+        time.sleep(0.05)
+        follower = UserEventFollower(kafka_bootstrap, kafka_topic, "u-old", since=time.time())
+        try:
+            assert follower.poll(timeout_ms=1000) == []  # nothing newer yet: no replay of the 30 old ones
+            stream.publish("u-old", {"event_id": "new-1", "user_id": "u-old", "type": "batch.completed"})
+            stream.flush()
+            got = []
+            for _ in range(20):
+                got += follower.poll(timeout_ms=300)
+                if got:
+                    break
+            assert [e["event_id"] for e in got] == ["new-1"]
+        finally:
+            follower.close()
+    finally:
+        stream.close()
