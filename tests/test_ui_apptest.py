@@ -239,3 +239,44 @@ def test_csv_export_neutralises_formulas():
     assert names == ["'=HYPERLINK(\"http://evil\")", "'+1", "'-2", "'@SUM(A1)", "'\tTAB", "ok.jpg"]
     assert rows[-1][1] == "-6"  # numbers stay numbers
 
+
+
+class _Counter:
+    def __init__(self):
+        self.calls = 0
+
+
+def _count(monkeypatch, port, names) -> _Counter:
+    """Count the calls of ``names`` on every adapter of ``port``'s class (the page builds its own, from
+    the environment, through the per-process registry)."""
+    counter = _Counter()
+    for name in names:
+        original = getattr(type(port), name)
+
+        def counted(self, *a, _original=original, **kw):
+            counter.calls += 1
+            return _original(self, *a, **kw)
+        monkeypatch.setattr(type(port), name, counted)
+    return counter
+
+
+@pytest.mark.parametrize("images", [2, 24])
+def test_a_results_refresh_costs_the_same_however_many_images_are_shown(env, settings, monkeypatch, images):
+    """Once the page is shown, a refresh with no new event reads nothing from the store or the lake —
+    for 2 images as for 24 (it used to re-read every batch and every rendition of every shown image:
+    ~31 store calls per 2 s). An event for a batch re-reads that batch only."""
+    photos = [IntakeItem.from_bytes(f"p{i}.jpg", jpeg_bytes(synthetic_photo(64, 48, i * 10, str(i))))
+              for i in range(images)]
+    batch = upload_batch(env, photos, user_id=uid(ALICE_PLUS), metadata={"title": "Counted"}).batch_id
+    _process(settings, batch)
+    metadata = _count(monkeypatch, env.metadata, ["read", "query"])
+    lake = _count(monkeypatch, env.lake, ["read", "list"])
+    at = _app(ALICE_PLUS, "views/results.py")
+    assert any("Counted" in e.label for e in at.expander)
+    assert metadata.calls > 0  # the first view reads the batch
+    first_lake = lake.calls
+    metadata.calls = lake.calls = 0
+    for _ in range(3):
+        at.run()
+    assert metadata.calls == 0 and lake.calls == 0, (metadata.calls, lake.calls)
+    assert first_lake <= images  # one thumbnail read per processed image, downloads read only on click

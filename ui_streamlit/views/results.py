@@ -1,6 +1,8 @@
 """Results page: the user's batches, live. The metadata store says what there is; the user's Kafka
 partition says when to look again (``UserEventFollower`` in orchestration/adapters/kafka_results.py)."""
 
+import time
+
 import streamlit as st
 
 from ui_streamlit import data
@@ -26,8 +28,15 @@ if asked and not data.valid_batch_id(asked):
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=2000)
-def _rendition(user_id: str, batch_id: str, path: str) -> bytes | None:
-    return data.rendition(svc, user_id, batch_id, path)
+def _lake_bytes(path: str) -> bytes:
+    return svc.lake.read(path)
+
+
+def _owned_bytes(status: dict, path: str) -> bytes | None:
+    """A rendition's bytes, only if ``path`` is one of this batch's renditions. ``status`` came from
+    ``data.batch_for_user`` for the signed-in user, so it is theirs: no further metadata reads."""
+    allowed = {r["path"] for i in status["images"] for r in i["renditions"]}
+    return _lake_bytes(path) if path in allowed else None
 
 
 def _gallery(status: dict) -> None:
@@ -41,7 +50,7 @@ def _gallery(status: dict) -> None:
             if img["outcome"] == "processed":
                 thumb = next((r for r in img["renditions"] if r["name"] == "thumb" and r["format"] == "JPEG"), None)
                 if thumb:
-                    st.image(_rendition(user, status["batch_id"], thumb["path"]), caption=data.plain(img["name"]))
+                    st.image(_owned_bytes(status, thumb["path"]), caption=data.plain(img["name"]))
                 with st.popover("Details and downloads"):
                     f = img.get("facts") or {}
                     st.caption(data.plain(f"{f.get('width')}×{f.get('height')} {f.get('format')} · pHash {f.get('phash')}"))
@@ -53,9 +62,10 @@ def _gallery(status: dict) -> None:
                         d = img["near_duplicates"][0]
                         st.write(f"Near-duplicate of **{data.plain(d['name'])}** ({d['batch_id']}, distance {d['distance']})")
                     for r in img["renditions"]:
+                        # The bytes are read when the button is clicked, not on every refresh.
                         st.download_button(
                             data.plain(f"{r['name']} {r['width']}×{r['height']} {r['format']}"),
-                            data=_rendition(user, status["batch_id"], r["path"]) or b"",
+                            data=lambda path=r["path"]: _owned_bytes(status, path) or b"",
                             file_name=f"{img['name'].rsplit('.', 1)[0]}_{r['name']}.{r['path'].rsplit('.', 1)[-1]}",
                             key=f"dl-{r['path']}",
                         )
@@ -65,21 +75,38 @@ def _gallery(status: dict) -> None:
                 st.info(f"{data.plain(img['name'])}: waiting", icon=":material/hourglass_empty:")
 
 
+# What the page has read from the store, per session and user. A refresh re-reads only what an event
+# says changed (or, with live updates down, everything shown every STALE_AFTER seconds): the cost of
+# a refresh does not grow with the number of batches or images shown.
+STALE_AFTER = 10.0
+
+
 @st.fragment(run_every=2)
 def live() -> None:
     fresh = follower.poll()
+    view = st.session_state.setdefault(f"results-view-{user}", {"ids": None, "statuses": {}, "read_at": 0.0})
+    changed = {e.get("batch_id") for e in fresh}
+    stale = bool(follower.error) and time.monotonic() - view["read_at"] >= STALE_AFTER
     if follower.error:
         st.warning(follower.error + " — showing what is stored; refresh to retry.", icon=":material/cloud_off:")
     elif fresh:
         st.toast(f"{len(fresh)} new result(s)")
     if selected:
-        status = data.batch_for_user(svc, user, selected)
-        if status is None:
-            st.info("No such batch among yours.")
-            return
-        batches = [status]
+        ids = [selected]
     else:
-        batches = [data.batch_for_user(svc, user, b["id"]) for b in data.user_batches(svc, user, limit=10)]
+        if view["ids"] is None or stale or (changed - set(view["ids"])):
+            view["ids"] = [b["id"] for b in data.user_batches(svc, user, limit=10)]
+        ids = view["ids"]
+    statuses = view["statuses"]
+    for batch_id in ids:
+        if batch_id not in statuses or batch_id in changed or stale:
+            statuses[batch_id] = data.batch_for_user(svc, user, batch_id)
+    if stale or view["read_at"] == 0.0:
+        view["read_at"] = time.monotonic()
+    if selected and statuses.get(selected) is None:
+        st.info("No such batch among yours.")
+        return
+    batches = [statuses[b] for b in ids if statuses.get(b) is not None]
     if not batches:
         st.info("No batches yet. Upload some images first.")
         return
