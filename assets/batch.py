@@ -25,11 +25,12 @@ from dagster import (
 
 from assets import batch_work
 from assets.batch_work import Processing
-from assets.core import PROCESSING_VERSION
+from assets.core import processing_version
 from orchestration.partitions import batches_partitions
 from orchestration.ports.lake import Lake
 from orchestration.ports.metadata import MetadataStore
 from orchestration.ports.results import ResultStream
+from orchestration.settings import load_settings
 
 # The ports, as resources hand them over (orchestration/resources.py builds them from Settings).
 LakePort = ResourceParam[Lake]
@@ -38,6 +39,12 @@ ResultsPort = ResourceParam[ResultStream]
 ProcessingParam = ResourceParam[Processing]
 
 _GROUP = "batch"
+
+# The renditions asset's code version: the image code's version plus a digest of the configuration that
+# shapes its output, from the same settings the processing resource is built from. When either changes,
+# the Dagster UI shows every batch partition made otherwise as changed ("code version"), and a backfill
+# of the selection (or `imgpipe reprocess`) redoes them.
+PROCESSING_CODE_VERSION = processing_version(load_settings().core_config())
 
 
 @asset(
@@ -72,7 +79,7 @@ def raw_images(context: AssetExecutionContext, lake: LakePort, metadata: Metadat
     partitions_def=batches_partitions,
     deps=[raw_images],
     group_name=_GROUP,
-    code_version=PROCESSING_VERSION,
+    code_version=PROCESSING_CODE_VERSION,
     kinds={"pillow", "adls"},
     description="Resized renditions of every image (auto-oriented, sRGB, metadata stripped); a bad image "
     "becomes a rejection with a reason and never fails the batch.",
@@ -85,6 +92,8 @@ def renditions(
     manifest = batch_work.load_manifest(lake_client, context.partition_key)
     workers = processing.workers
     batch_doc = store.read("batches", manifest.batch_id, manifest.user_id)
+    # The stored documents (one query), whose history each new document carries forward.
+    previous = {d["id"]: d for d in store.query("images", partition_key=manifest.batch_id)}
     streamed: list[str] = []
     streaming = True
 
@@ -94,7 +103,7 @@ def renditions(
         # (near-duplicates) by the same ids. Streaming is best effort: with the broker down the images
         # are still processed, and result_events (retried with the run) sends whatever was not acknowledged.
         nonlocal streaming
-        doc = batch_work.image_documents(manifest, [outcome], context.run.run_id)[0]
+        doc = batch_work.image_documents(manifest, [outcome], context.run.run_id, previous)[0]
         store.upsert("images", doc)
         if streaming:
             # (not again what the broker acknowledged in an earlier attempt)
@@ -130,7 +139,7 @@ def renditions(
             "workers": workers,
             "peak_worker_rss_mb": report.peak_worker_rss_mb,
             "worker_restarts": report.worker_restarts,
-            "processing_version": PROCESSING_VERSION,
+            "processing_version": PROCESSING_CODE_VERSION,
         }
     )
 
@@ -149,7 +158,9 @@ def image_documents(
 ) -> MaterializeResult:
     lake_client, store = lake, metadata
     manifest = batch_work.load_manifest(lake_client, context.partition_key)
-    docs = batch_work.image_documents(manifest, batch_work.load_outcomes(lake_client, manifest.batch_id), context.run.run_id)
+    stored = {d["id"]: d for d in store.query("images", partition_key=manifest.batch_id)}
+    docs = batch_work.image_documents(manifest, batch_work.load_outcomes(lake_client, manifest.batch_id),
+                                      context.run.run_id, stored)
     batch_work.find_near_duplicates(store, manifest, docs)
     for doc in docs:
         store.upsert("images", doc)
@@ -166,7 +177,8 @@ def image_documents(
             "status": "processing",
             "error": None,
             "dagster_run_id": context.run.run_id,
-            "processing_version": PROCESSING_VERSION,
+            "processing_version": PROCESSING_CODE_VERSION,
+            "runs": batch_work.add_run(batch_doc.get("runs"), context.run.run_id, PROCESSING_CODE_VERSION),
             **summary,
         },
     )

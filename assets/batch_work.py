@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from assets.core import PROCESSING_VERSION, CoreConfig, hamming
+from assets.core import PROCESSING_VERSION, CoreConfig, hamming, library_versions, processing_version
 from assets.core.pool import Outcome, WorkerPool
 from orchestration.domain.manifest import BatchManifest, ManifestImage, manifest_path, outcomes_path, rendition_path
 from orchestration.ports.lake import Lake
@@ -106,10 +106,12 @@ def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: 
     image as soon as it is done (progress for people watching). Writes outcomes.json."""
     by_id = {img.image_id: img for img in manifest.images}
     outcomes: dict[str, dict] = {}
+    version, libraries = processing_version(config), library_versions()
     tasks = []
     for img in manifest.images:
         early = _precheck(lake, img)
         if early is not None:
+            early["processing_version"], early["libraries"] = version, libraries
             outcomes[img.image_id] = early
             if on_outcome:
                 on_outcome(early)
@@ -120,6 +122,8 @@ def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: 
         with WorkerPool(min(workers, len(tasks)), config) as pool:
             for outcome in pool.map(tasks):
                 outcomes[outcome.key] = _store_renditions(lake, manifest.batch_id, by_id[outcome.key], outcome)
+                outcomes[outcome.key]["processing_version"] = version
+                outcomes[outcome.key]["libraries"] = libraries
                 if on_outcome:
                     on_outcome(outcomes[outcome.key])
                 peak = max(peak, outcome.peak_rss_mb or 0.0)
@@ -127,18 +131,67 @@ def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: 
     ordered = [outcomes[img.image_id] for img in manifest.images]
     lake.write(
         outcomes_path(manifest.batch_id),
-        json.dumps({"processing_version": PROCESSING_VERSION, "images": ordered}, indent=1).encode(),
+        json.dumps({"processing_version": version, "images": ordered}, indent=1).encode(),
         content_type="application/json",
     )
+    remove_stale_renditions(lake, manifest.batch_id, ordered)
     return BatchReport(ordered, round(peak, 1), restarts)
+
+
+def remove_stale_renditions(lake: Lake, batch_id: str, outcomes: Iterable[dict]) -> list[str]:
+    """Delete (soft, where the lake keeps deleted objects) rendition files of the batch that the current
+    outcomes no longer name — after a reprocessing that dropped a format or a rendition, or an image that
+    is now rejected — so the lake holds exactly one current set per image. Returns the deleted paths."""
+    keep = {r["path"] for o in outcomes for r in o.get("renditions") or ()} | {outcomes_path(batch_id)}
+    stale = [p for p in lake.list(f"processed/{batch_id}/") if p not in keep]
+    for path in stale:
+        lake.delete(path)
+    return stale
 
 
 def load_outcomes(lake: Lake, batch_id: str) -> list[dict]:
     return json.loads(lake.read(outcomes_path(batch_id)))["images"]
 
 
-def image_documents(manifest: BatchManifest, outcomes: Iterable[dict], run_id: str) -> list[dict]:
+# How many earlier processings of an image its document remembers (lineage: `imgpipe lineage`).
+HISTORY_KEEP = 20
+
+
+def _history(previous: dict | None, run_id: str) -> list[dict]:
+    """The image's processing history: the earlier document's history, plus that document itself when it
+    came from another run (a reprocessing or a retry) and had a result."""
+    if not previous:
+        return []
+    history = list(previous.get("history") or [])
+    if previous.get("dagster_run_id") not in (None, run_id) and previous.get("outcome") in ("processed", "rejected"):
+        history.append({
+            "processing_version": previous.get("processing_version"),
+            "dagster_run_id": previous.get("dagster_run_id"),
+            "processed_at": previous.get("processed_at"),
+            "outcome": previous.get("outcome"),
+            "code": previous.get("code"),
+            "renditions": [{"path": r["path"], "sha256": r.get("sha256"), "bytes": r.get("bytes")}
+                           for r in previous.get("renditions") or ()],
+        })
+    return history[-HISTORY_KEEP:]
+
+
+def add_run(runs: list[dict] | None, run_id: str, version: str) -> list[dict]:
+    """The batch's list of runs that processed it (lineage), with ``run_id`` added once."""
+    runs = list(runs or [])
+    if not any(r.get("run_id") == run_id for r in runs):
+        runs.append({"run_id": run_id, "processing_version": version,
+                     "at": datetime.now(timezone.utc).isoformat()})
+    return runs[-HISTORY_KEEP:]
+
+
+def image_documents(manifest: BatchManifest, outcomes: Iterable[dict], run_id: str,
+                    previous: dict[str, dict] | None = None) -> list[dict]:
+    """The image documents for ``outcomes``; ``previous`` (image id → the stored document) carries each
+    image's processing history forward."""
     now = datetime.now(timezone.utc).isoformat()
+    previous = previous or {}
+    libraries = library_versions()
     return [
         {
             **o,
@@ -147,9 +200,11 @@ def image_documents(manifest: BatchManifest, outcomes: Iterable[dict], run_id: s
             "batch_id": manifest.batch_id,
             "user_id": manifest.user_id,
             "user_metadata": manifest.metadata,
-            "processing_version": PROCESSING_VERSION,
+            "processing_version": o.get("processing_version") or PROCESSING_VERSION,
+            "libraries": o.get("libraries") or libraries,
             "dagster_run_id": run_id,
             "processed_at": now,
+            "history": _history(previous.get(o["image_id"]), run_id),
         }
         for o in outcomes
     ]

@@ -6,6 +6,8 @@
     imgpipe dead-letters [--json]
     imgpipe failed [--json]
     imgpipe sample DIR
+    imgpipe reprocess BATCH... | --since YYYY-MM-DD | --changed  [--dry-run]
+    imgpipe lineage BATCH [IMAGE] [--json]
 """
 
 from __future__ import annotations
@@ -149,6 +151,66 @@ def cmd_failed(args) -> int:
     return 0
 
 
+def cmd_reprocess(args) -> int:
+    """Reprocess batches through one Dagster backfill (the daemon runs it; the UI shows it)."""
+    from datetime import datetime, timezone
+
+    from orchestration import operate
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            print(f"imgpipe: --since {args.since!r} is not a date (YYYY-MM-DD or ISO 8601)", file=sys.stderr)
+            return 2
+        since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+    settings = _settings()
+    try:
+        chosen = operate.select_batches(_services(), args.batch_ids, since=since, changed=args.changed)
+        if not chosen:
+            print("nothing to reprocess: no batch matches")
+            return 0
+        print(f"{len(chosen)} batch(es): {' '.join(chosen[:20])}{' ...' if len(chosen) > 20 else ''}")
+        if args.dry_run:
+            return 0
+        backfill = operate.submit_reprocess(settings, chosen)
+    except operate.OperateError as exc:
+        print(f"imgpipe: {exc}", file=sys.stderr)
+        return 2
+    print(f"backfill {backfill} submitted; the daemon runs it — {operate.dagster_ui_url(settings)}/runs/b/{backfill}")
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    from orchestration import operate
+
+    try:
+        chain = operate.lineage(_services(), _settings(), args.batch_id, args.image_id)
+    except operate.OperateError as exc:
+        print(f"imgpipe: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(chain, indent=1, default=str))
+        return 0
+    print(f"batch {chain['batch_id']}: uploaded by {chain['uploaded_by']} at {chain['uploaded_at']}, "
+          f"{chain['status']}, processing version {chain['processing_version']}")
+    for r in chain["runs"]:
+        print(f"  run {r['run_id']} ({r.get('processing_version')}, {r.get('at')}): {r['url']}")
+    for i in chain["images"]:
+        src = i["source"]
+        print(f"- {i['image_id']} {i['name']!r}: {i['outcome']}{' (' + str(i['code']) + ')' if i['code'] else ''}")
+        print(f"    source sha256 {src['sha256']} ({src['bytes']} bytes) at {src['raw_path']}")
+        print(f"    run {i['run']['url']} · version {i['processing_version']} · libraries {i['libraries']}")
+        for r in i["renditions"]:
+            print(f"    {r['name']:<8} {r['format']:<5} {r['width']}x{r['height']} {r['bytes']} B {r['sha256']} {r['path']}")
+        for d in i["near_duplicates"]:
+            print(f"    near-duplicate of {d['batch_id']}/{d['image_id']} (distance {d['distance']})")
+        for h in i["history"]:
+            print(f"    earlier: {h.get('processed_at')} run {h.get('dagster_run_id')} version {h.get('processing_version')}")
+    return 0
+
+
 def cmd_sample(args) -> int:
     from orchestration.devtools.sample import make_sample_batch
 
@@ -189,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("failed", help="batches that failed (with the reason) or are being retried, all users")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_failed)
+
+    p = sub.add_parser("reprocess", help="reprocess batches (one Dagster backfill): by id, upload date, or "
+                                         "all whose processing version changed")
+    p.add_argument("batch_ids", nargs="*", metavar="BATCH")
+    p.add_argument("--since", help="every batch uploaded on or after this date (YYYY-MM-DD or ISO 8601)")
+    p.add_argument("--changed", action="store_true", help="every batch processed under another processing version")
+    p.add_argument("--dry-run", action="store_true", help="list the batches, submit nothing")
+    p.set_defaults(func=cmd_reprocess)
+
+    p = sub.add_parser("lineage", help="the lineage of a batch or one of its images")
+    p.add_argument("batch_id", metavar="BATCH")
+    p.add_argument("image_id", metavar="IMAGE", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lineage)
 
     p = sub.add_parser("sample", help="write the sample batch into a directory")
     p.add_argument("directory")

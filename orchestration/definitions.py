@@ -41,4 +41,6 @@ defs = Definitions(
     sensors=[build_batch_sensor(process_batch_job, settings=settings), build_failure_sensor(process_batch_job),
              build_reconcile_sensor(settings=settings)],
     resources=resources_from_settings(settings),
+    # Backfills and UI materialisations run the implicit asset job: in one process too (see above).
+    executor=in_process_executor,
 )

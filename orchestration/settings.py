@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     max_runs_per_user: int = Field(1, ge=1, description="A user's batch runs running at once (the run queue's "
                                    "per-user limit on the imgpipe/user_id tag; others' batches go first).")
 
+    dagster_ui_url: str | None = Field(None, description="The Dagster UI's address, for run links in "
+                                       "`imgpipe lineage` (default: the local stack's, on webserver_port).")
+
     # Local stack (developer tooling)
     webserver_port: int = Field(3000, gt=0, lt=65536, description="Dagster UI port of `imgpipe dev`.")
     web: bool = Field(True, description="`imgpipe dev` also starts the web app and a local OIDC provider.")
@@ -251,6 +254,8 @@ class Settings(BaseSettings):
         env = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
+            if value is None:
+                continue  # unset stays unset
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             if isinstance(value, bool):

@@ -212,7 +212,7 @@ def build_batch_sensor(job, *, settings=None, interval_seconds: int | None = Non
 def build_failure_sensor(job):
     @run_failure_sensor(
         name="batch_failure_sensor",
-        monitored_jobs=[job],
+        monitored_jobs=None,  # every job of the code location: batch runs and backfill (reprocess) runs
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=5,
         description="When a batch run fails: marks the batch 'retrying' while run retries remain (the daemon "
@@ -222,9 +222,12 @@ def build_failure_sensor(job):
         run = context.dagster_run
         batch_id = run.tags.get("dagster/partition")
         user_id = run.tags.get("imgpipe/user_id")
+        store = metadata
+        if batch_id and not user_id:  # a backfill (reprocess) run carries no user tag: find the batch's owner
+            found = list(store.query("batches", {"batch_id": batch_id}))
+            user_id = found[0]["user_id"] if found else None
         if not batch_id or not user_id:
             return
-        store = metadata
         doc = store.read("batches", batch_id, user_id)
         # A sensor tick can come after the retry already completed the batch: never undo a completion.
         if doc and doc.get("status") != "completed":

@@ -4,7 +4,10 @@ that enforces time and memory limits. No Dagster here (a test checks it)."""
 from assets.core.config import DEFAULT_RENDITIONS, CoreConfig, Limits, RenditionSpec
 from assets.core.decode import ImageRejected
 from assets.core.facts import hamming
-from assets.core.process import PROCESSING_VERSION, ProcessedImage, Rendition, fit_long_edge, process_image
+from assets.core.process import (
+    PROCESSING_VERSION, ProcessedImage, Rendition, fit_long_edge, library_versions, process_image,
+    processing_version,
+)
 from assets.core.sniff import SUPPORTED_IMAGE_TYPES, sniff_type
 
 __all__ = [
@@ -19,6 +22,8 @@ __all__ = [
     "SUPPORTED_IMAGE_TYPES",
     "fit_long_edge",
     "hamming",
+    "library_versions",
     "process_image",
+    "processing_version",
     "sniff_type",
 ]

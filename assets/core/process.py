@@ -22,9 +22,36 @@ from assets.core import facts as F
 from assets.core.config import OUTPUT_FORMATS, CoreConfig
 from assets.core.decode import DECODER_ERRORS, ImageRejected, decode, has_alpha, inspect, to_srgb
 
-# Bump when the renditions or facts a given input produces change; stored on every document and used as
-# the Dagster code_version of the renditions asset, so partitions made by older code show as stale.
+# Bump when the renditions or facts a given input produces change. The version a run stamps on its
+# documents, outcomes and events — and the Dagster code_version of the renditions asset, so partitions
+# made otherwise show as changed in the UI — is this plus a digest of the configuration that shapes the
+# output (``processing_version``): turning on AVIF or changing the kept EXIF tags is a change too.
 PROCESSING_VERSION = "2"
+
+
+def library_versions() -> dict[str, str | None]:
+    """The image libraries this process decodes and encodes with (lineage: recorded on every document)."""
+    from PIL import __version__ as pillow, features
+
+    def version(feature: str) -> str | None:
+        try:
+            return features.version(feature)
+        except (ValueError, KeyError):
+            return None
+
+    return {"pillow": pillow, "libjpeg_turbo": version("libjpeg_turbo"), "libwebp": version("webp"),
+            "libavif": version("avif")}
+
+
+def processing_version(config: CoreConfig) -> str:
+    """``PROCESSING_VERSION`` + 8 hex digits of the output-shaping configuration (not the limits, which
+    decide what is refused, nor the worker count)."""
+    import hashlib
+
+    shape = (config.renditions, config.jpeg_quality, config.webp_quality, config.webp_method, config.avif_quality,
+             config.avif_speed, config.background, config.animated, config.keep_exif, config.include_gps,
+             config.phash_source_edge)
+    return f"{PROCESSING_VERSION}-{hashlib.sha256(repr(shape).encode()).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,149 @@
+"""Operators' side on the real local stack (daemon, code server, backfill daemon): reprocessing after the
+processing changes, and lineage. The version change is a real one: the stack is restarted with WebP turned
+off, which changes the renditions asset's code version (processing_version = code + output config)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from orchestration import wiring
+from orchestration.adapters.kafka_results import ResultReader
+from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
+from orchestration.domain.intake import IntakeItem, upload_batch
+from orchestration.domain.status import batch_status
+from test_e2e import _local_env, _settings_from, _start, _wait_for_line
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Asks the code location, loaded under ``env``, for Dagster's own stale status of one batch partition: what
+# the asset and partition pages of the UI show ("Code version changed").
+STALE_PROBE = """
+import sys
+from dagster import AssetKey, DagsterInstance
+from dagster._core.definitions.data_version import CachingStaleStatusResolver
+from dagster._core.loader import LoadingContextForTest
+from orchestration.definitions import defs
+graph = defs.resolve_asset_graph()
+with DagsterInstance.get() as instance:
+    r = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    key = AssetKey("renditions")
+    print(r.get_status(key, sys.argv[1]).value, [c.category.value for c in r.get_stale_causes(key, sys.argv[1])])
+"""
+
+
+def _cli(env, *args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestration.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _stop(proc):
+    os.kill(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=90)
+
+
+def _wait_completed(services, batch, user, version=None, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = batch_status(services, batch, user)
+        docs = list(services.metadata.query("images", partition_key=batch))
+        if status["status"] == "completed" and (version is None or all(d["processing_version"] == version
+                                                                        for d in docs)):
+            batch_doc = services.metadata.read("batches", batch, user)
+            if version is None or batch_doc.get("processing_version") == version:
+                return status
+        time.sleep(1)
+    raise AssertionError(f"batch {batch} not completed{' under ' + version if version else ''}: "
+                         f"{batch_status(services, batch, user)['status']}")
+
+
+def test_a_processing_change_shows_as_changed_and_reprocess_redoes_the_batch_once(tmp_path):
+    env = _local_env(tmp_path, IMGPIPE_OUTPUT_FORMATS="JPEG,WEBP")
+    settings = _settings_from(env)
+    services = wiring.services(settings)
+    photos = [IntakeItem.from_bytes(f"p{i}.jpg", jpeg_bytes(synthetic_photo(800, 600, i * 40, str(i))))
+              for i in range(3)]
+    proc = _start(env, "--no-sample")
+    try:
+        _wait_for_line(proc, "Press Ctrl-C", timeout=180)
+        batch = upload_batch(services, photos, user_id="olga", metadata={"title": "v1"}).batch_id
+        _wait_completed(services, batch, "olga")
+    finally:
+        _stop(proc)
+    before = {d["id"]: d for d in services.metadata.query("images", partition_key=batch)}
+    old_version = next(iter(before.values()))["processing_version"]
+    assert any(p.endswith(".webp") for p in services.lake.list(f"processed/{batch}/"))
+
+    # The processing changes: WebP off. The code location now has another code version for renditions.
+    env2 = {**env, "IMGPIPE_OUTPUT_FORMATS": "JPEG"}
+    probe = subprocess.run([sys.executable, "-c", STALE_PROBE, batch], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120, env={**env2, "DAGSTER_HOME": str(settings.dagster_home)})
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.startswith("STALE") and "code" in probe.stdout.lower(), probe.stdout
+
+    dry = _cli(env2, "reprocess", "--changed", "--dry-run")
+    assert dry.returncode == 0 and batch in dry.stdout, dry.stdout + dry.stderr
+    proc = _start(env2, "--no-sample")
+    try:
+        _wait_for_line(proc, "Press Ctrl-C", timeout=180)
+        submitted = _cli(env2, "reprocess", "--changed")
+        assert submitted.returncode == 0 and "backfill" in submitted.stdout, submitted.stdout + submitted.stderr
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            docs = list(services.metadata.query("images", partition_key=batch))
+            if all(d["processing_version"] != old_version for d in docs) and \
+                    batch_status(services, batch, "olga")["status"] == "completed":
+                break
+            time.sleep(1)
+        else:
+            raise AssertionError("the reprocess backfill did not complete")
+        new_version = next(iter(services.metadata.query("images", partition_key=batch)))["processing_version"]
+        # The user's events: this stack's broker (in memory) holds the new run's events only.
+        reader = ResultReader(settings.kafka_bootstrap, settings.kafka_topic)
+        try:
+            events = [e for _, e in reader.follow(
+                lambda k, e: e.get("batch_id") == batch and e["type"] == "batch.completed", timeout_seconds=30)
+                if e.get("batch_id") == batch]
+        finally:
+            reader.close()
+    finally:
+        _stop(proc)
+    ids = [e["event_id"] for e in events]
+    assert len(ids) == len(set(ids)) == 4, ids  # 3 image events + batch.completed, each once
+    assert all(e["processing_version"] == new_version for e in events)
+
+    docs = {d["id"]: d for d in services.metadata.query("images", partition_key=batch)}
+    assert sorted(docs) == sorted(before)  # same documents, by id: no duplicates
+    assert new_version != old_version
+    for doc in docs.values():
+        assert {r["format"] for r in doc["renditions"]} == {"JPEG"}
+        assert [h["processing_version"] for h in doc["history"]] == [old_version]  # the reprocessing is remembered
+        assert doc["dagster_run_id"] != before[doc["id"]]["dagster_run_id"]
+    files = sorted(services.lake.list(f"processed/{batch}/"))
+    assert not any(p.endswith(".webp") for p in files), files  # old renditions replaced, none left over
+    assert len(files) == 3 * 3 + 1  # 3 images x 3 JPEG renditions + outcomes.json
+
+    # Lineage of one image: who/when, source, run + link, versions, renditions (sha256 = the lake's bytes),
+    # near-duplicates, history.
+    out = _cli(env2, "lineage", batch, "i0001", "--json")
+    assert out.returncode == 0, out.stderr
+    chain = json.loads(out.stdout)
+    assert chain["uploaded_by"] == "olga" and chain["uploaded_at"]
+    assert [r["processing_version"] for r in chain["runs"]] == [old_version, new_version]
+    [image] = chain["images"]
+    assert image["source"]["sha256"] == hashlib.sha256(services.lake.read(f"raw/{batch}/i0001")).hexdigest()
+    assert image["source"]["raw_path"] == f"raw/{batch}/i0001"
+    assert image["run"]["url"].endswith(f"/runs/{image['run']['run_id']}")
+    assert image["libraries"]["pillow"] and image["libraries"]["libjpeg_turbo"] and image["libraries"]["libwebp"]
+    for r in image["renditions"]:
+        assert hashlib.sha256(services.lake.read(r["path"])).hexdigest() == r["sha256"]
+    assert image["history"][0]["processing_version"] == old_version
+    text = _cli(env2, "lineage", batch, "i0001")
+    assert text.returncode == 0 and "earlier:" in text.stdout and image["run"]["url"] in text.stdout
+    missing = _cli(env2, "lineage", "b-nope")
+    assert missing.returncode == 2 and "no such batch" in missing.stderr and "Traceback" not in missing.stderr
