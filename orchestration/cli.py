@@ -8,6 +8,7 @@
     imgpipe sample DIR
     imgpipe reprocess BATCH... | --since YYYY-MM-DD | --changed  [--dry-run]
     imgpipe lineage BATCH [IMAGE] [--json]
+    imgpipe delete BATCH [--user ID]    imgpipe restore BATCH [--user ID]    imgpipe deleted [--user ID] [--json]
 """
 
 from __future__ import annotations
@@ -211,6 +212,49 @@ def cmd_lineage(args) -> int:
     return 0
 
 
+def cmd_delete(args) -> int:
+    """Delete a batch (soft: restorable for the retention period). Without --user: an operator, any batch."""
+    from orchestration.domain import retention
+
+    try:
+        doc = retention.delete_batch(_services(), args.batch_id, args.user,
+                                     deleted_by=args.user or "operator (imgpipe delete)")
+    except retention.RetentionError as exc:
+        print(f"imgpipe: {exc}", file=sys.stderr)
+        return 2
+    print(f"deleted {args.batch_id}; restorable until {doc['restorable_until'][:19]} "
+          f"(`imgpipe restore {args.batch_id}`)")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from orchestration.domain import retention
+
+    try:
+        doc = retention.restore_batch(_services(), args.batch_id, args.user)
+    except retention.RetentionError as exc:
+        print(f"imgpipe: {exc}", file=sys.stderr)
+        return 2
+    print(f"restored {args.batch_id} ({doc['status']})")
+    return 0
+
+
+def cmd_deleted(args) -> int:
+    from orchestration.domain import retention
+
+    docs = retention.recently_deleted(_services(), args.user)
+    if args.json:
+        print(json.dumps([{k: d.get(k) for k in ("batch_id", "user_id", "deleted_at", "deleted_by", "restorable_until")}
+                          for d in docs], indent=1))
+        return 0
+    if not docs:
+        print("no recently deleted batches")
+    for d in docs:
+        print(f"{d['batch_id']} ({d['user_id']}): deleted {d['deleted_at'][:19]} by {d.get('deleted_by')}, "
+              f"restorable until {d['restorable_until'][:19]}")
+    return 0
+
+
 def cmd_sample(args) -> int:
     from orchestration.devtools.sample import make_sample_batch
 
@@ -265,6 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image_id", metavar="IMAGE", nargs="?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("delete", help="delete a batch (restorable for the retention period, 7 days by default)")
+    p.add_argument("batch_id", metavar="BATCH")
+    p.add_argument("--user", help="the batch's user (checked); without it an operator deletes any batch")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("restore", help="restore a deleted batch, byte for byte, inside the retention period")
+    p.add_argument("batch_id", metavar="BATCH")
+    p.add_argument("--user", help="the batch's user (checked); without it an operator restores any batch")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("deleted", help="recently deleted batches that can still be restored")
+    p.add_argument("--user", help="only this user's")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_deleted)
 
     p = sub.add_parser("sample", help="write the sample batch into a directory")
     p.add_argument("directory")

@@ -23,6 +23,7 @@ from assets.batch import batch_asset_checks, batch_assets
 from orchestration.resources import resources_from_settings
 from orchestration.settings import check_profile, load_settings
 from sensors.batch_sensor import build_batch_sensor, build_failure_sensor
+from sensors.housekeeping import housekeeping_job, housekeeping_schedule
 from sensors.reconcile_sensor import build_reconcile_sensor
 
 process_batch_job = define_asset_job(
@@ -37,7 +38,8 @@ settings = check_profile(load_settings())
 defs = Definitions(
     assets=batch_assets,
     asset_checks=batch_asset_checks,
-    jobs=[process_batch_job],
+    jobs=[process_batch_job, housekeeping_job],
+    schedules=[housekeeping_schedule],
     sensors=[build_batch_sensor(process_batch_job, settings=settings), build_failure_sensor(process_batch_job),
              build_reconcile_sensor(settings=settings)],
     resources=resources_from_settings(settings),

@@ -84,13 +84,15 @@ def items(files: list) -> list[IntakeItem]:
 
 def user_batches(services: Services, user_id: str, limit: int = 50) -> list[dict]:
     """The user's batches, newest first (one partition: batches are partitioned by user)."""
-    return list(services.metadata.query("batches", partition_key=user_id, order_by="created_at", descending=True,
-                                        limit=limit))
+    docs = services.metadata.query("batches", partition_key=user_id, order_by="created_at", descending=True,
+                                   limit=limit + 20)
+    return [d for d in docs if d.get("status") != "deleted"][:limit]  # a deleted batch is gone from pages at once
 
 
 def batch_for_user(services: Services, user_id: str, batch_id: str) -> dict | None:
     """A batch with its images, only if it belongs to ``user_id``; None otherwise (no hint it exists)."""
-    if services.metadata.read("batches", batch_id, user_id) is None:
+    doc = services.metadata.read("batches", batch_id, user_id)
+    if doc is None or doc.get("status") == "deleted":
         return None
     return batch_status(services, batch_id, user_id)
 
@@ -114,6 +116,8 @@ def image_frame(services: Services, user_id: str | None) -> pd.DataFrame:
     where = {"user_id": user_id} if user_id else None
     rows = []
     for d in services.metadata.query("images", where):
+        if d.get("deleted"):
+            continue
         facts = d.get("facts") or {}
         rows.append({
             "user_id": d.get("user_id"),

@@ -95,9 +95,16 @@ class CosmosMetadataStore:
         )
         db = self._client.create_database_if_not_exists(database)
         self._containers = {
-            name: db.create_container_if_not_exists(name, partition_key=PartitionKey(path=f"/{field}"))
+            # default_ttl=-1: items never expire unless they carry a positive ``ttl`` (a deleted batch's
+            # documents do: they expire when the restore period ends). The ARM template sets the same.
+            name: db.create_container_if_not_exists(name, partition_key=PartitionKey(path=f"/{field}"),
+                                                    default_ttl=-1)
             for name, field in PARTITION_KEYS.items()
         }
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Nothing to do: Cosmos DB deletes expired items (per-item ``ttl``) itself, in the background."""
+        return 0
 
     def _container(self, name: str):
         try:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
-from orchestration.ports.lake import DeletedObject, LakeError, ObjectNotFound, normalize_path
+from orchestration.ports.lake import DeletedObject, LakeError, ObjectInfo, ObjectNotFound, normalize_path
 
 
 class AzureLake:
@@ -90,6 +90,13 @@ class AzureLake:
                 continue
             names.append(blob.name)
         return iter(sorted(names))
+
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        start = normalize_path(prefix.rstrip("/")) + "/" if prefix.strip("/") else None
+        infos = [ObjectInfo(b.name, b.size, b.last_modified)
+                 for b in self._container.list_blobs(name_starts_with=start, include=["metadata"])
+                 if (b.metadata or {}).get("hdi_isfolder") != "true"]
+        return iter(sorted(infos, key=lambda i: i.path))
 
     def delete(self, path: str) -> None:
         try:

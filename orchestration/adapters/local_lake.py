@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
-from orchestration.ports.lake import DeletedObject, LakeError, ObjectNotFound, normalize_path
+from orchestration.ports.lake import DeletedObject, LakeError, ObjectInfo, ObjectNotFound, normalize_path
 
 _TRASH = ".deleted"
 
@@ -78,6 +78,16 @@ class LocalLake:
                     continue
                 found.append(Path(dirpath, name).relative_to(self.root).as_posix())
         return iter(sorted(found))
+
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        infos = []
+        for path in self.list(prefix):
+            try:
+                st = self._file(path).stat()
+            except FileNotFoundError:
+                continue
+            infos.append(ObjectInfo(path, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc)))
+        return iter(infos)
 
     def delete(self, path: str) -> None:
         source = self._file(path)

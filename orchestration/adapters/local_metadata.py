@@ -2,11 +2,17 @@
 
 Queries use ``json_extract`` with bound parameters, which gives the same answers as the Cosmos DB
 query the Azure adapter sends for the same filters.
+
+Time to live, as Cosmos DB has it (the container's default TTL is -1: items live until they say
+otherwise): a document with a positive ``ttl`` (seconds) expires ``ttl`` seconds after its last write
+(``_ts``, seconds since the epoch, set on every write) — it is gone from ``read`` and ``query`` at once
+and removed from the file by ``purge_expired`` (Cosmos DB deletes it in the background).
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -35,15 +41,32 @@ CREATE TABLE IF NOT EXISTS documents (
 
 
 class SqliteMetadataStore:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, *, clock=time.time):
         self.path = Path(path)
+        self._clock = clock
         init_db(self.path, _SCHEMA)
 
-    @staticmethod
-    def _stored(doc: Mapping[str, Any], etag: str) -> tuple[dict, str]:
-        body = {k: v for k, v in doc.items() if k != "_etag"}
+    def _stored(self, doc: Mapping[str, Any], etag: str) -> tuple[dict, str]:
+        body = {k: v for k, v in doc.items() if k not in ("_etag", "_ts")}
         body["_etag"] = etag
+        body["_ts"] = int(self._clock())
         return body, json.dumps(body, sort_keys=True, default=str)
+
+    def _live(self, body: dict, now: float | None = None) -> bool:
+        ttl = body.get("ttl")
+        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0:
+            return True
+        return (now if now is not None else self._clock()) < body.get("_ts", 0) + ttl
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Remove documents whose ``ttl`` ran out; returns how many (Cosmos DB does this itself)."""
+        now = self._clock() if now is None else now
+        with connect(self.path, immediate=True) as conn:
+            rows = conn.execute("SELECT container, pk, id, body FROM documents "
+                                "WHERE json_extract(body, '$.ttl') > 0").fetchall()
+            gone = [(r["container"], r["pk"], r["id"]) for r in rows if not self._live(json.loads(r["body"]), now)]
+            conn.executemany("DELETE FROM documents WHERE container=? AND pk=? AND id=?", gone)
+        return len(gone)
 
     def _write(self, container: str, doc: Mapping[str, Any], *, mode: str, if_match: str | None) -> dict:
         pk = partition_value(container, doc)
@@ -82,7 +105,8 @@ class SqliteMetadataStore:
             row = conn.execute(
                 "SELECT body FROM documents WHERE container=? AND pk=? AND id=?", (container, partition_key, id)
             ).fetchone()
-        return json.loads(row["body"]) if row else None
+        body = json.loads(row["body"]) if row else None
+        return body if body is not None and self._live(body) else None
 
     def delete(self, container: str, id: str, partition_key: str) -> bool:
         with connect(self.path, immediate=True) as conn:
@@ -124,4 +148,5 @@ class SqliteMetadataStore:
             params.append(int(limit))
         with connect(self.path) as conn:
             rows = conn.execute(" ".join(sql), params).fetchall()
-        return iter([json.loads(r["body"]) for r in rows])
+        now = self._clock()
+        return iter([b for b in (json.loads(r["body"]) for r in rows) if self._live(b, now)])

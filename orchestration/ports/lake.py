@@ -34,6 +34,13 @@ class InvalidPath(LakeError, ValueError):
 
 
 @dataclass(frozen=True)
+class ObjectInfo:
+    path: str
+    size: int
+    modified_at: datetime  # last write (the blob's Last-Modified), timezone-aware
+
+
+@dataclass(frozen=True)
 class DeletedObject:
     path: str
     deletion_id: str
@@ -72,6 +79,9 @@ class Lake(Protocol):
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Paths of live objects under ``prefix`` (a directory path or ''), recursively, sorted."""
+
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Like ``list``, with each object's size and last-modified time (lifecycle rules use the age)."""
 
     def delete(self, path: str) -> None:
         """Soft-delete the object; ``ObjectNotFound`` when there is none."""

@@ -6,6 +6,8 @@ Cosmos DB semantics, kept small:
 - every stored document carries a server-made ``_etag``; ``replace``/``upsert`` with ``if_match``
   fail with ``PreconditionFailed`` when the stored etag differs (optimistic concurrency);
 - ``read`` of a missing document returns ``None`` (never a crash);
+- a document with a positive ``ttl`` (seconds) expires that long after its last write, as with Cosmos
+  DB's per-item time to live (containers have default TTL -1);
 - ``query`` takes *parameterized* equality filters, an optional ORDER BY and a limit. That subset maps
   one-to-one onto ``SELECT * FROM c WHERE c.f = @p0 ... ORDER BY c.o OFFSET 0 LIMIT n`` in Cosmos and
   onto ``json_extract`` in SQLite; values are always bound as parameters, never spliced into text.
@@ -77,6 +79,10 @@ class MetadataStore(Protocol):
 
     def delete(self, container: str, id: str, partition_key: str) -> bool:
         """Delete; ``False`` when there was nothing to delete."""
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Remove documents whose ``ttl`` (seconds after their last write) ran out; they are already
+        invisible to ``read`` and ``query``. A no-op in Cosmos DB, which purges by itself."""
 
     def query(
         self,

@@ -97,3 +97,16 @@ def test_retention_expiry_and_purge(lake, clock):
 def test_delete_missing_raises(lake):
     with pytest.raises(ObjectNotFound):
         lake.delete("never/was")
+
+
+def test_list_info_gives_size_and_last_write_time(lake):
+    from datetime import datetime, timedelta, timezone
+
+    before = datetime.now(timezone.utc) - timedelta(seconds=5)
+    lake.write("info/a.bin", b"12345")
+    lake.write("info/sub/b.bin", b"")
+    infos = {i.path: i for i in lake.list_info("info/")}
+    assert sorted(infos) == ["info/a.bin", "info/sub/b.bin"]
+    assert infos["info/a.bin"].size == 5 and infos["info/sub/b.bin"].size == 0
+    after = datetime.now(timezone.utc) + timedelta(seconds=5)
+    assert all(before <= i.modified_at <= after for i in infos.values())

@@ -98,3 +98,19 @@ def test_query_refuses_injection_in_field_names(metadata_store):
         list(metadata_store.query("batches", {"status') OR 1=1 --": "x"}))
     with pytest.raises(ValueError):
         list(metadata_store.query("batches", order_by="n; DROP TABLE documents"))
+
+
+def test_a_document_with_a_ttl_expires_after_its_last_write(metadata_store):
+    """Cosmos DB's per-item time to live (container default -1): a positive ``ttl`` makes the document
+    disappear from reads and queries that many seconds after its last write; others stay."""
+    import time
+
+    metadata_store.upsert("batches", _batch(1, ttl=1))
+    metadata_store.upsert("batches", _batch(2))
+    metadata_store.upsert("batches", _batch(3, ttl=-1))  # -1: never
+    assert metadata_store.read("batches", "b1", "alice") is not None
+    time.sleep(2.5)
+    assert metadata_store.read("batches", "b1", "alice") is None
+    assert sorted(d["id"] for d in metadata_store.query("batches", partition_key="alice")) == ["b2", "b3"]
+    metadata_store.purge_expired()
+    assert metadata_store.read("batches", "b2", "alice") is not None

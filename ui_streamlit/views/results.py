@@ -6,8 +6,9 @@ import time
 import streamlit as st
 
 from ui_streamlit import data
+from orchestration.domain import retention
 from orchestration.wiring import build_user_follower
-from ui_streamlit.session import current_user, services
+from ui_streamlit.session import current_is_operator, current_user, services
 
 svc = services()
 user = current_user()
@@ -75,6 +76,39 @@ def _gallery(status: dict) -> None:
                 st.info(f"{data.plain(img['name'])}: waiting", icon=":material/hourglass_empty:")
 
 
+def _forget(batch_id: str) -> None:
+    view = st.session_state.get(f"results-view-{user}")
+    if view:
+        view["ids"] = None
+        view["statuses"].pop(batch_id, None)
+
+
+def _delete(batch_id: str) -> None:
+    try:
+        doc = retention.delete_batch(svc, batch_id, user, deleted_by=user)
+    except retention.RetentionError as exc:
+        st.session_state["results-flash"] = ("error", str(exc))
+        return
+    _forget(batch_id)
+    st.session_state["results-flash"] = ("success", f"Deleted {batch_id}. You can restore it until "
+                                                    f"{doc['restorable_until'][:10]} under Recently deleted.")
+
+
+def _restore(batch_id: str, owner: str | None) -> None:
+    try:
+        retention.restore_batch(svc, batch_id, owner)
+    except retention.RetentionError as exc:
+        st.session_state["results-flash"] = ("error", str(exc))
+        return
+    _forget(batch_id)
+    st.session_state["results-flash"] = ("success", f"Restored {batch_id}.")
+
+
+flash = st.session_state.pop("results-flash", None)
+if flash:
+    (st.success if flash[0] == "success" else st.error)(data.plain(flash[1]))
+
+
 # What the page has read from the store, per session and user. A refresh re-reads only what an event
 # says changed (or, with live updates down, everything shown every STALE_AFTER seconds): the cost of
 # a refresh does not grow with the number of batches or images shown.
@@ -122,6 +156,30 @@ def live() -> None:
                 st.error(data.plain(status["error"]))
             if n == 0 or st.toggle("Show images", key=f"open-{status['batch_id']}"):
                 _gallery(status)
+            st.button("Delete batch", key=f"del-{status['batch_id']}", icon=":material/delete:",
+                      on_click=_delete, args=(status["batch_id"],),
+                      help="Hidden at once; restorable for the retention period under Recently deleted.")
 
 
 live()
+
+
+def _deleted_list(docs: list[dict], *, for_operator: bool) -> None:
+    for d in docs:
+        title = data.plain((d.get("metadata") or {}).get("title") or d["batch_id"])
+        who = f" · user {d['user_id']}" if for_operator else ""
+        st.write(f"**{title}** ({d['batch_id']}{who}) — deleted {d['deleted_at'][:16].replace('T', ' ')}, "
+                 f"restorable until {d['restorable_until'][:10]}")
+        st.button("Restore", key=f"restore-{d['batch_id']}", icon=":material/restore_from_trash:",
+                  on_click=_restore, args=(d["batch_id"], None if for_operator else user))
+
+
+mine = retention.recently_deleted(svc, user)
+with st.expander(f"Recently deleted ({len(mine)})"):
+    if not mine:
+        st.caption("Nothing deleted recently.")
+    _deleted_list(mine, for_operator=False)
+if current_is_operator():
+    everyone = [d for d in retention.recently_deleted(svc, None) if d["user_id"] != user]
+    with st.expander(f"Recently deleted, all users ({len(everyone)}) — operators"):
+        _deleted_list(everyone, for_operator=True)

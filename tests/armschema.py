@@ -1,0 +1,51 @@
+"""Validate ARM template resources offline against Azure's published resource schemas
+(../shared/arm-schemas: Azure/azure-resource-manager-schemas, MIT). Each resource ``{type, apiVersion}``
+validates (JSON Schema draft 4) against ``schemas/<apiVersion>/<Namespace>.json#/resourceDefinitions/<a_b>``;
+``https://schema.management.azure.com/schemas/...`` references resolve to the files in that folder."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT4
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "arm-schemas" / "schemas"
+BASE = "https://schema.management.azure.com/schemas/"
+
+
+def available() -> bool:
+    return SCHEMAS.is_dir()
+
+
+@lru_cache(maxsize=None)
+def _load(relative: str) -> dict:
+    return json.loads((SCHEMAS / relative).read_text())
+
+
+def _retrieve(uri: str) -> Resource:
+    if not uri.startswith(BASE):
+        raise LookupError(f"only Azure's schemas resolve offline, not {uri}")
+    return Resource.from_contents(_load(uri[len(BASE):]), default_specification=DRAFT4)
+
+
+_REGISTRY = Registry(retrieve=_retrieve)
+
+
+def resource_errors(resource: dict) -> list[str]:
+    """Schema errors of one ARM resource (``dependsOn`` and nested ``resources`` are not part of it)."""
+    namespace, _, rest = resource["type"].partition("/")
+    key = rest.replace("/", "_")
+    relative = f"{resource['apiVersion']}/{namespace}.json"
+    if not (SCHEMAS / relative).is_file():
+        return [f"no published schema {relative} for {resource['type']}"]
+    if key not in _load(relative).get("resourceDefinitions", {}):
+        return [f"{relative} has no resource definition {key}"]
+    body = {k: v for k, v in resource.items() if k not in ("dependsOn", "resources", "condition", "copy")}
+    validator = jsonschema.Draft4Validator({"$ref": f"{BASE}{relative}#/resourceDefinitions/{key}"},
+                                           registry=_REGISTRY)
+    return [f"{resource['type']} {resource.get('name')}: {'/'.join(map(str, e.absolute_path))}: {e.message[:300]}"
+            for e in validator.iter_errors(body)]
