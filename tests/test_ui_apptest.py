@@ -212,7 +212,7 @@ def test_user_text_is_shown_as_text(env, settings):
                          user_id=uid(ALICE_PLUS), metadata={"title": evil_title}).batch_id
     _process(settings, batch)
     at = _app(ALICE_PLUS, "views/results.py")
-    [label] = [e.label for e in at.expander]
+    [label] = [e.label for e in at.expander if not e.label.startswith("Recently deleted")]
     unescaped = re.compile(r"(?<!\\)(\]\(|<img|:material)")  # a link, an HTML tag or an icon code, live
     assert not unescaped.search(label)
     assert "\\[click me\\]\\(https" in label and "\\<img" in label  # escaped: shown as typed
@@ -280,3 +280,24 @@ def test_a_results_refresh_costs_the_same_however_many_images_are_shown(env, set
         at.run()
     assert metadata.calls == 0 and lake.calls == 0, (metadata.calls, lake.calls)
     assert first_lake <= images  # one thumbnail read per processed image, downloads read only on click
+
+
+def test_delete_from_the_page_hides_the_batch_and_restore_brings_it_back(env, settings):
+    batch = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS),
+                         metadata={"title": "Binned"}).batch_id
+    _process(settings, batch)
+    at = _app(ALICE_PLUS, "views/results.py")
+    assert any("Binned" in e.label for e in at.expander)
+    _button(at, "Delete batch").click().run()
+    assert any("Deleted" in s.value and "restore" in s.value for s in at.success)
+    assert not any("Binned" in e.label for e in at.expander)
+    assert any(e.label == "Recently deleted (1)" for e in at.expander)
+    assert data.batch_for_user(env, uid(ALICE_PLUS), batch) is None
+    other = _app(ALICE_DASH, "views/results.py")  # someone else: nothing to see or restore
+    assert any(e.label == "Recently deleted (0)" for e in other.expander)
+    ops = _app(OPS, "views/results.py")  # an operator sees everyone's
+    assert any("all users (1)" in e.label for e in ops.expander)
+    _button(at, "Restore").click().run()
+    assert any(f"Restored {batch}" in s.value.replace("\\", "") for s in at.success)  # shown as plain text
+    assert any("Binned" in e.label for e in at.expander)
+    assert data.batch_for_user(env, uid(ALICE_PLUS), batch)["status"] == "completed"

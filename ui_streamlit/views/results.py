@@ -77,6 +77,7 @@ def _gallery(status: dict) -> None:
 
 
 def _forget(batch_id: str) -> None:
+    st.session_state.pop(f"deleted-{user}", None)
     view = st.session_state.get(f"results-view-{user}")
     if view:
         view["ids"] = None
@@ -174,12 +175,16 @@ def _deleted_list(docs: list[dict], *, for_operator: bool) -> None:
                   on_click=_restore, args=(d["batch_id"], None if for_operator else user))
 
 
-mine = retention.recently_deleted(svc, user)
+# Read once per session (and after this session deletes or restores), not on every rerun.
+if f"deleted-{user}" not in st.session_state:
+    st.session_state[f"deleted-{user}"] = (
+        retention.recently_deleted(svc, user),
+        [d for d in retention.recently_deleted(svc, None) if d["user_id"] != user] if current_is_operator() else [])
+mine, everyone = st.session_state[f"deleted-{user}"]
 with st.expander(f"Recently deleted ({len(mine)})"):
     if not mine:
         st.caption("Nothing deleted recently.")
     _deleted_list(mine, for_operator=False)
 if current_is_operator():
-    everyone = [d for d in retention.recently_deleted(svc, None) if d["user_id"] != user]
     with st.expander(f"Recently deleted, all users ({len(everyone)}) — operators"):
         _deleted_list(everyone, for_operator=True)
