@@ -204,6 +204,7 @@ def image_documents(manifest: BatchManifest, outcomes: Iterable[dict], run_id: s
             "libraries": o.get("libraries") or libraries,
             "dagster_run_id": run_id,
             "processed_at": now,
+            "processed_day": now[:10],  # the BI export's daily partition (an indexed equality filter)
             "history": _history(previous.get(o["image_id"]), run_id),
         }
         for o in outcomes

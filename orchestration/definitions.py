@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
+from assets.analytics import bi_export_job, bi_export_schedule, image_facts_daily
 from assets.batch import batch_asset_checks, batch_assets
 from orchestration.resources import resources_from_settings
 from orchestration.settings import check_profile, load_settings
@@ -36,10 +37,10 @@ process_batch_job = define_asset_job(
 settings = check_profile(load_settings())
 
 defs = Definitions(
-    assets=batch_assets,
+    assets=[*batch_assets, image_facts_daily],
     asset_checks=batch_asset_checks,
-    jobs=[process_batch_job, housekeeping_job],
-    schedules=[housekeeping_schedule],
+    jobs=[process_batch_job, housekeeping_job, bi_export_job],
+    schedules=[housekeeping_schedule, bi_export_schedule],
     sensors=[build_batch_sensor(process_batch_job, settings=settings), build_failure_sensor(process_batch_job),
              build_reconcile_sensor(settings=settings)],
     resources=resources_from_settings(settings),

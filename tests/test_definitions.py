@@ -30,16 +30,18 @@ def test_asset_graph_snapshot():
     Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"raw_images", "renditions", "image_documents", "result_events"}
+    assert keys == {"raw_images", "renditions", "image_documents", "result_events", "image_facts_daily"}
     parents = {k: {p.to_user_string() for p in graph.get(AssetKey(k)).parent_keys} for k in keys}
     assert parents == {
         "raw_images": set(),
         "renditions": {"raw_images"},
         "image_documents": {"renditions"},
         "result_events": {"image_documents"},
+        "image_facts_daily": set(),  # reads the store's documents of a day, not a batch partition
     }
-    for key in keys:
+    for key in keys - {"image_facts_daily"}:
         assert graph.get(AssetKey(key)).partitions_def.name == "batches"
+    assert type(graph.get(AssetKey("image_facts_daily")).partitions_def).__name__ == "DailyPartitionsDefinition"
     checks = {c.name for c in graph.asset_check_keys}
     assert checks == {"renditions_exist_and_decode", "every_image_accounted_for"}
     job = defs.resolve_job_def("process_batch")

@@ -113,11 +113,15 @@ def _alive_run_worker(pid: int | None, home: Path) -> bool:
     DAGSTER_HOME in its environment — which also keeps a reused pid from passing for it."""
     if not pid:
         return False
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return f"DAGSTER_HOME={home}".encode() in environ
+    for attempt in range(5):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            return False
+        if environ:  # empty while the process is in exec() (or a zombie): look again shortly
+            return f"DAGSTER_HOME={home}".encode() in environ.split(b"\0")
+        time.sleep(0.05)
+    return False
 
 
 def _worker_pid(instance, run_id: str) -> int | None:
