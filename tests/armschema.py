@@ -35,16 +35,27 @@ def _retrieve(uri: str) -> Resource:
 _REGISTRY = Registry(retrieve=_retrieve)
 
 
-def resource_errors(resource: dict) -> list[str]:
-    """Schema errors of one ARM resource (``dependsOn`` and nested ``resources`` are not part of it)."""
+def schema_of(resource: dict) -> tuple[str | None, str]:
+    """(schema file relative to SCHEMAS, resource definition key), or (None, key) when the snapshot has none.
+    A namespace's definitions may be split over files (Microsoft.ContainerService.Aks.json)."""
     namespace, _, rest = resource["type"].partition("/")
     key = rest.replace("/", "_")
-    relative = f"{resource['apiVersion']}/{namespace}.json"
-    if not (SCHEMAS / relative).is_file():
-        return [f"no published schema {relative} for {resource['type']}"]
-    if key not in _load(relative).get("resourceDefinitions", {}):
-        return [f"{relative} has no resource definition {key}"]
-    body = {k: v for k, v in resource.items() if k not in ("dependsOn", "resources", "condition", "copy")}
+    folder = SCHEMAS / resource["apiVersion"]
+    for path in sorted(folder.glob(f"{namespace}*.json")) if folder.is_dir() else ():
+        relative = f"{resource['apiVersion']}/{path.name}"
+        if path.stem != namespace and not path.stem.startswith(namespace + "."):
+            continue
+        if key in _load(relative).get("resourceDefinitions", {}):
+            return relative, key
+    return None, key
+
+
+def resource_errors(resource: dict) -> list[str]:
+    """Schema errors of one ARM resource (``dependsOn`` and nested ``resources`` are not part of it)."""
+    relative, key = schema_of(resource)
+    if relative is None:
+        return [f"no published schema for {resource['type']} {resource['apiVersion']}"]
+    body = {k: v for k, v in resource.items() if k not in ("dependsOn", "resources", "condition", "copy", "metadata")}
     validator = jsonschema.Draft4Validator({"$ref": f"{BASE}{relative}#/resourceDefinitions/{key}"},
                                            registry=_REGISTRY)
     return [f"{resource['type']} {resource.get('name')}: {'/'.join(map(str, e.absolute_path))}: {e.message[:300]}"
