@@ -383,8 +383,9 @@ def test_the_image_builds_serves_the_code_location_and_the_web_app():
     names_run = []
     try:
         grpc_port, web_port = free_port(), free_port()
-        # Read-only root filesystem and a writable /tmp, as the Helm values and manifests run it.
-        common = ["run", "-d", "--network", "host", "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/opt/dagster/dagster_home"]
+        # Read-only root filesystem with writable /tmp and DAGSTER_HOME (volumes that keep the image's
+        # ownership: this Docker ignores tmpfs modes), as the Helm values and manifests run it.
+        common = ["run", "-d", "--network", "host", "--read-only", "-v", "/tmp", "-v", "/opt/dagster/dagster_home"]
         name = f"imgpipe-grpc-{grpc_port}"
         _docker(*common, "--name", name, tag, "dagster", "api", "grpc", "-h", "127.0.0.1", "-p", str(grpc_port),
                 "-m", "orchestration.definitions")
