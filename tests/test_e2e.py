@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -344,6 +345,71 @@ def test_a_killed_stack_resumes_its_batch_after_a_restart(tmp_path):
         with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
             runs = [r.dagster_run for r in instance.get_run_records(filters=RunsFilter(tags={"dagster/partition": batch}))]
         assert sorted(r.status.value for r in runs) == [DagsterRunStatus.FAILURE.value, DagsterRunStatus.SUCCESS.value]
+    finally:
+        for p in (proc, second):
+            if p is not None and p.poll() is None:
+                os.kill(p.pid, signal.SIGINT)
+                p.communicate(timeout=60)
+
+
+def test_ctrl_c_with_a_batch_in_flight_and_a_restart_complete_the_batch_once(tmp_path):
+    """The documented way to stop the stack (Ctrl-C = SIGINT to `imgpipe dev`) while a batch is in its
+    renditions step: the stack stops, and the next `imgpipe dev` on the same data dir completes the batch
+    — once (one document and one rendition set per image, each event id once) — with no one stepping in."""
+    from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
+
+    env = _local_env(tmp_path, IMGPIPE_WORKERS="1")
+    proc = _start(env, "--no-sample")
+    second = None
+    try:
+        _wait_for_line(proc, "Press Ctrl-C", timeout=180)
+        settings = _settings_from(env)
+        services = wiring.services(settings)
+        photos = [IntakeItem.from_bytes(f"p{i}.jpg", jpeg_bytes(synthetic_photo(2400, 1600, i * 20, str(i))))
+                  for i in range(24)]
+        batch = upload_batch(services, photos, user_id="erin").batch_id
+        deadline = time.monotonic() + 120
+        while not list(services.metadata.query("images", partition_key=batch)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert batch_status(services, batch, "erin")["status"] == "processing"
+        os.kill(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+        assert not _stack_children(proc.pid)
+
+        from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+        restarted_at = time.time()
+        second = _start(env, "--no-sample")
+        _wait_for_line(second, "Press Ctrl-C", timeout=180)
+        deadline = time.monotonic() + 240
+        while batch_status(services, batch, "erin")["status"] != "completed" and time.monotonic() < deadline:
+            time.sleep(1)
+        assert batch_status(services, batch, "erin")["status"] == "completed"
+        docs = list(services.metadata.query("images", partition_key=batch))
+        assert len(docs) == 24 and len({d["id"] for d in docs}) == 24
+        assert len(list(services.lake.list(f"processed/{batch}"))) == 24 * 6 + 1
+        with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+            runs = [r.dagster_run for r in instance.get_run_records(filters=RunsFilter(tags={"dagster/partition": batch}))]
+        statuses = [r.status for r in runs]
+        assert statuses.count(DagsterRunStatus.SUCCESS) == 1, statuses  # never two successful runs
+        doc = services.metadata.read("batches", batch, "erin")
+        finished_by_restart = doc["completed_at"] > datetime.fromtimestamp(restarted_at, timezone.utc).isoformat()
+        # Either the stop let the run finish (Ctrl-C stops the code server last but one, after the webserver
+        # and daemon, and waits for it), or the restarted stack resumed it through a run retry. In the second
+        # case its broker (in memory) has the resumed run's events, each once, ending with batch.completed.
+        if finished_by_restart:
+            reader = build_reader(settings)
+            try:
+                events = [e for _, e in reader.follow(
+                    lambda k, e: e.get("batch_id") == batch and e["type"] == "batch.completed", timeout_seconds=30)
+                    if e.get("batch_id") == batch]
+            finally:
+                reader.close()
+            ids = [e["event_id"] for e in events]
+            assert len(ids) == len(set(ids)) and ids[-1].startswith(f"{batch}:completed")
+        else:
+            assert statuses == [DagsterRunStatus.SUCCESS]
     finally:
         for p in (proc, second):
             if p is not None and p.poll() is None:
