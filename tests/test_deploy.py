@@ -271,6 +271,8 @@ def test_the_run_pod_gets_its_own_resources_identity_and_no_secret_literal(tmp_p
     assert pod["spec"]["nodeSelector"] == {"imgpipe.io/pool": "runs"}
     assert pod["spec"]["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
     assert job["spec"]["backoffLimit"] == 0
+    egress = next(d for d in _manifests() if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "run-pods-egress")
+    assert egress["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()  # it applies
 
     # The check catches what it is for: with the chart's default includeConfigInLaunchedRuns (as in the
     # values before this fix) the code server's container context wins and the run gets its resources.
