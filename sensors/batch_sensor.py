@@ -71,7 +71,10 @@ from orchestration.ports.queue import BatchQueue, MessageLockLost, ReceivedMessa
 from orchestration.ports.signal import Signal
 from orchestration.settings import load_settings
 
-RECEIVE_BATCH = 20
+# Messages received per tick. The daemon ticks at most every 5 s, so a burst of uploads waits for ticks:
+# at 20 per tick 50 simultaneous uploads took 3 ticks to become runs (bench/load.py: upload → run p50 15 s).
+# 100 drains such a burst in one tick; their locks (60 s) outlast creating 100 runs from 4 threads.
+RECEIVE_BATCH = 100
 INVALID_MANIFEST = "InvalidManifest"
 RUN_KEY_TAG = "dagster/run_key"
 
