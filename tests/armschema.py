@@ -1,5 +1,5 @@
 """Validate ARM template resources offline against Azure's published resource schemas
-(../shared/arm-schemas: Azure/azure-resource-manager-schemas, MIT). Each resource ``{type, apiVersion}``
+(Azure/azure-resource-manager-schemas, MIT; the versions used are copied to tests/data/arm-schemas). Each resource ``{type, apiVersion}``
 validates (JSON Schema draft 4) against ``schemas/<apiVersion>/<Namespace>.json#/resourceDefinitions/<a_b>``;
 ``https://schema.management.azure.com/schemas/...`` references resolve to the files in that folder."""
 
@@ -13,7 +13,9 @@ import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "arm-schemas" / "schemas"
+# A copy of the schemas the template uses is kept with the tests (tests/data/README.md), so the check runs
+# on any fresh clone.
+SCHEMAS = Path(__file__).resolve().parent / "data" / "arm-schemas" / "schemas"
 BASE = "https://schema.management.azure.com/schemas/"
 
 

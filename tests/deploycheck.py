@@ -24,7 +24,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT.parent / "shared" / "dagster-chart" / "dagster"
+CHART = ROOT / "tests" / "data" / "dagster-chart" / "dagster"  # the official chart, copied (tests/data/README.md)
 SUBCHART = CHART / "charts" / "dagster-user-deployments"
 K8S_VERSION = "1.33.0"
 
