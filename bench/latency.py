@@ -3,8 +3,9 @@
     python bench/latency.py [--runs 5] [--sizes 1 20 200] [--pixels 1600x1200] [--out bench/results/latency.json]
 
 Starts `imgpipe dev --no-sample` (Kafka broker + Dagster webserver + daemon) in a fresh data dir, then for
-each batch size uploads `--runs` batches one after another and times, from the moment `upload_batch`
-is called: the first event of that batch on Kafka and the batch-complete event.
+each batch size uploads `--runs` batches one after another (each after a random 0-5 s pause, so samples
+are not phase-locked to the sensor daemon's 5 s loop) and times, from the moment `upload_batch` is
+called: the first event of that batch on Kafka and the batch-complete event.
 
 Baseline, in the same run and on the same machine: the same batches through the same assets with
 Dagster's `materialize` in this process (no sensor, no run queue, no run worker start), i.e. the cost of
@@ -67,9 +68,17 @@ def run_stack(settings, sizes, runs, items_by_size) -> dict:
         services = wiring.services(settings)
         reader = build_reader(settings)
         out = {}
+        # Dagster's sensor daemon loops every 5 s. Uploading right after the previous batch completed would
+        # phase-lock every sample to that loop (a batch that takes ~10 s always arrives at the same point of
+        # it), so each upload waits a random 0-5 s first (seeded): the samples then spread over the loop's
+        # phase as real uploads do, and their median is the expected latency, not one phase's.
+        import random
+
+        rng = random.Random(20261126)
         for n in sizes:
             first, complete = [], []
             for r in range(runs):
+                time.sleep(rng.uniform(0.0, 5.0))
                 t0 = time.perf_counter()
                 batch = upload_batch(services, items_by_size[n], user_id="bench").batch_id
                 t_first = None
