@@ -402,7 +402,8 @@ def test_the_image_builds_serves_the_code_location_and_the_web_app():
 
         web = f"imgpipe-web-{web_port}"
         _docker(*common, "--name", web, tag, "streamlit", "run", "ui_streamlit/app.py", f"--server.port={web_port}",
-                "--server.address=127.0.0.1", "--server.headless=true", "--browser.gatherUsageStats=false")
+                "--server.address=127.0.0.1", "--server.headless=true", "--browser.gatherUsageStats=false",
+                "--runner.magicEnabled=false")
         names_run.append(web)
         import urllib.request
 

@@ -42,6 +42,18 @@ def uid(p: dict) -> str:
     return opaque_user_id(p["iss"], p["sub"])
 
 
+@pytest.fixture(autouse=True)
+def _no_magic(monkeypatch):
+    """The app runs with `runner.magicEnabled` off, as `imgpipe dev` and the AKS Deployment start it
+    (orchestration/devtools/webstack.py says why). With magic on, every page compile calls ast.parse, which on
+    CPython 3.11 fails at random when another thread parses at the same time (this suite failed once that way)."""
+    from streamlit import config
+    before = config.get_option("runner.magicEnabled")
+    config.set_option("runner.magicEnabled", False)
+    yield
+    config.set_option("runner.magicEnabled", before)
+
+
 @pytest.fixture
 def env(monkeypatch, settings):
     for key, value in {"IMGPIPE_DATA_DIR": str(settings.data_dir), "IMGPIPE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -63,6 +75,20 @@ def _app(who: dict | None, page: str | None = None, **query) -> AppTest:
     if page:
         at.switch_page(page).run()
     return at
+
+
+def test_no_page_is_compiled_with_magic(env, monkeypatch):
+    """Every page compiles without Streamlit's magic (see _no_magic) and still renders: nothing relied on it."""
+    from streamlit.runtime.scriptrunner import magic
+
+    used = []
+    real = magic.add_magic
+    monkeypatch.setattr(magic, "add_magic", lambda code, path: used.append(path) or real(code, path))
+    for page in ("views/upload.py", "views/results.py", "views/stats.py"):
+        at = _app(ALICE_PLUS, page)
+        assert not at.exception, (page, at.exception)
+        assert at.title or at.header or at.subheader or at.markdown, page
+    assert used == []
 
 
 def _button(at, label):

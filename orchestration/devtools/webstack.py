@@ -89,6 +89,11 @@ def web_command(settings: Settings, secrets_file: Path) -> list[str]:
             # whoever sends them (a session that has not signed in included).
             "--server.maxUploadSize", str(max_upload_mb(settings)),
             "--server.enableXsrfProtection", "true",
+            # No "magic" (bare expressions written to the page): it runs ast.parse on each page's source, and
+            # CPython 3.11's AST conversion is not thread-safe (python/cpython#106905: "SystemError: AST
+            # constructor recursion depth mismatch" when another thread parses at the same moment, e.g. a
+            # traceback being formatted). Plain compile() takes no such path. deploy/k8s/webapp.yaml agrees.
+            "--runner.magicEnabled", "false",
             "--secrets.files", str(secrets_file)]
 
 
