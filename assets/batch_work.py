@@ -20,7 +20,7 @@ from assets.core.pool import Outcome, WorkerPool
 from orchestration.domain.manifest import BatchManifest, ManifestImage, manifest_path, outcomes_path, rendition_path
 from orchestration.ports.lake import Lake
 from orchestration.ports.metadata import MetadataStore
-from orchestration.ports.results import EVENT_BATCH_COMPLETED, EVENT_IMAGE_PROCESSED, EVENT_IMAGE_REJECTED
+from orchestration.ports.results import EVENT_BATCH_COMPLETED, EVENT_IMAGE_PROCESSED, EVENT_IMAGE_REJECTED, ResultStream
 
 def load_manifest(lake: Lake, batch_id: str) -> BatchManifest:
     return BatchManifest.model_validate_json(lake.read(manifest_path(batch_id)))
@@ -298,6 +298,40 @@ def record_sent(store: MetadataStore, manifest: BatchManifest, event_ids: Iterab
     doc = store.read("batches", manifest.batch_id, manifest.user_id) or {
         "id": manifest.batch_id, "batch_id": manifest.batch_id, "user_id": manifest.user_id}
     store.upsert("batches", {**doc, SENT_FIELD: sorted(set(doc.get(SENT_FIELD) or ()) | set(ids))})
+
+
+def replay_events(store: MetadataStore, lake: Lake, results: ResultStream, *, since: datetime) -> int:
+    """Publish again the events of every batch created since ``since`` that is not deleted, rebuilt from its
+    documents (the store is the source of truth; events are derived from it): one per image document, and
+    batch.completed once the batch is completed. For a broker that lost its log — the local one keeps it in
+    memory, so a kill or a restart of the stack empties it.
+
+    Every event is derived from a document written *before* the event is published (renditions streams
+    each image's event after storing its document; result_events marks the batch completed before
+    announcing it), so whatever the lost broker had acknowledged is rebuilt here, including what a run had
+    not yet recorded in ``events_sent``. What a run publishes meanwhile may go out twice, never zero times;
+    ids are deterministic and consumers drop the copies. Returns the events published."""
+    published = 0
+    cutoff = since.isoformat()
+    for batch in store.query("batches", order_by="created_at"):
+        if batch.get("status") == "deleted" or str(batch.get("created_at", "")) < cutoff:
+            continue
+        docs = sorted((d for d in store.query("images", partition_key=batch["batch_id"]) if not d.get("deleted")),
+                      key=lambda d: d["image_id"])
+        if not docs:
+            continue  # not processed yet: its run sends everything
+        try:
+            manifest = load_manifest(lake, batch["batch_id"])
+        except Exception:  # the raw upload is gone (lifecycle, purge): nothing to rebuild from
+            continue
+        events = result_events(manifest, docs)
+        if batch.get("status") != "completed":
+            events = events[:-1]  # batch.completed is its run's to announce
+        for event in events:
+            results.publish(manifest.user_id, event)
+            published += 1
+    results.flush()
+    return published
 
 
 def check_renditions(lake: Lake, batch_id: str) -> tuple[int, list[str]]:

@@ -253,3 +253,44 @@ def test_the_rendition_check_catches_edited_and_broken_renditions(instance, sett
     checked, problems = batch_work.check_renditions(services.lake, batch)
     assert any(large["path"] in p and "sha256" in p for p in problems)
     assert any(thumb["path"] in p for p in problems)
+
+
+def test_a_broker_that_lost_its_log_gets_every_event_back_from_the_documents(instance, settings, uploaded, tmp_path):
+    """The local broker keeps its log in memory: after it restarts, `imgpipe dev` publishes every event again,
+    rebuilt from the documents — the same events as the run sent, batch.completed last (consumers dedupe by
+    id) — including those a run had not yet recorded as acknowledged; nothing for a deleted batch or one
+    created before the window, and no batch.completed for a batch whose run is still going."""
+    from datetime import datetime, timedelta, timezone
+
+    from assets.batch_work import SENT_FIELD, replay_events
+    from orchestration.domain.retention import delete_batch
+
+    services, upload = uploaded
+    sent = _Recorder()
+    assert _run(instance, settings, upload.batch_id, results=sent).success
+    assert len(sent.events) == 8
+    deleted = upload_batch(services, [IntakeItem.from_path(p) for p in make_sample_batch(tmp_path / "d")],
+                           user_id="bob").batch_id
+    assert _run(instance, settings, deleted, results=_Recorder()).success
+    delete_batch(services, deleted, "bob", deleted_by="bob")
+    waiting = upload_batch(services, [IntakeItem.from_path(p) for p in make_sample_batch(tmp_path / "n")],
+                           user_id="carol").batch_id  # received, no run yet: nothing to give back
+    week_ago = datetime.now(timezone.utc) - timedelta(days=7)
+
+    replayed = _Recorder()
+    assert replay_events(services.metadata, services.lake, replayed, since=week_ago) == 8
+    by_id = lambda events: sorted(events, key=lambda e: e["event_id"])  # noqa: E731
+    assert by_id(replayed.events) == by_id(sent.events)
+    assert replayed.events[-1]["type"] == "batch.completed"
+    assert waiting not in {e["batch_id"] for e in replayed.events}
+
+    # A run still going (killed with the broker, say): the events of the images it stored, acknowledged or
+    # not (the run's own record of them, events_sent, may lag behind the broker), and no batch.completed.
+    doc = services.metadata.read("batches", upload.batch_id, "alice")
+    services.metadata.upsert("batches", {**doc, "status": "processing", SENT_FIELD: []})
+    midway = _Recorder()
+    assert replay_events(services.metadata, services.lake, midway, since=week_ago) == 7
+    assert {e["type"] for e in midway.events} == {"image.processed", "image.rejected"}
+    # Batches created before the window are left out.
+    assert replay_events(services.metadata, services.lake, _Recorder(),
+                         since=datetime.now(timezone.utc) + timedelta(minutes=1)) == 0

@@ -201,29 +201,41 @@ def test_readme_command_runs_the_sample_batch(stack_env):
 
 
 def test_a_killed_broker_is_restarted_and_batches_still_complete(tmp_path):
-    """The stack supervises its children: kill -9 the Kafka broker, the stack restarts it and says so, and
-    a batch uploaded afterwards comes out on Kafka."""
+    """The stack supervises its children: kill -9 the Kafka broker, the stack restarts it and says so; the
+    events of a batch completed before the kill are on the new broker again (it keeps its log in memory:
+    the stack republishes them from the documents), and a batch uploaded afterwards comes out on Kafka."""
     kafka_port, web_port = kafka_broker.free_port(), kafka_broker.free_port()
     env = {**os.environ, "IMGPIPE_PROFILE": "local", "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
            "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}", "IMGPIPE_WEBSERVER_PORT": str(web_port),
            "IMGPIPE_WEB": "false"}
     proc = _start(env, "--no-sample")
+    settings = _settings_from(env)
+    files = make_sample_batch(tmp_path / "in")
+
+    def completed_event(batch_id: str) -> tuple[dict, set[str]]:
+        reader = build_reader(settings)  # from the beginning of the topic
+        try:
+            events = [e for _, e in reader.follow(
+                lambda k, e: e.get("batch_id") == batch_id and e["type"] == "batch.completed",
+                timeout_seconds=120) if e.get("batch_id") == batch_id]
+        finally:
+            reader.close()
+        return events[-1], {e["event_id"] for e in events}
+
     try:
         lines = _wait_for_line(proc, "Press Ctrl-C", timeout=180)
+        before = upload_batch(wiring.services(settings), [IntakeItem.from_path(p) for p in files[:3]], user_id="erin")
+        _, ids_before = completed_event(before.batch_id)
+        assert len(ids_before) == 4
         [broker_pid] = [int(line.split(" pid ")[1].split()[0]) for line in lines if "Kafka broker (Tansu) pid" in line]
         os.kill(broker_pid, signal.SIGKILL)
         restarted = _wait_for_line(proc, "Kafka broker restarted", timeout=60)
         assert any("Kafka broker (pid" in line and "restarting it" in line for line in restarted)
-        settings = _settings_from(env)
-        upload = upload_batch(wiring.services(settings), [IntakeItem.from_path(p) for p in make_sample_batch(tmp_path / "in")[:2]],
+        assert any("4 earlier event(s) published again" in line for line in restarted), restarted
+        assert completed_event(before.batch_id)[1] == ids_before  # the new broker has them all
+        upload = upload_batch(wiring.services(settings), [IntakeItem.from_path(p) for p in files[:2]],
                               user_id="erin")
-        reader = build_reader(settings)
-        try:
-            done = [e for _, e in reader.follow(
-                lambda k, e: e.get("batch_id") == upload.batch_id and e["type"] == "batch.completed",
-                timeout_seconds=120) if e.get("batch_id") == upload.batch_id][-1]
-        finally:
-            reader.close()
+        done, _ = completed_event(upload.batch_id)
         assert done["type"] == "batch.completed" and done["processed"] == 2
     finally:
         os.kill(proc.pid, signal.SIGINT)

@@ -8,8 +8,9 @@ runs, one document and one set of renditions per image — or `failed` with a re
     IMGPIPE_FAULT_SEED  (default 1125) the random schedule
 
 Bounded: at most ~7 minutes of kills plus 5 minutes to settle. Prints a table of the kills and outcomes.
-Events on Kafka are not asserted here: the local broker keeps its topic in memory, so a broker kill loses
-what it held (the pages read the metadata store; tests/test_e2e.py checks event ids without broker kills).
+Events: every event id of every completed batch must be on the results topic at the end, broker kills
+included (the local broker keeps its log in memory; `imgpipe dev` publishes again what a lost broker had
+acknowledged, and consumers drop repeated ids — the copies are counted and printed).
 """
 
 from __future__ import annotations
@@ -104,6 +105,33 @@ class Stack:
                         pass
 
 
+def _topic_event_ids(settings) -> Counter:
+    """Every event id on the results topic, read from the beginning until it stays quiet for 3 s (≤ 60 s)."""
+    from orchestration.adapters.kafka_results import ResultReader
+
+    seen: Counter = Counter()
+    reader = ResultReader(settings.kafka_bootstrap, settings.kafka_topic)
+    try:
+        quiet_since = deadline = time.monotonic()
+        deadline += 60
+        while time.monotonic() - quiet_since < 3 and time.monotonic() < deadline:
+            got = reader.poll(0.5)
+            if got:
+                quiet_since = time.monotonic()
+            seen.update(event["event_id"] for _, event in got)
+    finally:
+        reader.close()
+    return seen
+
+
+def _expected_event_ids(services, batch_id: str) -> list[str]:
+    """The ids a consumer must see for a completed batch: one per image, then batch.completed."""
+    from assets.batch_work import load_manifest, result_events
+
+    docs = sorted(services.metadata.query("images", partition_key=batch_id), key=lambda d: d["image_id"])
+    return [e["event_id"] for e in result_events(load_manifest(services.lake, batch_id), docs)]
+
+
 def test_batches_survive_random_kills(tmp_path):
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
@@ -172,6 +200,7 @@ def test_batches_survive_random_kills(tmp_path):
         with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
             runs = {b: [r.dagster_run for r in instance.get_run_records(
                 filters=RunsFilter(tags={"dagster/partition": b}))] for b in batches}
+        delivered = _topic_event_ids(settings)  # before the stack (and its in-memory broker) stops
     finally:
         stack.stop()
 
@@ -186,6 +215,11 @@ def test_batches_survive_random_kills(tmp_path):
     print(f"batches: {len(batches)}, outcomes: {dict(end_states)}, runs per batch: "
           f"{dict(Counter(len(r) for r in runs.values()))}, completed by a run killed after its last step: "
           f"{killed_after_last_step}")
+    expected = {b: _expected_event_ids(services, b) for b, d in outcomes.items() if d["status"] == "completed"}
+    wanted = [i for ids in expected.values() for i in ids]
+    print(f"events: {len(wanted)} expected for the completed batches, {sum(1 for i in wanted if delivered[i])} "
+          f"on the topic, {sum(delivered[i] - 1 for i in wanted if delivered[i] > 1)} duplicate copies (consumers "
+          f"drop them by event_id; a broker restart republishes what the lost broker had acknowledged)")
 
     assert len(kills) >= KILLS, f"only {len(kills)} kills in the time allowed"
     problems = []
@@ -210,5 +244,8 @@ def test_batches_survive_random_kills(tmp_path):
         files = list(services.lake.list(f"processed/{batch}"))
         if len(files) != n * 6 + 1:
             problems.append(f"{batch}: {len(files)} lake objects for {n} images (want {n * 6 + 1})")
+        if missing := [i for i in expected[batch] if not delivered[i]]:
+            problems.append(f"{batch}: {len(missing)} of its {len(expected[batch])} events never reached the "
+                            f"topic: {missing[:3]}")
     assert problems == [], "\n".join(problems)
     assert end_states["completed"] >= len(batches) // 2  # recovery really worked for most

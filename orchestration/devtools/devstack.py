@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -394,6 +395,32 @@ def supervise_once(children: list[Child], *, on_restart: Callable[[Child], None]
     return None
 
 
+# Kafka's default retention (retention.ms) is 7 days: a fresh local broker is given back what a real one
+# would still hold.
+REPLAY_WINDOW = timedelta(days=7)
+
+
+def refill_broker(settings: Settings) -> int:
+    """Give a fresh local broker back the events it lost. Tansu keeps its log in memory here, so each start
+    of the broker (the stack's, or a restart after it died) begins empty; every event the old one may have
+    acknowledged is published again from the documents (assets.batch_work.replay_events). Consumers drop
+    the ids they already saw. Returns the number of events published."""
+    from assets.batch_work import replay_events
+
+    since = datetime.now(timezone.utc) - REPLAY_WINDOW
+    return replay_events(CLIENTS.metadata(settings), CLIENTS.lake(settings), CLIENTS.results(settings), since=since)
+
+
+def _refill(settings: Settings) -> None:
+    try:
+        count = refill_broker(settings)
+    except Exception as exc:  # the store is busy: the pages read it anyway; say so and go on
+        _log(f"could not give the Kafka broker back its events ({type(exc).__name__}: {exc})")
+        return
+    if count:
+        _log(f"Kafka broker: {count} earlier event(s) published again (the local broker keeps its log in memory)")
+
+
 def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool = False) -> int:
     private_data_dir(settings)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
@@ -416,7 +443,8 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         check_ports(settings)
-        if host in ("127.0.0.1", "localhost") and not kafka_broker.port_in_use("127.0.0.1", int(port)):
+        local_broker = host in ("127.0.0.1", "localhost") and not kafka_broker.port_in_use("127.0.0.1", int(port))
+        if local_broker:
             broker = launch(Child("Kafka broker", lambda on_start: kafka_broker.start_broker(
                 int(port), log_path=settings.log_dir / "kafka.log", on_start=on_start)))
             _log(f"Kafka broker (Tansu) pid {broker.pid} on {settings.kafka_bootstrap}")
@@ -431,6 +459,8 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
             else:
                 settings = start_emulators(settings, launch)
         check_profile(settings)
+        if local_broker:
+            _refill(settings)
         if settings.web:
             settings = webstack.with_local_issuer(settings)
         write_stack_file(settings, stack_values(settings), pid=os.getpid())
@@ -521,8 +551,9 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
             return 0
 
         def after_restart(child: Child) -> None:
-            if child.name == "Kafka broker":  # in-memory: the topic is recreated; pages read the store
+            if child.name == "Kafka broker":  # it started empty: the topic, then the events it had
                 ensure_topic(settings.kafka_bootstrap, settings.kafka_topic)
+                _refill(settings)
 
         watchdog = RunWatchdog(home)
         while True:
