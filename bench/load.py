@@ -65,6 +65,60 @@ def _tree_rss_mb(root_pid: int) -> float:
     return total * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _role(cmdline: str) -> str:
+    """Which part of the stack a process is (run workers are forked from the code server: same command line)."""
+    if "tansu" in cmdline:
+        return "broker"
+    if "code_server" in cmdline:
+        return "code server + run workers"
+    if "dagster-daemon" in cmdline or "dagster._daemon" in cmdline:
+        return "daemon"
+    if "dagster-webserver" in cmdline or "dagster_webserver" in cmdline:
+        return "webserver"
+    if "dagster dev" in cmdline or "dagster.cli" in cmdline or " -m dagster " in cmdline:
+        return "dagster dev"
+    if "orchestration.cli" in cmdline:
+        return "imgpipe dev"
+    return "other"
+
+
+def _tree_cpu(root_pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system, with the reaped children's) of every process under ``root_pid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        cpu[int(entry)] = sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
+    out, todo = {}, [root_pid]
+    while todo:
+        pid = todo.pop()
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmd = ""
+        if pid in cpu:
+            out[pid] = (_role(cmd), cpu[pid])
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each part of the stack spent between two snapshots (a process gone by ``after`` is
+    counted through its parent's reaped-children time)."""
+    spent: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        spent[role] = spent.get(role, 0.0) + seconds - (before.get(pid, (role, 0.0))[1] if pid in before else 0.0)
+    return {k: round(v, 1) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+
+
 def _run_concurrency(settings, since: float, until: float) -> float:
     """Time-weighted mean number of batch runs in progress between ``since`` and ``until``."""
     from dagster import DagsterInstance
@@ -122,8 +176,12 @@ def _wait_complete(settings, batch_ids: set[str], t0: float, timeout: float) -> 
     return done
 
 
-def _phase(settings, groups: list[list[IntakeItem]], label: str) -> dict:
+def _phase(settings, groups: list[list[IntakeItem]], label: str, stack_pid: int) -> dict:
+    import resource
+
     services = wiring.services(settings)
+    cpu_before = _tree_cpu(stack_pid)
+    me_before = resource.getrusage(resource.RUSAGE_SELF)
     uploaded_at: dict[str, float] = {}
     upload_took: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -142,6 +200,9 @@ def _phase(settings, groups: list[list[IntakeItem]], label: str) -> dict:
     done = _wait_complete(settings, batches, t0, timeout=1800)
     elapsed = max(done.values())
     time.sleep(1.5)  # let the last runs record their end (the batch-complete event comes just before it)
+    cpu = _cpu_by_role(cpu_before, _tree_cpu(stack_pid))
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    cpu["uploads + reader (this process)"] = round(me.ru_utime + me.ru_stime - me_before.ru_utime - me_before.ru_stime, 1)
     latencies = sorted(done[b] - uploaded_at[b] for b in batches)
     images = sum(len(g) for g in groups)
     out = {
@@ -152,11 +213,17 @@ def _phase(settings, groups: list[list[IntakeItem]], label: str) -> dict:
         "run_concurrency_mean": round(_run_concurrency(settings, wall0, wall0 + elapsed), 2),
         "upload_s_p50": round(statistics.median(upload_took.values()), 2),
         "run_phase_p50": _run_phases(settings, wall0, {b: uploaded_at[b] + upload_took[b] for b in batches}, wall0),
+        # Where the machine's CPU went (the phase includes 1.5 s of settling): per part of the stack, and
+        # per batch run — the fixed cost of a run against the images' own work.
+        "cpu_s": cpu,
+        "cpu_s_per_run": {k: round(v / len(groups), 2) for k, v in cpu.items()},
     }
     print(f"  {label}: {images} images in {elapsed:.1f} s = {out['images_per_s']:.2f} images/s, "
           f"complete p50 {out['upload_to_complete_p50_s']} s / p95 {out['upload_to_complete_p95_s']} s, "
           f"runs in progress {out['run_concurrency_mean']}; upload p50 {out['upload_s_p50']} s; "
           f"per run p50 {out['run_phase_p50']}", flush=True)
+    print(f"    CPU s by part of the stack: {cpu} (total {sum(cpu.values()):.1f} s over {elapsed:.1f} s wall)",
+          flush=True)
     return out
 
 
@@ -198,9 +265,9 @@ def main() -> int:
             threading.Thread(target=sample, daemon=True).start()
             time.sleep(2)
             print(f"{args.batches} batches x {args.images} images, uploaded at once:", flush=True)
-            results["small_batches"] = _phase(settings, small, "small batches")
+            results["small_batches"] = _phase(settings, small, "small batches", proc.pid)
             print(f"1 batch x {n_total} images:", flush=True)
-            results["large_batch"] = _phase(settings, [items], "large batch")
+            results["large_batch"] = _phase(settings, [items], "large batch", proc.pid)
         finally:
             stop.set()
             os.kill(proc.pid, signal.SIGINT)
