@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 
 from orchestration.devtools import kafka_broker
 from orchestration.devtools.devstack import MAX_RESTARTS, Child, supervise_once
@@ -80,4 +82,38 @@ def test_start_hooks_register_the_process_before_it_is_ready(tmp_path):
     try:
         assert seen and seen[0][0] == broker.pid
     finally:
+        kafka_broker.stop_process(broker)
+
+
+def test_a_producer_outlives_a_broker_that_lost_its_state(tmp_path):
+    """A restarted local broker starts without its log and without the idempotent producers' state: the
+    old producer's first flush fails (UnknownProducerId), and the client then starts a new producer, so the
+    next publish goes through instead of failing for the rest of the process's life."""
+    from orchestration.adapters.kafka_results import KafkaResultStream, ResultReader, ResultStreamError, ensure_topic
+
+    port = kafka_broker.free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    broker = kafka_broker.start_broker(port)
+    stream = KafkaResultStream(bootstrap, "results")
+    try:
+        ensure_topic(bootstrap, "results")
+        stream.publish("u", {"event_id": "before"})
+        stream.flush()
+        broker.kill()
+        broker.wait()
+        broker = kafka_broker.start_broker(port)
+        ensure_topic(bootstrap, "results")
+        stream.publish("u", {"event_id": "lost"})
+        with pytest.raises(ResultStreamError):
+            stream.flush(timeout_seconds=15)
+        stream.publish("u", {"event_id": "after"})
+        stream.flush(timeout_seconds=15)
+        reader = ResultReader(bootstrap, "results")
+        try:
+            seen = [e["event_id"] for _, e in reader.follow(lambda k, e: e["event_id"] == "after", timeout_seconds=20)]
+        finally:
+            reader.close()
+        assert seen == ["after"]
+    finally:
+        stream.close()
         kafka_broker.stop_process(broker)

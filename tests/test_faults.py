@@ -56,6 +56,7 @@ def _cmdline(pid: int) -> str:
 class Stack:
     def __init__(self, env: dict):
         self.env, self.proc, self.restarts = env, None, 0
+        self.broker_lines: list[str] = []
         self.start()
 
     def start(self) -> None:
@@ -70,10 +71,14 @@ class Stack:
                 break
         else:
             raise AssertionError("the stack did not start")
-        # Keep draining its output so it never blocks on a full pipe.
+        # Keep draining its output so it never blocks on a full pipe; what it says of the broker is kept.
         import threading
 
-        threading.Thread(target=lambda p=self.proc: [None for _ in p.stdout], daemon=True).start()
+        def drain(p=self.proc):
+            for line in p.stdout:
+                if "Kafka broker" in line:
+                    self.broker_lines.append(line.rstrip())
+        threading.Thread(target=drain, daemon=True).start()
 
     def pids(self, target: str, settings) -> list[int]:
         tree = [self.proc.pid, *_children(self.proc.pid)]
@@ -215,6 +220,7 @@ def test_batches_survive_random_kills(tmp_path):
     print(f"batches: {len(batches)}, outcomes: {dict(end_states)}, runs per batch: "
           f"{dict(Counter(len(r) for r in runs.values()))}, completed by a run killed after its last step: "
           f"{killed_after_last_step}")
+    print("\n".join(stack.broker_lines))
     expected = {b: _expected_event_ids(services, b) for b, d in outcomes.items() if d["status"] == "completed"}
     wanted = [i for ids in expected.values() for i in ids]
     print(f"events: {len(wanted)} expected for the completed batches, {sum(1 for i in wanted if delivered[i])} "

@@ -118,13 +118,24 @@ class KafkaResultStream:
     def flush(self, timeout_seconds: float = 30.0) -> None:
         if self._producer is None:
             return
-        self._producer.flush(timeout=timeout_seconds)
         pending, self._pending = self._pending, []
-        for future in pending:
-            try:
+        try:
+            self._producer.flush(timeout=timeout_seconds)
+            for future in pending:
                 future.get(timeout=timeout_seconds)
-            except KafkaError as exc:
-                raise ResultStreamError(f"publishing to {self.topic!r} on {self.bootstrap} failed: {exc}") from exc
+        except KafkaError as exc:
+            # Start over with a new producer on the next publish. An idempotent producer's id and sequence
+            # numbers live on the broker: one that lost its state (a restarted broker without its log, as
+            # the local one) answers UnknownProducerId to every later send of the old producer for good.
+            self._reset()
+            raise ResultStreamError(f"publishing to {self.topic!r} on {self.bootstrap} failed: {exc}") from exc
+
+    def _reset(self) -> None:
+        producer, self._producer = self._producer, None
+        try:
+            producer.close(timeout=1)
+        except Exception:  # noqa: BLE001 - it already failed; closing is best effort
+            pass
 
     def close(self) -> None:
         if self._producer is not None:

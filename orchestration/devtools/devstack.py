@@ -407,8 +407,16 @@ def refill_broker(settings: Settings) -> int:
     the ids they already saw. Returns the number of events published."""
     from assets.batch_work import replay_events
 
+    from orchestration.wiring import build_results
+
     since = datetime.now(timezone.utc) - REPLAY_WINDOW
-    return replay_events(CLIENTS.metadata(settings), CLIENTS.lake(settings), CLIENTS.results(settings), since=since)
+    # A producer of its own, new each time: one that published to the lost broker would be refused by the
+    # new one (UnknownProducerId: its idempotence state died with the old broker).
+    results = build_results(settings)
+    try:
+        return replay_events(CLIENTS.metadata(settings), CLIENTS.lake(settings), results, since=since)
+    finally:
+        results.close()
 
 
 def _refill(settings: Settings) -> None:
