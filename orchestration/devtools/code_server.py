@@ -24,7 +24,8 @@ from __future__ import annotations
 import multiprocessing
 import sys
 
-PRELOAD = ["orchestration.definitions"]
+# The code location and what a run imports besides (run_worker_preload says what and why).
+PRELOAD = ["orchestration.definitions", "orchestration.devtools.run_worker_preload"]
 
 
 def forkserver_context() -> multiprocessing.context.BaseContext:
