@@ -43,7 +43,8 @@ from orchestration.domain.identity import opaque_user_id
 # - QueuedRunCoordinator checking the queue every second, at most `max_concurrent_runs` runs at once:
 #   a burst of uploads queues up instead of starting one ~150 MB run process per batch at the same time;
 #   launches are made from 2 threads, so starting one run worker does not hold up the next (run workers
-#   fork from the code server's preloaded forkserver: ~0.5 s instead of ~1.5 CPU-s, code_server.py);
+#   fork from the code server's preloaded forkserver: ~0.5 CPU-s instead of ~2.5, code_server.py and
+#   run_worker_preload.py);
 # - fairness: at most `runs_per_user` runs per user (tag imgpipe/user_id, applyLimitPerUniqueValue), so
 #   one user's 200 queued batches cannot hold every slot while another user's batch waits behind them;
 # - the sensor daemon evaluates sensors in threads (its loop still runs at most every 5 s) and creates a
