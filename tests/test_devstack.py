@@ -131,3 +131,50 @@ def test_the_run_worker_preload_loads_what_a_run_imports():
              "'sqlalchemy.dialects.sqlite', 'alembic.command', 'kafka', 'PIL.WebPImagePlugin')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stdout + out.stderr
+
+
+def test_a_page_follower_misses_nothing_when_the_broker_restarts_without_its_log(tmp_path):
+    """The web page's follower stood at offset 3 of a log the restarted broker no longer has (2 records; the
+    local broker then answers nothing at offset 3 rather than "out of range"): once its partition has been
+    quiet for a while it notices that the last record it read is gone and reads the new log from its start —
+    the event published after the restart arrives, the republished one it saw before is dropped by id —
+    instead of waiting until the new log grows past its old position."""
+    import time
+
+    from orchestration.adapters.kafka_results import KafkaResultStream, UserEventFollower, ensure_topic
+
+    port = kafka_broker.free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    broker = kafka_broker.start_broker(port)
+    follower = None
+    try:
+        ensure_topic(bootstrap, "results", partitions=1)
+        follower = UserEventFollower(bootstrap, "results", "u", since=time.time() - 60)
+        follower.RECHECK_SECONDS = 1.0  # (10 s on the page)
+        stream = KafkaResultStream(bootstrap, "results")
+        for i in range(3):
+            stream.publish("u", {"event_id": f"e{i}", "user_id": "u"})
+        stream.flush()
+        stream.close()
+        seen, deadline = [], time.monotonic() + 20
+        while len(seen) < 3 and time.monotonic() < deadline:
+            seen += [e["event_id"] for e in follower.poll(500)]
+        assert seen == ["e0", "e1", "e2"]
+
+        broker.kill()
+        broker.wait()
+        broker = kafka_broker.start_broker(port)
+        ensure_topic(bootstrap, "results", partitions=1)
+        stream = KafkaResultStream(bootstrap, "results")
+        stream.publish("u", {"event_id": "e2", "user_id": "u"})  # republished by the stack's refill
+        stream.publish("u", {"event_id": "e3", "user_id": "u"})  # new since the restart
+        stream.flush()
+        stream.close()
+        after, deadline = [], time.monotonic() + 30
+        while "e3" not in after and time.monotonic() < deadline:
+            after += [e["event_id"] for e in follower.poll(500)]
+        assert after == ["e3"]
+    finally:
+        if follower is not None:
+            follower.close()
+        kafka_broker.stop_process(broker)

@@ -228,6 +228,7 @@ class UserEventFollower:
     offset, so each poll asks again — one small request — and starts reading at the first one."""
 
     SLACK = 5.0  # events a few seconds older than the page are read too (clock skew, the page's own read)
+    RECHECK_SECONDS = 10.0  # how long a quiet partition goes before asking whether its log was replaced
 
     def __init__(self, bootstrap: str, topic: str, user_id: str, *, options: dict | None = None,
                  timeout_ms: int = 1500, client_id: str = "imgpipe-web", since: float | None = None):
@@ -238,6 +239,8 @@ class UserEventFollower:
         self._tp: TopicPartition | None = None
         self._since_ms = int(((time.time() - self.SLACK) if since is None else since) * 1000)
         self._positioned = False
+        self._last: tuple[int, int] | None = None  # (offset, timestamp ms) of the last record read
+        self._quiet_since = time.monotonic()
         failed = _last_failure.get(bootstrap)
         if failed and time.monotonic() - failed[0] < RETRY_AFTER:
             self.error = failed[1]
@@ -251,6 +254,11 @@ class UserEventFollower:
                 client_id=client_id,
                 bootstrap_timeout_ms=timeout_ms,
                 request_timeout_ms=5000,
+                # Only when the position is gone from the log: a broker that restarted without it (the local
+                # one keeps its log in memory and `imgpipe dev` publishes the recent events again). From the
+                # start of the new log, nothing published after the restart is skipped; what was seen
+                # already is dropped by id. (Kafka's default, "latest", would skip what came meanwhile.)
+                auto_offset_reset="earliest",
                 value_deserializer=lambda b: json.loads(b.decode("utf-8")),
             )
             partitions = sorted(consumer.partitions_for_topic(topic) or [])
@@ -278,12 +286,16 @@ class UserEventFollower:
             if not self._positioned and not self._position():
                 return []  # nothing newer than `since` yet
             batches = self._consumer.poll(timeout_ms=timeout_ms)
+            if not batches and time.monotonic() - self._quiet_since > self.RECHECK_SECONDS:
+                self._quiet_since = time.monotonic()
+                self._reread_if_log_replaced()
         except (KafkaError, OSError) as exc:
             self.error = f"live updates interrupted: {exc}"
             return []
         fresh = []
         for records in batches.values():
             for r in records:
+                self._last, self._quiet_since = (r.offset, r.timestamp), time.monotonic()
                 event = r.value
                 if r.timestamp < self._since_ms:  # the broker answers per record batch: older neighbours
                     continue
@@ -292,6 +304,21 @@ class UserEventFollower:
                 self.seen.add(event.get("event_id"))
                 fresh.append(event)
         return fresh
+
+    def _reread_if_log_replaced(self) -> None:
+        """A broker that lost its log (the local one keeps it in memory; `imgpipe dev` then publishes the
+        recent events again) numbers its new records from 0 and answers nothing at our old position until
+        the new log grows past it, so events published meanwhile would be skipped. If the last record read is
+        no longer where it was, read the new log from its start: what was seen is dropped by id, what is
+        older than the page by time."""
+        if self._last is None:
+            return
+        offset, timestamp = self._last
+        found = self._consumer.offsets_for_times({self._tp: timestamp}).get(self._tp)
+        if found is not None and found.timestamp == timestamp and found.offset <= offset:
+            return  # still there: the partition is just quiet
+        self._consumer.seek_to_beginning(self._tp)
+        self._last = None
 
     def _position(self) -> bool:
         offset = self._consumer.offsets_for_times({self._tp: self._since_ms}).get(self._tp)

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import importlib
 
-import orchestration.definitions  # noqa: F401 - the code location itself
-
 WARM_MODULES = (
+    "orchestration.definitions",  # the code location itself (first in the forkserver's preload too)
     # DagsterInstance.from_ref and the classes a local dagster.yaml names
     "dagster._core.instance.factory",
     "dagster._core.storage.sqlite_storage",
