@@ -71,7 +71,7 @@ def _role(cmdline: str) -> str:
         return "broker"
     if "code_server" in cmdline:
         return "code server + run workers"
-    if "dagster-daemon" in cmdline or "dagster._daemon" in cmdline:
+    if "dagster-daemon" in cmdline or "dagster._daemon" in cmdline or "orchestration.devtools.daemon" in cmdline:
         return "daemon"
     if "dagster-webserver" in cmdline or "dagster_webserver" in cmdline:
         return "webserver"

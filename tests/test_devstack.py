@@ -178,3 +178,12 @@ def test_a_page_follower_misses_nothing_when_the_broker_restarts_without_its_log
         if follower is not None:
             follower.close()
         kafka_broker.stop_process(broker)
+
+
+def test_the_local_daemon_ticks_sensors_every_second():
+    """`imgpipe dev` runs Dagster's daemon with a 1 s sensor loop (orchestration/devtools/daemon.py): the
+    setting exists in this Dagster and the daemon process applies it before it starts its loops."""
+    probe = ("import orchestration.devtools.daemon as d; ok = d.install(); "
+             "from dagster._daemon import sensor; print(ok, sensor.MIN_INTERVAL_LOOP_TIME)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "1.0"], out.stdout + out.stderr

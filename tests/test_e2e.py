@@ -1,4 +1,4 @@
-"""End to end on the real local stack: `imgpipe dev` starts the Kafka broker and `dagster dev` (webserver
+"""End to end on the real local stack: `imgpipe dev` starts the Kafka broker and Dagster (webserver
 + daemon running the batch sensor); a batch goes in through intake and comes out on Kafka."""
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
         os.kill(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert "stopped Kafka broker" in out and "stopped dagster dev" in out
+    assert "stopped Kafka broker" in out and "stopped Dagster daemon" in out and "stopped Dagster webserver" in out
     deadline = time.monotonic() + 15
     while any(_pid_alive(p) for p in children) and time.monotonic() < deadline:
         time.sleep(0.25)

