@@ -75,8 +75,6 @@ def _role(cmdline: str) -> str:
         return "daemon"
     if "dagster-webserver" in cmdline or "dagster_webserver" in cmdline:
         return "webserver"
-    if "dagster dev" in cmdline or "dagster.cli" in cmdline or " -m dagster " in cmdline:
-        return "dagster dev"
     if "orchestration.cli" in cmdline:
         return "imgpipe dev"
     return "other"
@@ -215,7 +213,7 @@ def _phase(settings, groups: list[list[IntakeItem]], label: str, stack_pid: int)
     by_role = _cpu_by_role(cpu_before, _tree_cpu(stack_pid))
     machine = _machine_busy_s() - busy_before
     me = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = {role: by_role.get(role, 0.0) for role in ("daemon", "webserver", "dagster dev", "broker", "imgpipe dev")}
+    cpu = {role: by_role.get(role, 0.0) for role in ("daemon", "webserver", "broker", "imgpipe dev")}
     cpu["uploads + reader (this process)"] = round(me.ru_utime + me.ru_stime - me_before.ru_utime - me_before.ru_stime, 1)
     cpu["runs: run workers + image workers (the rest)"] = round(machine - sum(cpu.values()), 1)
     cpu["machine busy"] = round(machine, 1)
