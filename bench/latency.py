@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_results  # noqa: E402
+from bench.common import local_stack, write_results  # noqa: E402
 from orchestration.devtools import kafka_broker  # noqa: E402
 from orchestration.wiring import build_reader
 from orchestration.domain.intake import IntakeItem, upload_batch
@@ -56,14 +54,7 @@ def summarize(samples: list[float]) -> dict:
 def run_stack(settings, sizes, runs, items_by_size) -> dict:
     env = {**os.environ, "IMGPIPE_DATA_DIR": str(settings.data_dir), "IMGPIPE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
            "IMGPIPE_WEBSERVER_PORT": str(settings.webserver_port), "IMGPIPE_WEB": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        for line in proc.stdout:
-            if "Press Ctrl-C" in line:
-                break
-        else:
-            raise RuntimeError("the local stack did not start")
+    with local_stack(env, settings.data_dir / "imgpipe-dev.log"):
         time.sleep(2)  # let the daemon finish its first sensor tick
         services = wiring.services(settings)
         reader = build_reader(settings)
@@ -93,9 +84,6 @@ def run_stack(settings, sizes, runs, items_by_size) -> dict:
             out[str(n)] = {"first_event": summarize(first), "batch_complete": summarize(complete)}
         reader.close()
         return out
-    finally:
-        os.kill(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
 
 
 def run_baseline(settings, sizes, runs, items_by_size) -> dict:

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_results  # noqa: E402
+from bench.common import local_stack, write_results  # noqa: E402
 from orchestration import wiring  # noqa: E402
 from orchestration.devtools import kafka_broker  # noqa: E402
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo  # noqa: E402
@@ -261,32 +259,28 @@ def main() -> int:
                                  webserver_port=kafka_broker.free_port(), web=False,
                                  max_batches_in_flight=args.batches + 1)
         env = {**os.environ, **settings.to_env()}
-        proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        stack_log = Path(args.out).with_suffix(".stack.log")
+        stack_log.parent.mkdir(parents=True, exist_ok=True)
+        stack_log.write_text("")
         peak = [0.0]
         stop = threading.Event()
+        with local_stack(env, stack_log) as proc:
 
-        def sample():
-            while not stop.wait(0.5):
-                peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
+            def sample():
+                while not stop.wait(0.5):
+                    peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
 
-        try:
-            for line in proc.stdout:
-                if "Press Ctrl-C" in line:
-                    break
-            else:
-                raise RuntimeError("the local stack did not start")
             threading.Thread(target=sample, daemon=True).start()
-            time.sleep(2)
-            print(f"{args.batches} batches x {args.images} images, uploaded at once:", flush=True)
-            results["small_batches"] = _phase(settings, small, "small batches", proc.pid)
-            print(f"1 batch x {n_total} images:", flush=True)
-            results["large_batch"] = _phase(settings, [items], "large batch", proc.pid)
-        finally:
-            stop.set()
-            os.kill(proc.pid, signal.SIGINT)
-            proc.wait(timeout=120)
-            wiring.CLIENTS.close_all()
+            try:
+                time.sleep(2)
+                print(f"{args.batches} batches x {args.images} images, uploaded at once:", flush=True)
+                results["small_batches"] = _phase(settings, small, "small batches", proc.pid)
+                print(f"1 batch x {n_total} images:", flush=True)
+                results["large_batch"] = _phase(settings, [items], "large batch", proc.pid)
+            finally:
+                stop.set()
+                wiring.CLIENTS.close_all()
+        print(f"the stack's own output: {stack_log}")
     results["peak_stack_rss_mb"] = round(peak[0], 1)
     ratio = results["small_batches"]["images_per_s"] / results["large_batch"]["images_per_s"]
     results["ratio_small_to_large"] = round(ratio, 3)

@@ -187,3 +187,71 @@ def test_the_local_daemon_ticks_sensors_every_second():
              "from dagster._daemon import sensor; print(ok, sensor.MIN_INTERVAL_LOOP_TIME)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["True", "1.0"], out.stdout + out.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    kids = [int(p) for p in out.split()]
+    return kids + [g for k in kids for g in _descendants(k)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["ctrl-c after starting it with SIGINT ignored", "terminal closed"])
+def test_the_stack_stops_with_its_children_however_it_was_started(tmp_path, how):
+    """Ctrl-C stops `imgpipe dev` and every child even when it was started with SIGINT ignored (what a shell
+    script's `imgpipe dev &` does; before, the stack ignored Ctrl-C for good), and a closed terminal (SIGHUP,
+    with nobody left to read its output) stops it the same way instead of killing it alone and orphaning
+    the broker, the code server and Dagster (they run in sessions of their own)."""
+    import time
+
+    kafka_port, web_port = kafka_broker.free_port(), kafka_broker.free_port()
+    env = {**os.environ, "IMGPIPE_PROFILE": "local", "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
+           "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}", "IMGPIPE_WEBSERVER_PORT": str(web_port),
+           "IMGPIPE_WEB": "false"}
+    ignore_sigint = how.startswith("ctrl-c")
+
+    def before_exec():
+        os.setsid()
+        if ignore_sigint:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=before_exec)
+    children: list[int] = []
+    try:
+        for line in proc.stdout:
+            if "Press Ctrl-C" in line:
+                break
+        else:
+            pytest.fail(f"the stack did not start (exit code {proc.wait()})")
+        children = _descendants(proc.pid)
+        assert len(children) >= 3, children  # broker, code server (+ its forkserver), webserver, daemon
+        if ignore_sigint:
+            os.kill(proc.pid, signal.SIGINT)
+        else:
+            proc.stdout.close()  # the terminal is gone: its output has nowhere to go
+            os.kill(proc.pid, signal.SIGHUP)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`imgpipe dev` did not stop within 90 s of {how}")
+        assert proc.returncode == 0, proc.returncode
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in children if _alive(p)], f"left running after {how}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for p in children:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

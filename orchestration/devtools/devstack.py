@@ -99,7 +99,13 @@ USER_TAG = "imgpipe/user_id"  # set by the batch sensor on every run (the opaque
 
 
 def _log(msg: str) -> None:
-    print(f"[imgpipe dev] {msg}", flush=True)
+    try:
+        print(f"[imgpipe dev] {msg}", flush=True)
+    except OSError:
+        # Nobody reads this output any more (the terminal was closed, the program reading the pipe died).
+        # The stack must still stop its children, so a line that cannot be written is dropped, and so is
+        # every later one.
+        sys.stdout = open(os.devnull, "w")
 
 
 def prepare_dagster_home(settings: Settings) -> Path:
@@ -448,10 +454,24 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         children.append(child)
         return child.launch()
 
-    def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C
+    def _terminate(signum, frame):  # SIGTERM and a closed terminal (SIGHUP) behave like Ctrl-C
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    def _already_stopping(signum, frame):  # a second Ctrl-C must not cut the shutdown short (orphans)
+        try:  # os.write, not print: a handler may interrupt a print, and print is not reentrant
+            os.write(sys.stderr.fileno(), b"[imgpipe dev] already stopping; each child is stopped within 30 s\n")
+        except (OSError, ValueError):
+            pass
+
+    # Ctrl-C is the documented stop, so SIGINT stops the stack even when it was started with SIGINT ignored:
+    # a shell script's `imgpipe dev &` starts it that way, and Python then never raises KeyboardInterrupt
+    # (measured: the stack ignored Ctrl-C and its Dagster children each waited 30 s for it). SIGHUP is left
+    # alone under nohup, which ignores it on purpose; otherwise a closed terminal stops the stack properly
+    # instead of killing this process alone (its children, in sessions of their own, lived on).
+    stop_signals = [signal.SIGTERM, signal.SIGINT]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        stop_signals.append(signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _terminate) for sig in stop_signals}
     try:
         check_ports(settings)
         local_broker = host in ("127.0.0.1", "localhost") and not kafka_broker.port_in_use("127.0.0.1", int(port))
@@ -595,6 +615,8 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
         stopping = True
         return 0
     finally:
+        for sig in stop_signals:
+            signal.signal(sig, _already_stopping)
         if stopping:
             _log("stopping ...")
         # The daemon first (it launches no more runs), then the rest, newest first (the code server, which
@@ -606,5 +628,6 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
                 _log(f"stopped {child.name} (pid {child.proc.pid})")
         CLIENTS.close_all()
         remove_stack_file(settings, pid=os.getpid())
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
