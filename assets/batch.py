@@ -116,7 +116,7 @@ def renditions(
                     context.log.warning(f"results not streamed per image (result_events will send them): {exc}")
 
     report = batch_work.process_batch(lake_client, manifest, workers=workers, config=processing.config,
-                                      on_outcome=progress)
+                                      on_outcome=progress, server=processing.server)
     if streamed and streaming:
         try:
             results.flush()
@@ -139,6 +139,7 @@ def renditions(
             "workers": workers,
             "peak_worker_rss_mb": report.peak_worker_rss_mb,
             "worker_restarts": report.worker_restarts,
+            "image_workers_from": report.workers_from,
             "processing_version": PROCESSING_CODE_VERSION,
         }
     )

@@ -82,10 +82,12 @@ def _store_renditions(lake: Lake, batch_id: str, image: ManifestImage, outcome: 
 @dataclass(frozen=True)
 class Processing:
     """How a run processes images, as the ``processing`` resource hands it to the assets: the number of
-    worker processes and the image core's configuration (both built from Settings)."""
+    worker processes, the image core's configuration and where workers come from (all built from Settings;
+    ``server``: an image worker server's socket, empty for a forkserver of the run's own)."""
 
     workers: int
     config: CoreConfig
+    server: str = ""
 
 
 CONTENT_TYPES = {"JPEG": "image/jpeg", "WEBP": "image/webp", "AVIF": "image/avif", "PNG": "image/png"}
@@ -96,14 +98,16 @@ class BatchReport:
     outcomes: list[dict]
     peak_worker_rss_mb: float
     worker_restarts: int
+    workers_from: str = ""
 
 
 def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: CoreConfig = CoreConfig(),
-                  on_outcome: Callable[[dict], None] | None = None) -> BatchReport:
+                  on_outcome: Callable[[dict], None] | None = None, server: str = "") -> BatchReport:
     """All images of the batch through the worker pool (time and memory limits per image). The parent
     reads an image's bytes only when a worker is free, and writes each result to the lake as it arrives,
     so memory is bounded by the number of workers, not by the batch size. ``on_outcome`` hears of each
-    image as soon as it is done (progress for people watching). Writes outcomes.json."""
+    image as soon as it is done (progress for people watching). ``server``: an image worker server to fork
+    the workers from (``Processing.server``). Writes outcomes.json."""
     by_id = {img.image_id: img for img in manifest.images}
     outcomes: dict[str, dict] = {}
     version, libraries = processing_version(config), library_versions()
@@ -117,9 +121,9 @@ def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: 
                 on_outcome(early)
         else:
             tasks.append((img.image_id, lambda path=img.lake_path: lake.read(path)))
-    peak, restarts = 0.0, 0
+    peak, restarts, workers_from = 0.0, 0, ""
     if tasks:
-        with WorkerPool(min(workers, len(tasks)), config) as pool:
+        with WorkerPool(min(workers, len(tasks)), config, server=server or None) as pool:
             for outcome in pool.map(tasks):
                 outcomes[outcome.key] = _store_renditions(lake, manifest.batch_id, by_id[outcome.key], outcome)
                 outcomes[outcome.key]["processing_version"] = version
@@ -127,7 +131,7 @@ def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: 
                 if on_outcome:
                     on_outcome(outcomes[outcome.key])
                 peak = max(peak, outcome.peak_rss_mb or 0.0)
-            restarts = pool.restarts
+            restarts, workers_from = pool.restarts, pool.source
     ordered = [outcomes[img.image_id] for img in manifest.images]
     lake.write(
         outcomes_path(manifest.batch_id),
@@ -135,7 +139,7 @@ def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: 
         content_type="application/json",
     )
     remove_stale_renditions(lake, manifest.batch_id, ordered)
-    return BatchReport(ordered, round(peak, 1), restarts)
+    return BatchReport(ordered, round(peak, 1), restarts, workers_from)
 
 
 def remove_stale_renditions(lake: Lake, batch_id: str, outcomes: Iterable[dict]) -> list[str]:

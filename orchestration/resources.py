@@ -51,5 +51,6 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Resou
         "signal": _port_resource("signal", lambda: CLIENTS.signal(s)),
         "results": _port_resource("results", lambda: CLIENTS.results(s)),
         "processing": _port_resource("processing", lambda: Processing(workers=s.effective_workers,
-                                                                       config=s.core_config())),
+                                                                       config=s.core_config(),
+                                                                       server=s.image_worker_server)),
     }
