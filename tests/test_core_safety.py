@@ -298,3 +298,23 @@ def test_the_code_servers_worker_server_is_restarted_when_it_dies():
     finally:
         server.stop()
     assert not os.path.exists(server.dir)
+
+
+def test_a_killed_worker_servers_directory_is_removed_by_the_next_one():
+    """kill -9 leaves the server's private directory behind (it cannot clean up); the next code server's
+    worker server removes it, and leaves a running one's alone."""
+    from orchestration.devtools.code_server import ImageWorkerServer
+
+    killed, running = ImageWorkerServer(), ImageWorkerServer()
+    try:
+        assert killed.start() and running.start()
+        killed.proc.kill()
+        killed.proc.wait()
+        assert os.path.exists(killed.dir)
+        fresh = ImageWorkerServer()
+        fresh.stop()
+        assert not os.path.exists(killed.dir)
+        assert os.path.exists(running.path)
+    finally:
+        killed.stop()
+        running.stop()

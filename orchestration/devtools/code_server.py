@@ -74,9 +74,11 @@ class ImageWorkerServer:
     still correct), stopped with the code server (it exits when its stdin closes)."""
 
     MAX_RESTARTS = 5
+    PREFIX = "imgpipe-image-workers-"
 
     def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="imgpipe-image-workers-")  # mode 0700
+        self.remove_stale()
+        self.dir = tempfile.mkdtemp(prefix=self.PREFIX)  # mode 0700
         self.path = os.path.join(self.dir, "socket")
         self.proc: subprocess.Popen | None = None
         self._stopping = False
@@ -90,6 +92,8 @@ class ImageWorkerServer:
         env = {k: v for k, v in os.environ.items() if k in WORKER_ENV_KEEP}
         self.proc = subprocess.Popen([sys.executable, "-m", "assets.core.worker_server", self.path],
                                      stdin=subprocess.PIPE, env=env)
+        with open(os.path.join(self.dir, "pid"), "w") as fh:
+            fh.write(str(self.proc.pid))
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline and self.proc.poll() is None:
             if os.path.exists(self.path):
@@ -97,6 +101,37 @@ class ImageWorkerServer:
             time.sleep(0.05)
         _say(f"the image worker server did not start (exit code {self.proc.poll()}); runs start their own workers")
         return False
+
+    @classmethod
+    def remove_stale(cls) -> list[str]:
+        """Remove the directories of this user's servers that are gone: one killed outright (SIGKILL, the
+        whole machine's OOM killer) cannot remove its own. A directory is stale when the server its ``pid``
+        file names is not running, or when it has no ``pid`` file a minute after it was made."""
+        removed = []
+        for entry in os.scandir(tempfile.gettempdir()):
+            if not entry.name.startswith(cls.PREFIX):
+                continue
+            try:
+                if entry.stat().st_uid != os.getuid():
+                    continue
+                try:
+                    with open(os.path.join(entry.path, "pid")) as fh:
+                        pid = int(fh.read())
+                except FileNotFoundError:
+                    if time.time() - entry.stat().st_mtime < 60:
+                        continue  # being started
+                else:
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                            if b"assets.core.worker_server" in fh.read():
+                                continue  # running
+                    except OSError:
+                        pass
+            except (OSError, ValueError):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+        return removed
 
     def watch(self) -> None:
         """Restart it whenever it exits (a thread of the code server)."""
