@@ -203,7 +203,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("how", ["ctrl-c after starting it with SIGINT ignored", "terminal closed"])
+@pytest.mark.parametrize("how", ["ctrl-c after starting it with SIGINT ignored", "terminal closed",
+                                 "SIGHUP under nohup, then ctrl-c"])
 def test_the_stack_stops_with_its_children_however_it_was_started(tmp_path, how):
     """Ctrl-C stops `imgpipe dev` and every child even when it was started with SIGINT ignored (what a shell
     script's `imgpipe dev &` does; before, the stack ignored Ctrl-C for good), and a closed terminal (SIGHUP,
@@ -219,8 +220,10 @@ def test_the_stack_stops_with_its_children_however_it_was_started(tmp_path, how)
 
     def before_exec():
         os.setsid()
-        if ignore_sigint:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # As from a terminal, whatever this test runs under (CI under nohup ignores SIGHUP, and a stack
+        # started with SIGHUP ignored rightly keeps ignoring it), or under nohup.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if "nohup" in how else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else signal.SIG_DFL)
 
     proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=before_exec)
@@ -233,7 +236,12 @@ def test_the_stack_stops_with_its_children_however_it_was_started(tmp_path, how)
             pytest.fail(f"the stack did not start (exit code {proc.wait()})")
         children = _descendants(proc.pid)
         assert len(children) >= 3, children  # broker, code server (+ its forkserver), webserver, daemon
-        if ignore_sigint:
+        if "nohup" in how:
+            os.kill(proc.pid, signal.SIGHUP)
+            time.sleep(3)
+            assert proc.poll() is None, "SIGHUP stopped a stack started under nohup"
+            os.kill(proc.pid, signal.SIGINT)
+        elif ignore_sigint:
             os.kill(proc.pid, signal.SIGINT)
         else:
             proc.stdout.close()  # the terminal is gone: its output has nowhere to go
