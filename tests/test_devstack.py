@@ -263,3 +263,31 @@ def test_the_stack_stops_with_its_children_however_it_was_started(tmp_path, how)
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_dagster_migration_scripts_are_read_once_per_process(tmp_path):
+    """The code server, the daemon and the run workers read Dagster's migration scripts once
+    (orchestration/devtools/migration_scripts.py), not at every instance they open: opening the local
+    SQLite storage again reads no script. Fails if an alembic or Dagster upgrade makes the change a no-op."""
+    probe = (
+        "import sys\n"
+        "from alembic.script import base\n"
+        "from dagster._core.storage.sqlite_storage import DagsterSqliteStorage\n"
+        "from orchestration.devtools import migration_scripts\n"
+        "reads = []\n"
+        "original = base.Script._from_path\n"
+        "base.Script._from_path = classmethod(lambda cls, *a, **k: (reads.append(1), original.__func__(cls, *a, **k))[1])\n"
+        "DagsterSqliteStorage.from_local(sys.argv[1]).dispose()\n"
+        "before = len(reads)\n"
+        "print(migration_scripts.load_once())\n"
+        "reads.clear()\n"
+        "for _ in range(3):\n"
+        "    DagsterSqliteStorage.from_local(sys.argv[1]).dispose()\n"
+        "print(before, len(reads))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "dagster")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    enabled, counts = out.stdout.split("\n")[:2]
+    before, after = map(int, counts.split())
+    assert enabled == "True" and before > 50 and after == 0, out.stdout

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 
+from orchestration.devtools import migration_scripts
+
 WARM_MODULES = (
     "orchestration.definitions",  # the code location itself (first in the forkserver's preload too)
     # DagsterInstance.from_ref and the classes a local dagster.yaml names
@@ -74,38 +76,6 @@ def warm() -> list[str]:
     return missing
 
 
-def reuse_alembic_scripts() -> bool:
-    """Load Dagster's database migration scripts once, here, instead of four times in every run.
-
-    Each SQLite storage a run worker opens (runs, the run's own event log shard, the event index, schedules)
-    checks its schema against the newest migration: Dagster builds a new alembic ``ScriptDirectory`` for it,
-    which reads and parses every migration script (~90 files) from disk. Measured with cProfile in the run
-    worker: a fifth of its CPU time per 4-image run. The scripts do not change while the stack runs, so
-    ``ScriptDirectory.from_config`` here returns one directory per script location, loaded in this
-    forkserver and inherited by every run worker forked from it. Returns False (and changes nothing) if
-    this alembic has no such method."""
-    try:
-        from alembic.script import ScriptDirectory
-        from dagster._core.storage.sql import get_alembic_config
-    except ImportError:
-        return False
-    original = ScriptDirectory.__dict__.get("from_config")
-    if not isinstance(original, classmethod):
-        return False
-    loaded: dict = {}
-
-    def from_config(cls, config):
-        key = (cls, config.get_main_option("script_location"))
-        if key not in loaded:
-            loaded[key] = original.__func__(cls, config)
-        return loaded[key]
-
-    ScriptDirectory.from_config = classmethod(from_config)
-    # Load them now, in the forkserver, so that no run worker does.
-    ScriptDirectory.from_config(get_alembic_config(__file__)).as_revision_number("head")
-    return True
-
-
 MISSING = warm()
-ALEMBIC_SCRIPTS_SHARED = reuse_alembic_scripts()
+ALEMBIC_SCRIPTS_SHARED = migration_scripts.load_once()  # inherited by every run worker
 
