@@ -267,19 +267,19 @@ def test_the_stack_stops_with_its_children_however_it_was_started(tmp_path, how)
 
 def test_dagster_migration_scripts_are_read_once_per_process(tmp_path):
     """The code server, the daemon and the run workers read Dagster's migration scripts once
-    (orchestration/devtools/migration_scripts.py), not at every instance they open: opening the local
+    (orchestration/devtools/sqlite_storage.py), not at every instance they open: opening the local
     SQLite storage again reads no script. Fails if an alembic or Dagster upgrade makes the change a no-op."""
     probe = (
         "import sys\n"
         "from alembic.script import base\n"
         "from dagster._core.storage.sqlite_storage import DagsterSqliteStorage\n"
-        "from orchestration.devtools import migration_scripts\n"
+        "from orchestration.devtools import sqlite_storage\n"
         "reads = []\n"
         "original = base.Script._from_path\n"
         "base.Script._from_path = classmethod(lambda cls, *a, **k: (reads.append(1), original.__func__(cls, *a, **k))[1])\n"
         "DagsterSqliteStorage.from_local(sys.argv[1]).dispose()\n"
         "before = len(reads)\n"
-        "print(migration_scripts.load_once())\n"
+        "print(sqlite_storage.read_migration_scripts_once())\n"
         "reads.clear()\n"
         "for _ in range(3):\n"
         "    DagsterSqliteStorage.from_local(sys.argv[1]).dispose()\n"
@@ -291,3 +291,47 @@ def test_dagster_migration_scripts_are_read_once_per_process(tmp_path):
     enabled, counts = out.stdout.split("\n")[:2]
     before, after = map(int, counts.split())
     assert enabled == "True" and before > 50 and after == 0, out.stdout
+
+
+def test_dagster_sqlite_engines_are_reused_and_runs_still_record_everything(tmp_path):
+    """With the storage tuned as the stack's Dagster processes have it, a second materialization creates no
+    SQLAlchemy engine (the first made them), and every run's events, materializations and status are
+    recorded and read back as without it; a run's database deleted under the storage is simply created
+    again. Fails if a Dagster upgrade stops calling the function that is replaced."""
+    probe = (
+        "import os, sys, sqlalchemy\n"
+        "from orchestration.devtools import sqlite_storage\n"
+        "print(sqlite_storage.tune())\n"
+        "from sqlalchemy.engine.base import Engine\n"
+        "made = []\n"
+        "original = Engine.__init__\n"
+        "Engine.__init__ = lambda self, *a, **k: (made.append(1), original(self, *a, **k))[1]\n"
+        "from dagster import AssetKey, DagsterInstance, asset, materialize\n"
+        "@asset\n"
+        "def numbers():\n"
+        "    return [1, 2, 3]\n"
+        "with DagsterInstance.from_config(sys.argv[1]) as instance:\n"
+        "    first = materialize([numbers], instance=instance)\n"
+        "    made_first = len(made)\n"
+        "    made.clear()\n"
+        "    second = materialize([numbers], instance=instance)\n"
+        "    made_second = len(made)\n"
+        "    shard = os.path.join(sys.argv[1], 'history', 'runs', second.run_id + '.db')\n"
+        "    os.remove(shard)\n"
+        "    third = materialize([numbers], instance=instance)\n"
+        "    ok = all(r.success for r in (first, second, third))\n"
+        "    latest = instance.get_latest_materialization_event(AssetKey('numbers')).run_id\n"
+        "    records = len(instance.get_run_records())\n"
+        "    events = len(instance.all_logs(third.run_id))\n"
+        "print(made_first, made_second, ok, latest == third.run_id, records, events > 5)\n"
+    )
+    (tmp_path / "dagster").mkdir()
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "dagster")], capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    tuned, figures = out.stdout.strip().split("\n")[-2:]
+    assert tuned == "{'migration scripts read once': True, 'engines reused': True}", out.stdout
+    made_first, made_second, ok, latest, records, events = figures.split()
+    assert int(made_first) > 0 and ok == "True" and latest == "True" and records == "3" and events == "True", figures
+    # The second run made engines only for its own new database, not per connection (was dozens).
+    assert int(made_second) <= 2, figures

@@ -17,7 +17,8 @@ and tells its run workers where it is (``IMGPIPE_IMAGE_WORKER_SERVER``): a run t
 from it instead of starting a forkserver of its own (~0.2 CPU-s per run, measured). The worker server starts
 with the image workers' minimal environment, never the code server's.
 
-It reads Dagster's migration scripts once (``migration_scripts.load_once``), not at every sensor evaluation.
+It opens Dagster's SQLite storage the cheaper way (``sqlite_storage.tune``: migration scripts read once, not
+at every sensor evaluation; engines reused).
 
 Production (AKS) is untouched: there the K8sRunLauncher starts one Kubernetes Job per run.
 
@@ -191,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
     install()
-    from orchestration.devtools import migration_scripts
+    from orchestration.devtools import sqlite_storage
 
-    migration_scripts.load_once()  # an instance per sensor evaluation: half of this process's CPU otherwise
+    sqlite_storage.tune()  # an instance per sensor evaluation: half of this process's CPU otherwise
     start_image_worker_server()
     from dagster._cli.api import grpc_command
 

@@ -14,7 +14,8 @@ server 1.9 vs 0.8), i.e. about 5 % more of one core.
 Production (AKS) runs the Helm chart's `dagster-daemon` unchanged (5 s); the difference there is small
 against a Kubernetes Job's start-up.
 
-It also reads Dagster's migration scripts once (``migration_scripts.load_once``), not once per run created.
+It also opens Dagster's SQLite storage the cheaper way (``sqlite_storage.tune``: migration scripts read once,
+not once per run created; engines reused).
 
 The change is one module attribute of Dagster 1.13; if an upgrade removes it, the daemon says so and runs
 with Dagster's own loop (slower to react, still correct). ``tests/test_devstack.py`` fails on that upgrade.
@@ -41,9 +42,9 @@ def install() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     install()
-    from orchestration.devtools import migration_scripts
+    from orchestration.devtools import sqlite_storage
 
-    migration_scripts.load_once()  # an instance per run created: a fifth of this process's CPU otherwise
+    sqlite_storage.tune()  # migration scripts and engines: half of this process's CPU per run otherwise
     from dagster._daemon.cli import cli
 
     return cli.main(args=["run", *(sys.argv[1:] if argv is None else argv)], obj={}, standalone_mode=True)

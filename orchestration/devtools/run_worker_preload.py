@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from orchestration.devtools import migration_scripts
+from orchestration.devtools import sqlite_storage
 
 WARM_MODULES = (
     "orchestration.definitions",  # the code location itself (first in the forkserver's preload too)
@@ -77,5 +77,5 @@ def warm() -> list[str]:
 
 
 MISSING = warm()
-ALEMBIC_SCRIPTS_SHARED = migration_scripts.load_once()  # inherited by every run worker
+STORAGE_TUNED = sqlite_storage.tune()  # inherited by every run worker
 
