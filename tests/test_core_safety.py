@@ -318,3 +318,37 @@ def test_a_killed_worker_servers_directory_is_removed_by_the_next_one():
     finally:
         killed.stop()
         running.stop()
+
+
+@pytest.mark.parametrize("forked_from", ["assets.core.worker_server", "the pool's own forkserver"])
+def test_an_image_worker_imports_nothing_on_its_first_images(tmp_path, forked_from):
+    """What a worker is forked from has already imported what processing needs (assets/core/warm.py): a
+    worker's first image used to import ~45 modules (Pillow's plugins, numpy's), ~0.05 CPU-s per worker."""
+    import subprocess
+    import sys
+
+    from assets.core.pool import FORKSERVER_PRELOAD
+
+    inputs = {  # made here, so the child imports nothing to make them
+        "photo.jpg": jpeg_bytes(synthetic_photo(1200, 900, 30, "p")),
+        "alpha.png": _png(Image.new("RGBA", (300, 200), (10, 200, 30, 120))),
+        "gray16.png": _png(Image.new("I;16", (200, 100), 40000)),
+        "palette.gif": (lambda b: (Image.new("P", (120, 80), 3).save(b, "GIF"), b.getvalue())[1])(io.BytesIO()),
+        "photo.webp": (lambda b: (synthetic_photo(300, 200, 5, "w").save(b, "WEBP"), b.getvalue())[1])(io.BytesIO()),
+    }
+    for name, data in inputs.items():
+        (tmp_path / name).write_bytes(data)
+    preload = ["assets.core.worker_server"] if forked_from == "assets.core.worker_server" else FORKSERVER_PRELOAD
+    code = (
+        "import importlib, sys, pathlib\n"
+        f"for name in {preload!r}: importlib.import_module(name)\n"
+        "from assets.core import process_image\n"
+        f"files = sorted(pathlib.Path({str(tmp_path)!r}).iterdir())\n"
+        "datas = [f.read_bytes() for f in files]\n"
+        "before = set(sys.modules)\n"
+        "outcomes = [process_image(d) for d in datas]\n"
+        "print(len(outcomes), sorted(set(sys.modules) - before))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{len(inputs)} []", out.stdout

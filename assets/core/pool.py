@@ -117,6 +117,9 @@ def _worker_environment():
                 sys.modules["__main__"] = saved_main
 
 
+# What a pool's own forkserver imports before it forks a worker: the image core, warmed up (see there).
+FORKSERVER_PRELOAD = ["assets.core.warm"]
+
 # What the worker server (assets/core/worker_server.py) sends once a worker it forked has exited: a 2-tuple,
 # where a worker's replies are 3-tuples.
 EXITED = "exited"
@@ -211,7 +214,7 @@ class WorkerPool:
         method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         self._ctx = mp.get_context(method)
         if method == "forkserver":
-            self._ctx.set_forkserver_preload(["assets.core.process"])
+            self._ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
         self._server = server or None
         self.source = f"the image worker server at {server}" if server else f"a {method} of this run's own"
         self._workers: list[_Worker] = []

@@ -24,6 +24,7 @@ then finishes its image and exits when its run closes the connection.
 
 from __future__ import annotations
 
+import importlib
 import os
 import selectors
 import shutil
@@ -32,8 +33,11 @@ import socket
 import sys
 from multiprocessing.connection import Connection
 
-# Imported before any fork (Pillow, numpy, the image core), so that no worker imports anything.
+# Imported before any fork (Pillow, numpy, the image core, and what their first image would import
+# lazily: assets.core.warm), so that no worker imports anything.
 from assets.core.pool import EXITED, _worker_main
+
+importlib.import_module("assets.core.warm")  # warms up on import
 
 
 def serve(path: str) -> int:
