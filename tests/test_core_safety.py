@@ -352,3 +352,15 @@ def test_an_image_worker_imports_nothing_on_its_first_images(tmp_path, forked_fr
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"{len(inputs)} []", out.stdout
+
+
+def test_warming_up_is_never_what_stops_a_worker_from_starting(monkeypatch):
+    """The warm-up uses only the encoders this Pillow has, and a failure in it leaves the server or the
+    forkserver that imports it starting cold instead of not at all."""
+    from assets.core import warm
+
+    assert {"JPEG", "PNG", "WEBP"} <= set(warm.WARMED)
+    monkeypatch.setattr(warm.features, "check", lambda feature: False)  # a Pillow without WebP or AVIF
+    assert warm.warm_up() == ["JPEG", "PNG"]
+    monkeypatch.setattr(warm, "process_image", lambda *a, **k: (_ for _ in ()).throw(ImageRejected("x", "y")))
+    assert warm.warm_up() == []

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, features
 
 from assets.core.config import OUTPUT_FORMATS, CoreConfig, RenditionSpec
 from assets.core.process import process_image
@@ -38,12 +38,23 @@ def _photo() -> bytes:
     return out.getvalue()
 
 
+def _encodable() -> tuple[str, ...]:
+    """The output formats this Pillow can write (AVIF and WebP depend on how it was built)."""
+    optional = {"WEBP": "webp", "AVIF": "avif"}
+    return tuple(f for f in OUTPUT_FORMATS if f not in optional or features.check(optional[f]))
+
+
 def warm_up() -> list[str]:
-    """Import and set up what processing an image needs: one small rendition in every output format, so
-    each encoder's module is loaded too. Returns the formats it produced."""
-    Image.init()
-    config = CoreConfig(renditions=(RenditionSpec("warm", 64, formats=tuple(OUTPUT_FORMATS)),))
-    return sorted(r.format for r in process_image(_photo(), config).renditions)
+    """Import and set up what processing an image needs: one small rendition in every output format this
+    Pillow can write, so each encoder's module is loaded too. Returns the formats it produced, or [] if
+    anything failed: warming is an optimisation, and a worker (or the server and forkserver that import
+    this module) must start without it."""
+    try:
+        Image.init()
+        config = CoreConfig(renditions=(RenditionSpec("warm", 64, formats=_encodable()),))
+        return sorted(r.format for r in process_image(_photo(), config).renditions)
+    except Exception:  # noqa: BLE001 - see above
+        return []
 
 
 WARMED = warm_up()
