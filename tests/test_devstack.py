@@ -355,3 +355,41 @@ def test_dagster_sqlite_engines_are_reused_and_runs_still_record_everything(tmp_
     assert int(made_first) > 0 and ok == "True" and latest == "True" and records == "3" and events == "True", figures
     # The second run made engines only for its own new database, not per connection (was dozens).
     assert int(made_second) <= 2, figures
+
+
+def _forkserver_children(pid: int) -> list[int]:
+    """The run workers' forkservers among a process's children."""
+    found = []
+    for child in open(f"/proc/{pid}/task/{pid}/children").read().split():
+        try:
+            cmdline = open(f"/proc/{child}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if b"forkserver" in cmdline and b"run_worker_preload" in cmdline:
+            found.append(int(child))
+    return found
+
+
+def test_the_code_server_starts_its_run_workers_forkserver_before_the_first_run(offline_settings):
+    """The forkserver that run workers are forked from takes ~2 s to preload. The code server starts it at
+    start-up, so the first batch after the stack starts does not wait for it. No run is launched here: on
+    the old code no forkserver existed until the first one."""
+    import time
+
+    from orchestration.devtools import devstack
+
+    devstack.prepare_dagster_home(offline_settings)
+    port = kafka_broker.free_port()
+    log = offline_settings.dagster_home / "code_server.log"
+    proc = devstack.start_code_server(port, devstack.stack_env(offline_settings), log, on_start=lambda p: None)
+    try:
+        deadline, found = time.monotonic() + 45, []
+        while not found and time.monotonic() < deadline and proc.poll() is None:
+            found = _forkserver_children(proc.pid)
+            time.sleep(0.2)
+        assert found, f"no forkserver started before the first run; see {log}: {log.read_text()[-2000:]}"
+    finally:
+        devstack.stop_dagster(proc)
+    time.sleep(1)
+    assert not any(os.path.exists(f"/proc/{pid}/cmdline") and b"forkserver" in open(f"/proc/{pid}/cmdline", "rb").read()
+                   for pid in found), "the forkserver outlived its code server"
