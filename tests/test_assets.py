@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from dagster import DagsterInstance, materialize
@@ -250,9 +251,19 @@ def test_the_rendition_check_catches_edited_and_broken_renditions(instance, sett
     services.lake.write(large["path"], services.lake.read(large["path"])[:-10] + b"edited ok!")  # bytes changed
     thumb_bytes = services.lake.read(thumb["path"])
     services.lake.write(thumb["path"], thumb_bytes[: len(thumb_bytes) // 2])  # truncated
+    # A WebP rendition (its size read from its header) whose recorded size is not its size.
+    from orchestration.domain.manifest import outcomes_path
+
+    stored = json.loads(services.lake.read(outcomes_path(batch)))
+    medium = next(r for o in stored["images"] if o["image_id"] == outcome["image_id"] for r in o["renditions"]
+                  if r["name"] == "medium" and r["format"] == "WEBP")
+    medium["width"] += 1
+    services.lake.write(outcomes_path(batch), json.dumps(stored).encode())
     checked, problems = batch_work.check_renditions(services.lake, batch)
     assert any(large["path"] in p and "sha256" in p for p in problems)
     assert any(thumb["path"] in p for p in problems)
+    assert any(medium["path"] in p and f"!= recorded ({medium['width']}, {medium['height']})" in p for p in problems)
+    assert len(problems) == 3, problems
 
 
 def test_a_broker_that_lost_its_log_gets_every_event_back_from_the_documents(instance, settings, uploaded, tmp_path):

@@ -188,3 +188,30 @@ def test_gps_and_other_exif_are_stripped_from_renditions():
     assert b"CameraMaker" in data
     for r in process_image(data).renditions:
         assert b"CameraMaker" not in r.data and not Image.open(io.BytesIO(r.data)).getexif()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 7), (640, 427), (2048, 1536), (16383, 2)])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+@pytest.mark.parametrize("options", [{"quality": 80}, {"lossless": True}, {"quality": 80, "exif": b"Exif\0\0II*\0"}],
+                         ids=["lossy", "lossless", "with-exif"])
+def test_a_webps_size_read_from_its_header_is_the_size_pillow_reads(size, mode, options):
+    """The rendition check reads a WebP's size from its first chunk (``VP8 ``, ``VP8L`` or ``VP8X``: alpha
+    and EXIF make it extended) instead of opening it with Pillow; both must agree on every kind."""
+    from assets.core.sniff import webp_dimensions
+
+    buf = io.BytesIO()
+    Image.new(mode, size, 90 if mode == "L" else (10, 200, 30, 100)[: len(mode)]).save(buf, "WEBP", **options)
+    data = buf.getvalue()
+    assert webp_dimensions(data) == Image.open(io.BytesIO(data)).size == size
+
+
+def test_a_webp_header_that_is_not_one_gives_no_size():
+    from assets.core.sniff import webp_dimensions
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(buf, "JPEG")
+    assert webp_dimensions(buf.getvalue()) is None  # not a WebP at all
+    assert webp_dimensions(b"RIFF\0\0\0\0WEBPVP8 " + b"\0" * 20) is None  # no key-frame start code
+    assert webp_dimensions(b"RIFF\0\0\0\0WEBPVP8L" + b"\0" * 20) is None  # no lossless signature
+    assert webp_dimensions(b"RIFF\0\0\0\0WEBPVP8L\0\0\0\0\x2f") is None  # truncated
+    assert webp_dimensions(b"RIFF\0\0\0\0WEBPALPH" + b"\0" * 20) is None  # a chunk that cannot come first

@@ -61,3 +61,36 @@ def sniff_type(head: bytes) -> str:
         return "text/plain"
     except UnicodeDecodeError:
         return "application/octet-stream"
+
+
+def webp_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a WebP file's first chunk header, or None if ``data`` is not a well-formed
+    simple-lossy (``VP8 ``), lossless (``VP8L``) or extended (``VP8X``) WebP header.
+
+    Pillow learns a WebP's size only by creating libwebp's demuxer over the whole file: ~1.5-3 ms for a
+    2048-px rendition, against microseconds here. The rendition check reads only the size (it has already
+    compared the bytes with the sha256 recorded when they were encoded). Layout: the WebP container
+    specification (developers.google.com/speed/webp/docs/riff_container) and RFC 6386 section 9.1.
+    """
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8 ":
+        # frame tag (3 bytes), start code 9d 01 2a, then 14-bit width and height (2 bits of scale above each)
+        if data[23:26] != b"\x9d\x01\x2a" or data[20] & 1:  # bit 0 set: an inter frame, never a key frame here
+            return None
+        width = int.from_bytes(data[26:28], "little") & 0x3FFF
+        height = int.from_bytes(data[28:30], "little") & 0x3FFF
+    elif chunk == b"VP8L":
+        # signature 0x2f, then width-1 and height-1 in 14 bits each, little-endian bit order
+        if data[20] != 0x2F:
+            return None
+        bits = int.from_bytes(data[21:25], "little")
+        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    elif chunk == b"VP8X":
+        # flags (1 byte), reserved (3), canvas width-1 and height-1 in 24 bits each
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+    else:
+        return None
+    return (width, height) if width and height else None
