@@ -209,6 +209,35 @@ def test_the_local_daemon_ticks_sensors_every_second():
     assert out.stdout.split() == ["True", "1.0"], out.stdout + out.stderr
 
 
+def test_the_local_run_queue_looks_for_free_slots_every_quarter_second():
+    """The daemon's run queue (orchestration/devtools/daemon.py) runs every 0.25 s and never sleeps longer
+    than 0.125 s at a time; Dagster's own ran every dequeue_interval_seconds (1) in 0.5 s steps, so a slot a
+    run freed stayed empty for up to 1.5 s and many small batches ran in waves. The queue daemon is built the
+    way the daemon process builds it; its loop is driven with an event that records each wait."""
+    probe = (
+        "import orchestration.devtools.daemon as d\n"
+        "from dagster import DagsterInstance\n"
+        "from dagster._daemon import controller\n"
+        "from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon\n"
+        "ok = d.install_queue_loop()\n"
+        "daemon = controller.create_daemon_of_type(QueuedRunCoordinatorDaemon.daemon_type(), DagsterInstance.ephemeral())\n"
+        "rounds = []\n"
+        "daemon.run_iteration = lambda ctx: (rounds.append(1), iter(()))[1]\n"
+        "waits = []\n"
+        "class Event:\n"
+        "    def wait(self, timeout=None):\n"
+        "        waits.append(timeout)\n"
+        "        import time; time.sleep(timeout)\n"
+        "        return False\n"
+        "    def is_set(self): return False\n"
+        "loop = daemon.core_loop(None, Event())\n"
+        "while len(rounds) < 5: next(loop)\n"
+        "print(ok, isinstance(daemon, QueuedRunCoordinatorDaemon), daemon.interval_seconds, max(waits))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True", "0.25", "0.125"], out.stdout + out.stderr
+
+
 def _descendants(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     kids = [int(p) for p in out.split()]
@@ -393,3 +422,54 @@ def test_the_code_server_starts_its_run_workers_forkserver_before_the_first_run(
     time.sleep(1)
     assert not any(os.path.exists(f"/proc/{pid}/cmdline") and b"forkserver" in open(f"/proc/{pid}/cmdline", "rb").read()
                    for pid in found), "the forkserver outlived its code server"
+
+
+def test_the_stacks_children_stop_when_imgpipe_dev_is_killed_outright(tmp_path):
+    """`kill -9` of `imgpipe dev` alone (the OOM killer, a process manager) cannot be handled by it. Before,
+    its children ran on in sessions of their own — the broker, the code server, Dagster's webserver and
+    daemon, the OIDC provider, the web app — and held their ports, so the next `imgpipe dev` refused to start
+    until someone killed them by hand. Now each gets SIGTERM when its parent dies (lifetime.py), and the
+    same stack starts again on the same ports."""
+    import time
+
+    ports = {name: kafka_broker.free_port() for name in ("KAFKA", "WEBSERVER", "WEB", "OIDC")}
+    env = {**os.environ, "IMGPIPE_PROFILE": "local", "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
+           "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['KAFKA']}", "IMGPIPE_WEBSERVER_PORT": str(ports["WEBSERVER"]),
+           "IMGPIPE_WEB_PORT": str(ports["WEB"]), "IMGPIPE_OIDC_PORT": str(ports["OIDC"])}
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                return proc
+        pytest.fail(f"the stack did not start (exit code {proc.wait()}):\n{''.join(lines[-15:])}")
+
+    first = start()
+    children = _descendants(first.pid)
+    second = None
+    try:
+        names = " ".join(open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace") for p in children)
+        for program in ("tansu", "code_server", "dagster_webserver", "devtools.daemon", "oidc_provider_mock", "streamlit"):
+            assert program in names, f"{program} is not among the stack's processes"
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")[:80] for p in children if _alive(p)]
+        assert not left, f"left running after imgpipe dev was killed: {left}"
+        second = start()  # the ports are free again
+        os.kill(second.pid, signal.SIGINT)
+        assert second.wait(timeout=90) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for p in children:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

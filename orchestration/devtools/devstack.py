@@ -40,6 +40,7 @@ from orchestration.settings import ConfigurationError, Settings, check_profile, 
 from orchestration.domain.status import batch_status
 from orchestration.wiring import CLIENTS, build_reader, private_data_dir
 from orchestration.domain.identity import opaque_user_id
+from orchestration.devtools.lifetime import die_with_parent
 
 # Instance settings for the local stack, chosen for latency on a small machine:
 # - QueuedRunCoordinator checking the queue every second, at most `max_concurrent_runs` runs at once:
@@ -271,7 +272,8 @@ def start_code_server(port: int, env: dict[str, str], log_path: Path, *, on_star
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "orchestration.devtools.code_server", "--port", str(port)],
-                            env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+                            env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=die_with_parent())
     on_start(proc)
     client = DagsterGrpcClient(port=port, host="127.0.0.1")
     deadline = time.monotonic() + timeout_seconds
@@ -513,7 +515,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
                 [sys.executable, "-m", "dagster_webserver", "-w", str(workspace),
                  "-h", "127.0.0.1", "-p", str(settings.webserver_port)],
                 env=stack_env(settings), stdout=open(dagster_log, "ab"), stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent(),
             )
             on_start(proc)
             _log(f"Dagster webserver pid {proc.pid}, log {dagster_log}")
@@ -526,7 +528,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
             proc = subprocess.Popen(
                 [sys.executable, "-m", "orchestration.devtools.daemon", "-w", str(workspace)],
                 env=stack_env(settings), stdout=open(dagster_log, "ab"), stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent(),
             )
             on_start(proc)
             _log(f"Dagster daemon pid {proc.pid} (sensors every {SENSOR_LOOP_SECONDS:g} s, run queue, retries, "

