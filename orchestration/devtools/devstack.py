@@ -43,7 +43,8 @@ from orchestration.domain.identity import opaque_user_id
 from orchestration.devtools.lifetime import die_with_parent
 
 # Instance settings for the local stack, chosen for latency on a small machine:
-# - QueuedRunCoordinator checking the queue every second, at most `max_concurrent_runs` runs at once:
+# - QueuedRunCoordinator checking the queue every 0.25 s (daemon.py: QUEUE_LOOP_SECONDS; the yaml's integer
+#   dequeue_interval_seconds is what Dagster's own loop would use), at most `max_concurrent_runs` runs at once:
 #   a burst of uploads queues up instead of starting one ~150 MB run process per batch at the same time;
 #   launches are made from 2 threads, so starting one run worker does not hold up the next (run workers
 #   fork from the code server's preloaded forkserver: ~0.5 CPU-s instead of ~2.5, code_server.py and
