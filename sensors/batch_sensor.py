@@ -67,6 +67,7 @@ from pydantic import ValidationError
 from orchestration.domain.manifest import BatchManifest
 from orchestration.partitions import batches_partitions
 from orchestration.ports.metadata import MetadataStore
+from orchestration.ports.metadata import update as update_document
 from orchestration.ports.queue import BatchQueue, MessageLockLost, ReceivedMessage
 from orchestration.ports.signal import Signal
 from orchestration.settings import load_settings
@@ -231,18 +232,24 @@ def build_failure_sensor(job):
             user_id = found[0]["user_id"] if found else None
         if not batch_id or not user_id:
             return
-        doc = store.read("batches", batch_id, user_id)
-        # A sensor tick can come after the retry already completed the batch: never undo a completion.
-        if doc and doc.get("status") != "completed":
-            message = (context.failure_event.message or "run failed")[:2000]
-            attempt = int(run.tags.get("dagster/retry_number", "0") or 0)
-            instance = context.instance
-            allowed = int(run.tags.get("dagster/max_retries", instance.run_retries_max_retries)
-                          if instance.run_retries_enabled else 0)
-            if attempt < allowed:
-                update = {"status": "retrying", "error": f"attempt {attempt + 1} of {allowed + 1} failed: {message}"}
-            else:
-                update = {"status": "failed", "error": message}
-            store.upsert("batches", {**doc, **update, "dagster_run_id": run.run_id})
+        message = (context.failure_event.message or "run failed")[:2000]
+        attempt = int(run.tags.get("dagster/retry_number", "0") or 0)
+        instance = context.instance
+        allowed = int(run.tags.get("dagster/max_retries", instance.run_retries_max_retries)
+                      if instance.run_retries_enabled else 0)
+        if attempt < allowed:
+            change = {"status": "retrying", "error": f"attempt {attempt + 1} of {allowed + 1} failed: {message}"}
+        else:
+            change = {"status": "failed", "error": message}
+
+        def mark(doc: dict) -> dict | None:
+            # A sensor tick can come after the retry already completed the batch, or while it completes it:
+            # never undo a completion. The write is conditional on the document read here (its etag), so a
+            # completion that lands between this read and the write makes it read and decide again.
+            if doc.get("status") == "completed":
+                return None
+            return {**doc, **change, "dagster_run_id": run.run_id}
+
+        update_document(store, "batches", batch_id, user_id, mark)
 
     return batch_failure_sensor

@@ -169,3 +169,60 @@ def test_a_late_failure_sensor_tick_never_undoes_a_completed_retry(settings, tmp
         ).for_run_failure()
         build_failure_sensor(process_batch_job)(ctx)
     assert services.metadata.read("batches", batch, "alice")["status"] == "completed"
+
+
+class _CompletedBetweenReadAndWrite:
+    """The metadata store as the failure sensor sees it while the retry run completes the batch: its first
+    read of the batch returns the document as it was, and the completion lands right after that read."""
+
+    def __init__(self, store, complete):
+        self._store, self._complete, self.reads = store, complete, 0
+
+    def read(self, container, id, partition_key):
+        doc = self._store.read(container, id, partition_key)
+        self.reads += 1
+        if container == "batches" and self.reads == 1:
+            self._complete()
+        return doc
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_a_completion_between_the_failure_sensors_read_and_write_is_not_undone(settings, tmp_path):
+    """Seen in CI's fault injection with the run queue every 0.25 s: the original run was killed, its retry
+    completed the batch while the failure sensor was marking it 'retrying', and the sensor's write (the
+    document as it had read it, plus 'retrying') replaced the completion: the batch stayed 'retrying' for
+    good with nothing left to run. The sensor's write is now conditional on what it read."""
+    from orchestration import wiring
+    from orchestration.definitions import process_batch_job
+    from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
+    from sensors.batch_sensor import build_failure_sensor
+
+    services = wiring.services(settings)
+    batch = upload_batch(services, [IntakeItem.from_bytes("a.jpg", jpeg_bytes(synthetic_photo(64, 48, 0, "r")))],
+                         user_id="alice").batch_id
+    dead_kafka = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})
+    with instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 2}}) as instance:
+        instance.add_dynamic_partitions(batches_partitions.name, [batch])
+        failed = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
+                             resources=resources_from_settings(dead_kafka), raise_on_error=False,
+                             tags={"imgpipe/user_id": "alice"})
+        assert services.metadata.read("batches", batch, "alice")["status"] != "completed"
+
+        def retry_completes():
+            retry = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
+                                resources=resources_from_settings(settings), tags={"imgpipe/user_id": "alice"})
+            assert retry.success
+
+        store = _CompletedBetweenReadAndWrite(services.metadata, retry_completes)
+        [failure] = instance.get_records_for_run(failed.run_id, of_type=DagsterEventType.RUN_FAILURE).records
+        ctx = build_run_status_sensor_context(
+            sensor_name="batch_failure_sensor", dagster_event=failure.event_log_entry.dagster_event,
+            dagster_instance=instance, dagster_run=instance.get_run_by_id(failed.run_id),
+            resources={"metadata": store},
+        ).for_run_failure()
+        build_failure_sensor(process_batch_job)(ctx)
+    doc = services.metadata.read("batches", batch, "alice")
+    assert doc["status"] == "completed" and doc["error"] is None, doc
+    assert store.reads == 2  # it read again after its write was refused, and left the completion alone

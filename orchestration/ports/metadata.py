@@ -16,7 +16,7 @@ Cosmos DB semantics, kept small:
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Mapping, Protocol, runtime_checkable
 
 # Container name -> the document field it is partitioned by.
 #  batches: by user, so "a user's batches" is a single-partition query (the web app's main view).
@@ -95,3 +95,28 @@ class MetadataStore(Protocol):
         limit: int | None = None,
     ) -> Iterator[dict]:
         """Documents whose fields equal the given values (dotted paths allowed)."""
+
+
+def update(store: MetadataStore, container: str, id: str, partition_key: str,
+           change: Callable[[dict], dict | None], *, attempts: int = 10) -> dict | None:
+    """Read-modify-write under optimistic concurrency (the document's ``_etag``, Cosmos DB's If-Match).
+
+    ``change(doc)`` returns the document to store, or None to leave it as it is. When another writer got in
+    between the read and the write, ``change`` is called again on a fresh read, so a decision taken on a
+    stale read (say, "not completed yet, so mark it retrying") is never written over a newer one. Returns
+    the stored document, or None when there is none or ``change`` declined. ``PreconditionFailed`` only if
+    others changed it ``attempts`` times in a row."""
+    for _ in range(attempts):
+        doc = store.read(container, id, partition_key)
+        if doc is None:
+            return None
+        new = change(dict(doc))
+        if new is None:
+            return None
+        try:
+            return store.replace(container, new, if_match=doc["_etag"])
+        except PreconditionFailed:
+            continue
+        except DocumentNotFound:
+            return None
+    raise PreconditionFailed(f"{container}/{id}: changed by another writer {attempts} times in a row")

@@ -59,6 +59,27 @@ def test_etag_optimistic_concurrency(metadata_store):
     assert metadata_store.read("batches", "b1", "alice")["status"] == "processing"
 
 
+def test_update_decides_again_when_another_writer_got_in_between(metadata_store):
+    """``update`` (read, change, replace if the etag is unchanged): a write by someone else between its read
+    and its write makes it read and decide again, on every adapter."""
+    from orchestration.ports.metadata import update
+
+    metadata_store.upsert("batches", _batch(3))
+    seen = []
+
+    def to_retrying(doc):
+        seen.append(doc["status"])
+        if len(seen) == 1:  # someone else completes it after this read
+            metadata_store.upsert("batches", {**doc, "status": "completed"})
+        return None if doc["status"] == "completed" else {**doc, "status": "retrying"}
+
+    assert update(metadata_store, "batches", "b3", "alice", to_retrying) is None
+    assert seen == ["received", "completed"]
+    assert metadata_store.read("batches", "b3", "alice")["status"] == "completed"
+    stored = update(metadata_store, "batches", "b3", "alice", lambda doc: {**doc, "n": 30})
+    assert stored["n"] == 30 and metadata_store.read("batches", "b3", "alice")["_etag"] == stored["_etag"]
+
+
 def test_replace_missing_raises_not_found(metadata_store):
     with pytest.raises(DocumentNotFound):
         metadata_store.replace("batches", _batch(9))
