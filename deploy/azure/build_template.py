@@ -9,6 +9,11 @@ the Cosmos DB containers' partition keys from the MetadataStore port, the Servic
 delivery count and duplicate window from Settings' defaults. tests/test_deploy.py checks the file is
 current, validates every resource against Azure's published schemas and runs checkov on it.
 
+One function per Azure resource or tight group of resources (storage_account(), lake_filesystem(),
+cosmos_containers(), servicebus(), aks(), role_assignments(), ...) returns its resource(s); parameters(),
+variables() and outputs() the other sections; template() assembles them (its list is the order of the
+resources in azuredeploy.json).
+
 Deploy:  az deployment group create -g <rg> -f deploy/azure/azuredeploy.json -p namePrefix=imgpipe \
              -p postgresAdminPassword=<from your vault>
 """
@@ -83,84 +88,133 @@ def role_assignment(key: str, role: str, principal: str, scope: str, depends: li
     }
 
 
-def template() -> dict:
-    s = Settings()
-    identity = "reference(resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', variables('identity')), '%s').principalId" % API["identity"]
-    storage_id = rid("Microsoft.Storage/storageAccounts", "variables('storage')")
-    sb_id = rid("Microsoft.ServiceBus/namespaces", "variables('serviceBus')")
-    eh_id = rid("Microsoft.EventHub/namespaces", "variables('eventHubs')")
-    aks_id = rid("Microsoft.ContainerService/managedClusters", "variables('aks')")
-    id_id = rid("Microsoft.ManagedIdentity/userAssignedIdentities", "variables('identity')")
-    cosmos_id = rid("Microsoft.DocumentDB/databaseAccounts", "variables('cosmos')")
-    container_scope = f"format('Microsoft.Storage/storageAccounts/{{0}}/blobServices/default/containers/{CONTAINER}', variables('storage'))"
-    queue_scope = f"format('Microsoft.Storage/storageAccounts/{{0}}/queueServices/default/queues/{SIGNAL_QUEUE}', variables('storage'))"
-    sb_queue_scope = f"format('Microsoft.ServiceBus/namespaces/{{0}}/queues/{BATCH_QUEUE}', variables('serviceBus'))"
-    hub_scope = f"format('Microsoft.EventHub/namespaces/{{0}}/eventhubs/{RESULTS_HUB}', variables('eventHubs'))"
-    acr_scope = "format('Microsoft.ContainerRegistry/registries/{0}', variables('acr'))"
-    uai = f"[{identity}]"
+# resourceId() expressions and role assignment scopes that resources refer to.
+STORAGE_ID = rid("Microsoft.Storage/storageAccounts", "variables('storage')")
+COSMOS_ID = rid("Microsoft.DocumentDB/databaseAccounts", "variables('cosmos')")
+SERVICE_BUS_ID = rid("Microsoft.ServiceBus/namespaces", "variables('serviceBus')")
+EVENT_HUBS_ID = rid("Microsoft.EventHub/namespaces", "variables('eventHubs')")
+AKS_ID = rid("Microsoft.ContainerService/managedClusters", "variables('aks')")
+IDENTITY_ID = rid("Microsoft.ManagedIdentity/userAssignedIdentities", "variables('identity')")
+# The workload identity's principal: what the app's pods act as (role assignments, Cosmos DB data plane).
+APP_PRINCIPAL = f"[reference({IDENTITY_ID}, '{API['identity']}').principalId]"
+LAKE_SCOPE = f"format('Microsoft.Storage/storageAccounts/{{0}}/blobServices/default/containers/{CONTAINER}', variables('storage'))"
+SIGNAL_QUEUE_SCOPE = f"format('Microsoft.Storage/storageAccounts/{{0}}/queueServices/default/queues/{SIGNAL_QUEUE}', variables('storage'))"
+BATCH_QUEUE_SCOPE = f"format('Microsoft.ServiceBus/namespaces/{{0}}/queues/{BATCH_QUEUE}', variables('serviceBus'))"
+RESULTS_HUB_SCOPE = f"format('Microsoft.EventHub/namespaces/{{0}}/eventhubs/{RESULTS_HUB}', variables('eventHubs'))"
+ACR_SCOPE = "format('Microsoft.ContainerRegistry/registries/{0}', variables('acr'))"
 
-    cosmos_containers = []
-    for name, key in PARTITION_KEYS.items():
-        # Indexed: the fields the adapter filters and sorts on (equality filters, ORDER BY created_at);
-        # everything else is not indexed, which keeps writes cheap.
-        paths = {"batches": ["/user_id/?", "/batch_id/?", "/status/?", "/created_at/?"],
-                 "images": ["/batch_id/?", "/user_id/?", "/outcome/?", "/processed_day/?", "/image_id/?"]}[name]
-        cosmos_containers.append({
-            "type": "Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers", "apiVersion": API["cosmos"],
-            "name": f"[format('{{0}}/imgpipe/{name}', variables('cosmos'))]",
-            "dependsOn": ["[resourceId('Microsoft.DocumentDB/databaseAccounts/sqlDatabases', variables('cosmos'), 'imgpipe')]"],
-            "properties": {
-                "resource": {
-                    "id": name,
-                    "partitionKey": {"paths": [f"/{key}"], "kind": "Hash", "version": 2},
-                    # -1: items live until they carry a positive ttl (a deleted batch's documents).
-                    "defaultTtl": -1,
-                    "indexingPolicy": {
-                        "indexingMode": "consistent", "automatic": True,
-                        "includedPaths": [{"path": path} for path in paths],
-                        "excludedPaths": [{"path": "/*"}, {"path": '/"_etag"/?'}],
-                    },
-                },
-                "options": {"autoscaleSettings": {"maxThroughput": p("cosmosMaxThroughput")}},
-            },
-        })
 
-    resources = [
-        {
-            "type": "Microsoft.OperationalInsights/workspaces", "apiVersion": API["insights"],
-            "name": v("logs"), "location": p("location"),
-            "properties": {"sku": {"name": "PerGB2018"}, "retentionInDays": 30},
+# -- template sections --------------------------------------------------------------------------------
+
+
+def parameters(s: Settings) -> dict:
+    return {
+        "namePrefix": {"type": "string", "defaultValue": "imgpipe", "minLength": 3, "maxLength": 11,
+                       "metadata": {"description": "Lower-case letters and digits; prefixes every resource name."}},
+        "location": {"type": "string", "defaultValue": "[resourceGroup().location]"},
+        "softDeleteDays": {"type": "int", "defaultValue": int(s.lake_soft_delete_days), "minValue": 1, "maxValue": 365,
+                           "metadata": {"description": "Blob and container soft delete (= the restore period of a deleted batch)."}},
+        "storageSku": {"type": "string", "defaultValue": "Standard_GZRS", "allowedValues": ["Standard_ZRS", "Standard_GZRS", "Standard_RAGZRS"]},
+        "cosmosMaxThroughput": {"type": "int", "defaultValue": 1000, "minValue": 1000},
+        "eventHubPartitions": {"type": "int", "defaultValue": 8, "minValue": 1, "maxValue": 32},
+        "kubernetesVersion": {"type": "string", "defaultValue": "1.33"},
+        "kubernetesNamespace": {"type": "string", "defaultValue": "imgpipe"},
+        # "d" sizes have the local disk ephemeral OS disks need.
+        "systemPoolVmSize": {"type": "string", "defaultValue": "Standard_D2ds_v5"},
+        "runPoolVmSize": {"type": "string", "defaultValue": "Standard_D4ds_v5",
+                          "metadata": {"description": "4 vCPU / 16 GiB: two 2-CPU run pods per node."}},
+        "apiServerAuthorizedIpRanges": {"type": "array", "defaultValue": ["0.0.0.0/32"],
+                                        "metadata": {"description": "CIDRs allowed to reach the Kubernetes API (your operators' and CI's); the default allows none until set."}},
+        "runPoolMaxNodes": {"type": "int", "defaultValue": 10, "minValue": 1, "maxValue": 100},
+        "postgresAdminLogin": {"type": "string", "defaultValue": "dagsteradmin"},
+        "postgresAdminPassword": {"type": "securestring", "minLength": 16,
+                                  "metadata": {"description": "From your vault; also the Kubernetes Secret dagster-postgresql-secret."}},
+    }
+
+
+def variables() -> dict:
+    """Resource names."""
+    return {
+        "suffix": "[uniqueString(resourceGroup().id)]",
+        # namePrefix (≤ 11 lower-case letters/digits) + 13 = a valid storage account name (≤ 24).
+        "storage": "[format('{0}{1}', parameters('namePrefix'), variables('suffix'))]",
+        "cosmos": "[format('{0}-meta-{1}', parameters('namePrefix'), variables('suffix'))]",
+        "serviceBus": "[format('{0}-sb-{1}', parameters('namePrefix'), variables('suffix'))]",
+        "systemTopic": "[format('{0}-sb-events', parameters('namePrefix'))]",
+        "eventHubs": "[format('{0}-eh-{1}', parameters('namePrefix'), variables('suffix'))]",
+        "acr": "[format('{0}acr{1}', parameters('namePrefix'), variables('suffix'))]",
+        "aks": "[format('{0}-aks', parameters('namePrefix'))]",
+        "logs": "[format('{0}-logs', parameters('namePrefix'))]",
+        "identity": "[format('{0}-workload', parameters('namePrefix'))]",
+        "postgres": "[format('{0}-pg-{1}', parameters('namePrefix'), variables('suffix'))]",
+    }
+
+
+def outputs() -> dict:
+    return {
+        "storageBlobEndpoint": {"type": "string", "value": f"[reference({STORAGE_ID}, '{API['storage']}').primaryEndpoints.blob]"},
+        "cosmosEndpoint": {"type": "string", "value": f"[reference({COSMOS_ID}, '{API['cosmos']}').documentEndpoint]"},
+        "serviceBusHost": {"type": "string", "value": "[format('{0}.servicebus.windows.net', variables('serviceBus'))]"},
+        "eventHubsKafkaEndpoint": {"type": "string", "value": "[format('{0}.servicebus.windows.net:9093', variables('eventHubs'))]"},
+        "identityClientId": {"type": "string", "value": f"[reference({IDENTITY_ID}, '{API['identity']}').clientId]"},
+        "tenantId": {"type": "string", "value": "[subscription().tenantId]"},
+        "acrLoginServer": {"type": "string", "value": f"[reference(resourceId('Microsoft.ContainerRegistry/registries', variables('acr')), '{API['acr']}').loginServer]"},
+        "aksName": {"type": "string", "value": v("aks")},
+        "oidcIssuerUrl": {"type": "string", "value": f"[reference({AKS_ID}, '{API['aks']}').oidcIssuerProfile.issuerURL]"},
+        "postgresHost": {"type": "string", "value": f"[reference(resourceId('Microsoft.DBforPostgreSQL/flexibleServers', variables('postgres')), '{API['postgres']}').fullyQualifiedDomainName]"},
+    }
+
+
+# -- resources, in the template's order -----------------------------------------------------------------
+
+
+def log_workspace() -> dict:
+    return {
+        "type": "Microsoft.OperationalInsights/workspaces", "apiVersion": API["insights"],
+        "name": v("logs"), "location": p("location"),
+        "properties": {"sku": {"name": "PerGB2018"}, "retentionInDays": 30},
+    }
+
+
+def workload_identity() -> dict:
+    return {
+        "type": "Microsoft.ManagedIdentity/userAssignedIdentities", "apiVersion": API["identity"],
+        "name": v("identity"), "location": p("location"), "properties": {},
+    }
+
+
+def storage_account() -> dict:
+    """The lake: ADLS Gen2 (hierarchical namespace), Entra ID only."""
+    return {
+        "type": "Microsoft.Storage/storageAccounts", "apiVersion": API["storage"],
+        "name": v("storage"), "location": p("location"),
+        "metadata": {"checkov": [
+            "CKV_AZURE_59: AKS pods, Event Grid and BI tools reach the lake over its public endpoint with "
+            "Entra ID only (no shared key, no anonymous access); private endpoints need the platform's VNet design",
+            "CKV_AZURE_35: same reason: access is restricted by identity and RBAC on the container, not by network",
+            "CKV_AZURE_43: the name is an expression checkov cannot evaluate: namePrefix (<= 11 lower-case "
+            "letters/digits) + uniqueString (13) is a valid name of <= 24 characters",
+        ]},
+        "kind": "StorageV2", "sku": {"name": p("storageSku")},
+        "properties": {
+            "isHnsEnabled": True, "minimumTlsVersion": "TLS1_2", "supportsHttpsTrafficOnly": True,
+            "allowBlobPublicAccess": False, "allowSharedKeyAccess": False,
+            "defaultToOAuthAuthentication": True, "allowCrossTenantReplication": False,
+            "publicNetworkAccess": "Enabled",
+            "networkAcls": {"defaultAction": "Allow", "bypass": "AzureServices"},
+            "encryption": {"keySource": "Microsoft.Storage", "requireInfrastructureEncryption": True,
+                           "services": {"blob": {"enabled": True}, "queue": {"enabled": True, "keyType": "Account"}}},
         },
-        {
-            "type": "Microsoft.ManagedIdentity/userAssignedIdentities", "apiVersion": API["identity"],
-            "name": v("identity"), "location": p("location"), "properties": {},
-        },
-        # -- the lake: ADLS Gen2 (hierarchical namespace), Entra ID only, soft delete, lifecycle ---------
-        {
-            "type": "Microsoft.Storage/storageAccounts", "apiVersion": API["storage"],
-            "name": v("storage"), "location": p("location"),
-            "metadata": {"checkov": [
-                "CKV_AZURE_59: AKS pods, Event Grid and BI tools reach the lake over its public endpoint with "
-                "Entra ID only (no shared key, no anonymous access); private endpoints need the platform's VNet design",
-                "CKV_AZURE_35: same reason: access is restricted by identity and RBAC on the container, not by network",
-                "CKV_AZURE_43: the name is an expression checkov cannot evaluate: namePrefix (<= 11 lower-case "
-                "letters/digits) + uniqueString (13) is a valid name of <= 24 characters",
-            ]},
-            "kind": "StorageV2", "sku": {"name": p("storageSku")},
-            "properties": {
-                "isHnsEnabled": True, "minimumTlsVersion": "TLS1_2", "supportsHttpsTrafficOnly": True,
-                "allowBlobPublicAccess": False, "allowSharedKeyAccess": False,
-                "defaultToOAuthAuthentication": True, "allowCrossTenantReplication": False,
-                "publicNetworkAccess": "Enabled",
-                "networkAcls": {"defaultAction": "Allow", "bypass": "AzureServices"},
-                "encryption": {"keySource": "Microsoft.Storage", "requireInfrastructureEncryption": True,
-                               "services": {"blob": {"enabled": True}, "queue": {"enabled": True, "keyType": "Account"}}},
-            },
-        },
+    }
+
+
+def lake_filesystem() -> list[dict]:
+    """The blob service (soft delete) and the lake's container."""
+    return [
         {
             "type": "Microsoft.Storage/storageAccounts/blobServices", "apiVersion": API["storage"],
             "name": "[format('{0}/default', variables('storage'))]",
-            "dependsOn": [f"[{storage_id}]"],
+            "dependsOn": [f"[{STORAGE_ID}]"],
             "properties": {
                 "deleteRetentionPolicy": {"enabled": True, "days": p("softDeleteDays")},
                 "containerDeleteRetentionPolicy": {"enabled": True, "days": p("softDeleteDays")},
@@ -172,10 +226,16 @@ def template() -> dict:
             "dependsOn": ["[resourceId('Microsoft.Storage/storageAccounts/blobServices', variables('storage'), 'default')]"],
             "properties": {"publicAccess": "None"},
         },
+    ]
+
+
+def signal_queue() -> list[dict]:
+    """The queue service and the Storage queue Event Grid signals into."""
+    return [
         {
             "type": "Microsoft.Storage/storageAccounts/queueServices", "apiVersion": API["storage"],
             "name": "[format('{0}/default', variables('storage'))]",
-            "dependsOn": [f"[{storage_id}]"],
+            "dependsOn": [f"[{STORAGE_ID}]"],
             "properties": {},
         },
         {
@@ -184,14 +244,22 @@ def template() -> dict:
             "dependsOn": ["[resourceId('Microsoft.Storage/storageAccounts/queueServices', variables('storage'), 'default')]"],
             "properties": {},
         },
-        {
-            # From orchestration/domain/lifecycle_rules.json (with soft delete on, these are soft deletes).
-            "type": "Microsoft.Storage/storageAccounts/managementPolicies", "apiVersion": API["storage"],
-            "name": "[format('{0}/default', variables('storage'))]",
-            "dependsOn": [f"[{storage_id}]"],
-            "properties": {"policy": azure_management_policy(CONTAINER)},
-        },
-        # -- metadata: Cosmos DB for NoSQL, keys off (data-plane RBAC) --------------------------------
+    ]
+
+
+def lifecycle_policy() -> dict:
+    """From orchestration/domain/lifecycle_rules.json (with soft delete on, these are soft deletes)."""
+    return {
+        "type": "Microsoft.Storage/storageAccounts/managementPolicies", "apiVersion": API["storage"],
+        "name": "[format('{0}/default', variables('storage'))]",
+        "dependsOn": [f"[{STORAGE_ID}]"],
+        "properties": {"policy": azure_management_policy(CONTAINER)},
+    }
+
+
+def cosmos_account() -> list[dict]:
+    """Metadata: Cosmos DB for NoSQL, keys off (data-plane RBAC), and its database."""
+    return [
         {
             "type": "Microsoft.DocumentDB/databaseAccounts", "apiVersion": API["cosmos"],
             "name": v("cosmos"), "location": p("location"), "kind": "GlobalDocumentDB",
@@ -212,21 +280,59 @@ def template() -> dict:
         {
             "type": "Microsoft.DocumentDB/databaseAccounts/sqlDatabases", "apiVersion": API["cosmos"],
             "name": "[format('{0}/imgpipe', variables('cosmos'))]",
-            "dependsOn": [f"[{cosmos_id}]"],
+            "dependsOn": [f"[{COSMOS_ID}]"],
             "properties": {"resource": {"id": "imgpipe"}},
         },
-        *cosmos_containers,
-        {
-            "type": "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments", "apiVersion": API["cosmos"],
-            "name": f"[format('{{0}}/{{1}}', variables('cosmos'), guid({cosmos_id}, variables('identity'), 'data-contributor'))]",
-            "dependsOn": [f"[{cosmos_id}]", f"[{id_id}]"],
+    ]
+
+
+def cosmos_containers() -> list[dict]:
+    """One container per MetadataStore collection, partitioned as the port says."""
+    containers = []
+    for name, key in PARTITION_KEYS.items():
+        # Indexed: the fields the adapter filters and sorts on (equality filters, ORDER BY created_at);
+        # everything else is not indexed, which keeps writes cheap.
+        paths = {"batches": ["/user_id/?", "/batch_id/?", "/status/?", "/created_at/?"],
+                 "images": ["/batch_id/?", "/user_id/?", "/outcome/?", "/processed_day/?", "/image_id/?"]}[name]
+        containers.append({
+            "type": "Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers", "apiVersion": API["cosmos"],
+            "name": f"[format('{{0}}/imgpipe/{name}', variables('cosmos'))]",
+            "dependsOn": ["[resourceId('Microsoft.DocumentDB/databaseAccounts/sqlDatabases', variables('cosmos'), 'imgpipe')]"],
             "properties": {
-                "roleDefinitionId": f"[resourceId('Microsoft.DocumentDB/databaseAccounts/sqlRoleDefinitions', variables('cosmos'), '{COSMOS_DATA_CONTRIBUTOR}')]",
-                "principalId": uai,
-                "scope": f"[{cosmos_id}]",
+                "resource": {
+                    "id": name,
+                    "partitionKey": {"paths": [f"/{key}"], "kind": "Hash", "version": 2},
+                    # -1: items live until they carry a positive ttl (a deleted batch's documents).
+                    "defaultTtl": -1,
+                    "indexingPolicy": {
+                        "indexingMode": "consistent", "automatic": True,
+                        "includedPaths": [{"path": path} for path in paths],
+                        "excludedPaths": [{"path": "/*"}, {"path": '/"_etag"/?'}],
+                    },
+                },
+                "options": {"autoscaleSettings": {"maxThroughput": p("cosmosMaxThroughput")}},
             },
+        })
+    return containers
+
+
+def cosmos_data_role() -> dict:
+    """The workload identity's data-plane role on the Cosmos DB account (Built-in Data Contributor)."""
+    return {
+        "type": "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments", "apiVersion": API["cosmos"],
+        "name": f"[format('{{0}}/{{1}}', variables('cosmos'), guid({COSMOS_ID}, variables('identity'), 'data-contributor'))]",
+        "dependsOn": [f"[{COSMOS_ID}]", f"[{IDENTITY_ID}]"],
+        "properties": {
+            "roleDefinitionId": f"[resourceId('Microsoft.DocumentDB/databaseAccounts/sqlRoleDefinitions', variables('cosmos'), '{COSMOS_DATA_CONTRIBUTOR}')]",
+            "principalId": APP_PRINCIPAL,
+            "scope": f"[{COSMOS_ID}]",
         },
-        # -- the batch queue: Service Bus Premium (the tier that emits Event Grid events) ----------
+    }
+
+
+def servicebus(s: Settings) -> list[dict]:
+    """The batch queue: Service Bus Premium (the tier that emits Event Grid events), settings from Settings."""
+    return [
         {
             "type": "Microsoft.ServiceBus/namespaces", "apiVersion": API["servicebus"],
             "name": v("serviceBus"), "location": p("location"),
@@ -236,7 +342,7 @@ def template() -> dict:
         {
             "type": "Microsoft.ServiceBus/namespaces/queues", "apiVersion": API["servicebus"],
             "name": f"[format('{{0}}/{BATCH_QUEUE}', variables('serviceBus'))]",
-            "dependsOn": [f"[{sb_id}]"],
+            "dependsOn": [f"[{SERVICE_BUS_ID}]"],
             "properties": {
                 "lockDuration": f"PT{int(s.queue_lock_seconds)}S",
                 "maxDeliveryCount": s.queue_max_delivery_count,
@@ -247,36 +353,48 @@ def template() -> dict:
                 "maxSizeInMegabytes": 5120,
             },
         },
-        # -- Event Grid: Service Bus "messages waiting, nobody listening" → the signal Storage queue ----
-        {
-            "type": "Microsoft.EventGrid/systemTopics", "apiVersion": API["eventgrid"],
-            "name": v("systemTopic"), "location": p("location"),
-            "identity": {"type": "SystemAssigned"},
-            "dependsOn": [f"[{sb_id}]"],
-            "properties": {"source": f"[{sb_id}]", "topicType": "Microsoft.ServiceBus.Namespaces"},
-        },
-        {
-            "type": "Microsoft.EventGrid/systemTopics/eventSubscriptions", "apiVersion": API["eventgrid"],
-            "name": "[format('{0}/batch-signals', variables('systemTopic'))]",
-            "dependsOn": [
-                "[resourceId('Microsoft.EventGrid/systemTopics', variables('systemTopic'))]",
-                f"[resourceId('Microsoft.Storage/storageAccounts/queueServices/queues', variables('storage'), 'default', '{SIGNAL_QUEUE}')]",
-                f"[extensionResourceId({queue_scope}, 'Microsoft.Authorization/roleAssignments', guid({queue_scope}, 'eventgrid', '{ROLES['Storage Queue Data Message Sender']}'))]",
-            ],
-            "properties": {
-                # Delivered with the topic's own identity (the account allows no shared key).
-                "deliveryWithResourceIdentity": {
-                    "identity": {"type": "SystemAssigned"},
-                    "destination": {"endpointType": "StorageQueue", "properties": {
-                        "resourceId": f"[{storage_id}]", "queueName": SIGNAL_QUEUE,
-                        "queueMessageTimeToLiveInSeconds": 604800}},
-                },
-                "filter": {"includedEventTypes": SB_EVENTS},
-                "eventDeliverySchema": "EventGridSchema",
-                "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440},
+    ]
+
+
+def eventgrid_topic() -> dict:
+    """Event Grid's system topic on the Service Bus namespace, with its own identity."""
+    return {
+        "type": "Microsoft.EventGrid/systemTopics", "apiVersion": API["eventgrid"],
+        "name": v("systemTopic"), "location": p("location"),
+        "identity": {"type": "SystemAssigned"},
+        "dependsOn": [f"[{SERVICE_BUS_ID}]"],
+        "properties": {"source": f"[{SERVICE_BUS_ID}]", "topicType": "Microsoft.ServiceBus.Namespaces"},
+    }
+
+
+def eventgrid_subscription() -> dict:
+    """Service Bus "messages waiting, nobody listening" → the signal Storage queue."""
+    return {
+        "type": "Microsoft.EventGrid/systemTopics/eventSubscriptions", "apiVersion": API["eventgrid"],
+        "name": "[format('{0}/batch-signals', variables('systemTopic'))]",
+        "dependsOn": [
+            "[resourceId('Microsoft.EventGrid/systemTopics', variables('systemTopic'))]",
+            f"[resourceId('Microsoft.Storage/storageAccounts/queueServices/queues', variables('storage'), 'default', '{SIGNAL_QUEUE}')]",
+            f"[extensionResourceId({SIGNAL_QUEUE_SCOPE}, 'Microsoft.Authorization/roleAssignments', guid({SIGNAL_QUEUE_SCOPE}, 'eventgrid', '{ROLES['Storage Queue Data Message Sender']}'))]",
+        ],
+        "properties": {
+            # Delivered with the topic's own identity (the account allows no shared key).
+            "deliveryWithResourceIdentity": {
+                "identity": {"type": "SystemAssigned"},
+                "destination": {"endpointType": "StorageQueue", "properties": {
+                    "resourceId": f"[{STORAGE_ID}]", "queueName": SIGNAL_QUEUE,
+                    "queueMessageTimeToLiveInSeconds": 604800}},
             },
+            "filter": {"includedEventTypes": SB_EVENTS},
+            "eventDeliverySchema": "EventGridSchema",
+            "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440},
         },
-        # -- results: Event Hubs Standard (the Kafka endpoint) -----------------------------------------
+    }
+
+
+def event_hubs() -> list[dict]:
+    """Results: Event Hubs Standard (the Kafka endpoint), the results hub and the app's access rule."""
+    return [
         {
             "type": "Microsoft.EventHub/namespaces", "apiVersion": API["eventhub"],
             "name": v("eventHubs"), "location": p("location"),
@@ -291,7 +409,7 @@ def template() -> dict:
         {
             "type": "Microsoft.EventHub/namespaces/eventhubs", "apiVersion": API["eventhub"],
             "name": f"[format('{{0}}/{RESULTS_HUB}', variables('eventHubs'))]",
-            "dependsOn": [f"[{eh_id}]"],
+            "dependsOn": [f"[{EVENT_HUBS_ID}]"],
             "properties": {"partitionCount": p("eventHubPartitions"),
                            "retentionDescription": {"cleanupPolicy": "Delete", "retentionTimeInHours": 24}},
         },
@@ -301,66 +419,78 @@ def template() -> dict:
             "dependsOn": [f"[resourceId('Microsoft.EventHub/namespaces/eventhubs', variables('eventHubs'), '{RESULTS_HUB}')]"],
             "properties": {"rights": ["Send", "Listen"]},
         },
-        # -- compute: ACR, AKS (OIDC issuer + workload identity; a run pool the autoscaler grows 0→N) --
-        {
-            "type": "Microsoft.ContainerRegistry/registries", "apiVersion": API["acr"],
-            "name": v("acr"), "location": p("location"), "sku": {"name": "Standard"},
-            "metadata": {"checkov": [
-                "CKV_AZURE_139: AKS pulls over the public endpoint with its kubelet identity (AcrPull only); "
-                "private endpoints need the platform's VNet design",
-                "CKV_AZURE_166: quarantine is a Premium feature; the image is built by CI and deployed by digest",
-            ]},
-            "properties": {"adminUserEnabled": False, "anonymousPullEnabled": False,
-                           "publicNetworkAccess": "Enabled"},
+    ]
+
+
+def acr() -> dict:
+    return {
+        "type": "Microsoft.ContainerRegistry/registries", "apiVersion": API["acr"],
+        "name": v("acr"), "location": p("location"), "sku": {"name": "Standard"},
+        "metadata": {"checkov": [
+            "CKV_AZURE_139: AKS pulls over the public endpoint with its kubelet identity (AcrPull only); "
+            "private endpoints need the platform's VNet design",
+            "CKV_AZURE_166: quarantine is a Premium feature; the image is built by CI and deployed by digest",
+        ]},
+        "properties": {"adminUserEnabled": False, "anonymousPullEnabled": False,
+                       "publicNetworkAccess": "Enabled"},
+    }
+
+
+def aks() -> dict:
+    """AKS: OIDC issuer + workload identity; a run pool the autoscaler grows 0→N."""
+    return {
+        "type": "Microsoft.ContainerService/managedClusters", "apiVersion": API["aks"],
+        "name": v("aks"), "location": p("location"),
+        "metadata": {"checkov": [
+            "CKV_AZURE_172: the Key Vault secrets CSI driver is not used; pods reach Azure with workload "
+            "identity and hold no Key Vault secrets",
+        ]},
+        "identity": {"type": "SystemAssigned"},
+        "sku": {"name": "Base", "tier": "Standard"},
+        "dependsOn": ["[resourceId('Microsoft.OperationalInsights/workspaces', variables('logs'))]"],
+        "properties": {
+            "dnsPrefix": v("aks"),
+            "kubernetesVersion": p("kubernetesVersion"),
+            "enableRBAC": True,
+            "disableLocalAccounts": True,
+            "aadProfile": {"managed": True, "enableAzureRBAC": True},
+            "oidcIssuerProfile": {"enabled": True},
+            "securityProfile": {"workloadIdentity": {"enabled": True}},
+            "networkProfile": {"networkPlugin": "azure", "networkPolicy": "azure", "loadBalancerSku": "standard"},
+            "apiServerAccessProfile": {"authorizedIPRanges": p("apiServerAuthorizedIpRanges")},
+            "autoUpgradeProfile": {"upgradeChannel": "patch"},
+            "agentPoolProfiles": [
+                {"name": "system", "mode": "System", "count": 2, "vmSize": p("systemPoolVmSize"),
+                 "osType": "Linux", "type": "VirtualMachineScaleSets", "enableAutoScaling": False,
+                 "maxPods": 50, "onlyCriticalAddonsEnabled": False, "osDiskType": "Ephemeral",
+                 "enableEncryptionAtHost": True},
+                {"name": "runs", "mode": "User", "count": 0, "minCount": 0, "maxCount": p("runPoolMaxNodes"),
+                 "enableAutoScaling": True, "vmSize": p("runPoolVmSize"), "osType": "Linux",
+                 "type": "VirtualMachineScaleSets", "maxPods": 30, "osDiskType": "Ephemeral",
+                 "enableEncryptionAtHost": True,
+                 "nodeLabels": {"imgpipe.io/pool": "runs"},
+                 "nodeTaints": ["imgpipe.io/runs=true:NoSchedule"]},
+            ],
+            "autoScalerProfile": {"scale-down-unneeded-time": "5m", "scale-down-delay-after-add": "5m",
+                                  "scan-interval": "10s", "expander": "least-waste"},
+            "addonProfiles": {"omsagent": {"enabled": True, "config": {
+                "logAnalyticsWorkspaceResourceID": "[resourceId('Microsoft.OperationalInsights/workspaces', variables('logs'))]"}},
+                "azurepolicy": {"enabled": True}, "kubeDashboard": {"enabled": False}},
         },
-        {
-            "type": "Microsoft.ContainerService/managedClusters", "apiVersion": API["aks"],
-            "name": v("aks"), "location": p("location"),
-            "metadata": {"checkov": [
-                "CKV_AZURE_172: the Key Vault secrets CSI driver is not used; pods reach Azure with workload "
-                "identity and hold no Key Vault secrets",
-            ]},
-            "identity": {"type": "SystemAssigned"},
-            "sku": {"name": "Base", "tier": "Standard"},
-            "dependsOn": ["[resourceId('Microsoft.OperationalInsights/workspaces', variables('logs'))]"],
-            "properties": {
-                "dnsPrefix": v("aks"),
-                "kubernetesVersion": p("kubernetesVersion"),
-                "enableRBAC": True,
-                "disableLocalAccounts": True,
-                "aadProfile": {"managed": True, "enableAzureRBAC": True},
-                "oidcIssuerProfile": {"enabled": True},
-                "securityProfile": {"workloadIdentity": {"enabled": True}},
-                "networkProfile": {"networkPlugin": "azure", "networkPolicy": "azure", "loadBalancerSku": "standard"},
-                "apiServerAccessProfile": {"authorizedIPRanges": p("apiServerAuthorizedIpRanges")},
-                "autoUpgradeProfile": {"upgradeChannel": "patch"},
-                "agentPoolProfiles": [
-                    {"name": "system", "mode": "System", "count": 2, "vmSize": p("systemPoolVmSize"),
-                     "osType": "Linux", "type": "VirtualMachineScaleSets", "enableAutoScaling": False,
-                     "maxPods": 50, "onlyCriticalAddonsEnabled": False, "osDiskType": "Ephemeral",
-                     "enableEncryptionAtHost": True},
-                    {"name": "runs", "mode": "User", "count": 0, "minCount": 0, "maxCount": p("runPoolMaxNodes"),
-                     "enableAutoScaling": True, "vmSize": p("runPoolVmSize"), "osType": "Linux",
-                     "type": "VirtualMachineScaleSets", "maxPods": 30, "osDiskType": "Ephemeral",
-                     "enableEncryptionAtHost": True,
-                     "nodeLabels": {"imgpipe.io/pool": "runs"},
-                     "nodeTaints": ["imgpipe.io/runs=true:NoSchedule"]},
-                ],
-                "autoScalerProfile": {"scale-down-unneeded-time": "5m", "scale-down-delay-after-add": "5m",
-                                      "scan-interval": "10s", "expander": "least-waste"},
-                "addonProfiles": {"omsagent": {"enabled": True, "config": {
-                    "logAnalyticsWorkspaceResourceID": "[resourceId('Microsoft.OperationalInsights/workspaces', variables('logs'))]"}},
-                    "azurepolicy": {"enabled": True}, "kubeDashboard": {"enabled": False}},
-            },
-        },
-        # Federated credentials, one after the other (Azure refuses concurrent writes on one identity).
+    }
+
+
+def federated_credentials() -> list[dict]:
+    """The workload identity trusts AKS's service accounts (deploy/helm, deploy/k8s), one credential each.
+    One after the other: Azure refuses concurrent writes on one identity."""
+    return [
         {
             "type": "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials",
             "apiVersion": API["identity"],
             "name": "[format('{0}/dagster', variables('identity'))]",
-            "dependsOn": [f"[{id_id}]", f"[{aks_id}]"],
+            "dependsOn": [f"[{IDENTITY_ID}]", f"[{AKS_ID}]"],
             "properties": {
-                "issuer": f"[reference({aks_id}, '{API['aks']}').oidcIssuerProfile.issuerURL]",
+                "issuer": f"[reference({AKS_ID}, '{API['aks']}').oidcIssuerProfile.issuerURL]",
                 "subject": f"[format('system:serviceaccount:{{0}}:{SERVICE_ACCOUNTS['dagster']}', parameters('kubernetesNamespace'))]",
                 "audiences": ["api://AzureADTokenExchange"],
             },
@@ -371,12 +501,17 @@ def template() -> dict:
             "name": "[format('{0}/web', variables('identity'))]",
             "dependsOn": ["[resourceId('Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials', variables('identity'), 'dagster')]"],
             "properties": {
-                "issuer": f"[reference({aks_id}, '{API['aks']}').oidcIssuerProfile.issuerURL]",
+                "issuer": f"[reference({AKS_ID}, '{API['aks']}').oidcIssuerProfile.issuerURL]",
                 "subject": f"[format('system:serviceaccount:{{0}}:{SERVICE_ACCOUNTS['web']}', parameters('kubernetesNamespace'))]",
                 "audiences": ["api://AzureADTokenExchange"],
             },
         },
-        # -- Dagster's run and event storage: PostgreSQL flexible server ------------------------------
+    ]
+
+
+def postgres() -> list[dict]:
+    """Dagster's run and event storage: PostgreSQL flexible server, its database and firewall rule."""
+    return [
         {
             "type": "Microsoft.DBforPostgreSQL/flexibleServers", "apiVersion": API["postgres"],
             "name": v("postgres"), "location": p("location"),
@@ -404,81 +539,55 @@ def template() -> dict:
             "dependsOn": ["[resourceId('Microsoft.DBforPostgreSQL/flexibleServers', variables('postgres'))]"],
             "properties": {"startIpAddress": "0.0.0.0", "endIpAddress": "0.0.0.0"},
         },
-        # -- least-privilege role assignments, each on the narrowest scope ---------------------------
-        role_assignment("app", "Storage Blob Data Contributor", uai, container_scope,
-                        [f"[resourceId('Microsoft.Storage/storageAccounts/blobServices/containers', variables('storage'), 'default', '{CONTAINER}')]", f"[{id_id}]"]),
-        role_assignment("app", "Storage Queue Data Message Processor", uai, queue_scope,
-                        [f"[resourceId('Microsoft.Storage/storageAccounts/queueServices/queues', variables('storage'), 'default', '{SIGNAL_QUEUE}')]", f"[{id_id}]"]),
+    ]
+
+
+def role_assignments() -> list[dict]:
+    """Least-privilege Azure RBAC role assignments, each on the narrowest scope."""
+    signal_queue_id = f"[resourceId('Microsoft.Storage/storageAccounts/queueServices/queues', variables('storage'), 'default', '{SIGNAL_QUEUE}')]"
+    batch_queue_id = f"[resourceId('Microsoft.ServiceBus/namespaces/queues', variables('serviceBus'), '{BATCH_QUEUE}')]"
+    results_hub_id = f"[resourceId('Microsoft.EventHub/namespaces/eventhubs', variables('eventHubs'), '{RESULTS_HUB}')]"
+    identity = f"[{IDENTITY_ID}]"
+    return [
+        role_assignment("app", "Storage Blob Data Contributor", APP_PRINCIPAL, LAKE_SCOPE,
+                        [f"[resourceId('Microsoft.Storage/storageAccounts/blobServices/containers', variables('storage'), 'default', '{CONTAINER}')]", identity]),
+        role_assignment("app", "Storage Queue Data Message Processor", APP_PRINCIPAL, SIGNAL_QUEUE_SCOPE,
+                        [signal_queue_id, identity]),
         role_assignment("eventgrid", "Storage Queue Data Message Sender",
                         f"[reference(resourceId('Microsoft.EventGrid/systemTopics', variables('systemTopic')), '{API['eventgrid']}', 'full').identity.principalId]",
-                        queue_scope,
-                        [f"[resourceId('Microsoft.Storage/storageAccounts/queueServices/queues', variables('storage'), 'default', '{SIGNAL_QUEUE}')]",
-                         "[resourceId('Microsoft.EventGrid/systemTopics', variables('systemTopic'))]"]),
-        role_assignment("app", "Azure Service Bus Data Sender", uai, sb_queue_scope,
-                        [f"[resourceId('Microsoft.ServiceBus/namespaces/queues', variables('serviceBus'), '{BATCH_QUEUE}')]", f"[{id_id}]"]),
-        role_assignment("app", "Azure Service Bus Data Receiver", uai, sb_queue_scope,
-                        [f"[resourceId('Microsoft.ServiceBus/namespaces/queues', variables('serviceBus'), '{BATCH_QUEUE}')]", f"[{id_id}]"]),
-        role_assignment("app", "Azure Event Hubs Data Sender", uai, hub_scope,
-                        [f"[resourceId('Microsoft.EventHub/namespaces/eventhubs', variables('eventHubs'), '{RESULTS_HUB}')]", f"[{id_id}]"]),
-        role_assignment("app", "Azure Event Hubs Data Receiver", uai, hub_scope,
-                        [f"[resourceId('Microsoft.EventHub/namespaces/eventhubs', variables('eventHubs'), '{RESULTS_HUB}')]", f"[{id_id}]"]),
+                        SIGNAL_QUEUE_SCOPE,
+                        [signal_queue_id, "[resourceId('Microsoft.EventGrid/systemTopics', variables('systemTopic'))]"]),
+        role_assignment("app", "Azure Service Bus Data Sender", APP_PRINCIPAL, BATCH_QUEUE_SCOPE, [batch_queue_id, identity]),
+        role_assignment("app", "Azure Service Bus Data Receiver", APP_PRINCIPAL, BATCH_QUEUE_SCOPE, [batch_queue_id, identity]),
+        role_assignment("app", "Azure Event Hubs Data Sender", APP_PRINCIPAL, RESULTS_HUB_SCOPE, [results_hub_id, identity]),
+        role_assignment("app", "Azure Event Hubs Data Receiver", APP_PRINCIPAL, RESULTS_HUB_SCOPE, [results_hub_id, identity]),
         role_assignment("kubelet", "AcrPull",
-                        f"[reference({aks_id}, '{API['aks']}').identityProfile.kubeletidentity.objectId]", acr_scope,
-                        ["[resourceId('Microsoft.ContainerRegistry/registries', variables('acr'))]", f"[{aks_id}]"]),
+                        f"[reference({AKS_ID}, '{API['aks']}').identityProfile.kubeletidentity.objectId]", ACR_SCOPE,
+                        ["[resourceId('Microsoft.ContainerRegistry/registries', variables('acr'))]", f"[{AKS_ID}]"]),
     ]
+
+
+def template() -> dict:
+    s = Settings()
     return {
         "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
         "contentVersion": "1.0.0.0",
         "metadata": {"description": "imgpipe on Azure. Generated by deploy/azure/build_template.py — edit that, not this."},
-        "parameters": {
-            "namePrefix": {"type": "string", "defaultValue": "imgpipe", "minLength": 3, "maxLength": 11,
-                           "metadata": {"description": "Lower-case letters and digits; prefixes every resource name."}},
-            "location": {"type": "string", "defaultValue": "[resourceGroup().location]"},
-            "softDeleteDays": {"type": "int", "defaultValue": int(s.lake_soft_delete_days), "minValue": 1, "maxValue": 365,
-                               "metadata": {"description": "Blob and container soft delete (= the restore period of a deleted batch)."}},
-            "storageSku": {"type": "string", "defaultValue": "Standard_GZRS", "allowedValues": ["Standard_ZRS", "Standard_GZRS", "Standard_RAGZRS"]},
-            "cosmosMaxThroughput": {"type": "int", "defaultValue": 1000, "minValue": 1000},
-            "eventHubPartitions": {"type": "int", "defaultValue": 8, "minValue": 1, "maxValue": 32},
-            "kubernetesVersion": {"type": "string", "defaultValue": "1.33"},
-            "kubernetesNamespace": {"type": "string", "defaultValue": "imgpipe"},
-            # "d" sizes have the local disk ephemeral OS disks need.
-            "systemPoolVmSize": {"type": "string", "defaultValue": "Standard_D2ds_v5"},
-            "runPoolVmSize": {"type": "string", "defaultValue": "Standard_D4ds_v5",
-                              "metadata": {"description": "4 vCPU / 16 GiB: two 2-CPU run pods per node."}},
-            "apiServerAuthorizedIpRanges": {"type": "array", "defaultValue": ["0.0.0.0/32"],
-                                            "metadata": {"description": "CIDRs allowed to reach the Kubernetes API (your operators' and CI's); the default allows none until set."}},
-            "runPoolMaxNodes": {"type": "int", "defaultValue": 10, "minValue": 1, "maxValue": 100},
-            "postgresAdminLogin": {"type": "string", "defaultValue": "dagsteradmin"},
-            "postgresAdminPassword": {"type": "securestring", "minLength": 16,
-                                      "metadata": {"description": "From your vault; also the Kubernetes Secret dagster-postgresql-secret."}},
-        },
-        "variables": {
-            "suffix": "[uniqueString(resourceGroup().id)]",
-            # namePrefix (≤ 11 lower-case letters/digits) + 13 = a valid storage account name (≤ 24).
-            "storage": "[format('{0}{1}', parameters('namePrefix'), variables('suffix'))]",
-            "cosmos": "[format('{0}-meta-{1}', parameters('namePrefix'), variables('suffix'))]",
-            "serviceBus": "[format('{0}-sb-{1}', parameters('namePrefix'), variables('suffix'))]",
-            "systemTopic": "[format('{0}-sb-events', parameters('namePrefix'))]",
-            "eventHubs": "[format('{0}-eh-{1}', parameters('namePrefix'), variables('suffix'))]",
-            "acr": "[format('{0}acr{1}', parameters('namePrefix'), variables('suffix'))]",
-            "aks": "[format('{0}-aks', parameters('namePrefix'))]",
-            "logs": "[format('{0}-logs', parameters('namePrefix'))]",
-            "identity": "[format('{0}-workload', parameters('namePrefix'))]",
-            "postgres": "[format('{0}-pg-{1}', parameters('namePrefix'), variables('suffix'))]",
-        },
-        "resources": resources,
-        "outputs": {
-            "storageBlobEndpoint": {"type": "string", "value": f"[reference({storage_id}, '{API['storage']}').primaryEndpoints.blob]"},
-            "cosmosEndpoint": {"type": "string", "value": f"[reference({cosmos_id}, '{API['cosmos']}').documentEndpoint]"},
-            "serviceBusHost": {"type": "string", "value": "[format('{0}.servicebus.windows.net', variables('serviceBus'))]"},
-            "eventHubsKafkaEndpoint": {"type": "string", "value": "[format('{0}.servicebus.windows.net:9093', variables('eventHubs'))]"},
-            "identityClientId": {"type": "string", "value": f"[reference({id_id}, '{API['identity']}').clientId]"},
-            "tenantId": {"type": "string", "value": "[subscription().tenantId]"},
-            "acrLoginServer": {"type": "string", "value": f"[reference(resourceId('Microsoft.ContainerRegistry/registries', variables('acr')), '{API['acr']}').loginServer]"},
-            "aksName": {"type": "string", "value": v("aks")},
-            "oidcIssuerUrl": {"type": "string", "value": f"[reference({aks_id}, '{API['aks']}').oidcIssuerProfile.issuerURL]"},
-            "postgresHost": {"type": "string", "value": f"[reference(resourceId('Microsoft.DBforPostgreSQL/flexibleServers', variables('postgres')), '{API['postgres']}').fullyQualifiedDomainName]"},
-        },
+        "parameters": parameters(s),
+        "variables": variables(),
+        "resources": [
+            log_workspace(),
+            workload_identity(),
+            storage_account(), *lake_filesystem(), *signal_queue(), lifecycle_policy(),
+            *cosmos_account(), *cosmos_containers(), cosmos_data_role(),
+            *servicebus(s),
+            eventgrid_topic(), eventgrid_subscription(),
+            *event_hubs(),
+            acr(), aks(), *federated_credentials(),
+            *postgres(),
+            *role_assignments(),
+        ],
+        "outputs": outputs(),
     }
 
 
