@@ -1,18 +1,19 @@
-"""Many small batches against one large batch, through the real local stack.
+"""Throughput of many small batches against one large batch, through the real local stack, as a curve.
 
-    python bench/load.py [--batches 50] [--images 4] [--out bench/results/load.json]
+    python bench/load.py [--sizes 1 4 16 64] [--images 128] [--large 200] [--out bench/results/load.json]
 
-Starts `imgpipe dev --no-sample` (Kafka broker + Dagster webserver + daemon) in a fresh data dir, then:
+Starts `imgpipe dev --no-sample` (Kafka broker, code server, Dagster webserver + daemon) in a fresh data dir,
+then, in that one stack:
 
-1. uploads ``--batches`` batches of ``--images`` 2-MP JPEGs at once (one thread per batch, as many users
-   would) and waits for every batch-complete event;
-2. uploads one batch of ``batches x images`` of the same images and waits for it;
+1. for each size k in ``--sizes``: uploads ``--images`` / k batches of k 2-MP JPEGs at once (one thread per
+   batch, as many users would) and waits for every batch-complete event;
+2. uploads one batch of ``--large`` images (the baseline) and waits for it;
 
-and reports, for each: images/s from the first upload to the last batch-complete event, upload → complete
-p50/p95 per batch, the run concurrency achieved (time-weighted mean of runs in progress, from the Dagster
-instance's run records), and the peak resident memory of the whole stack (every process it started,
-sampled every 0.5 s). The ratio of the two throughputs is the figure to watch (target: small batches at
-least 80 % of the large batch's images/s). Printed as a table and written as JSON; no assertion.
+and reports, for each: images/s from the first upload to the last batch-complete event, its ratio to the
+large batch's images/s (targets: >= 0.8 at 16 images per batch, >= 0.5 at 4), upload -> complete p50/p95,
+the run concurrency achieved, where the CPU went, and the stack's peak memory. ``IMGPIPE_DEV_TUNING`` is
+passed to the stack (bench/tuning.py measures each patch on and off). Printed as a table and written as JSON;
+no assertion.
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ def _role(cmdline: str) -> str:
     """Which part of the stack a process is (run workers are forked from the code server: same command line)."""
     if "tansu" in cmdline:
         return "broker"
-    if "code_server" in cmdline:
+    if "code_server" in cmdline or "api grpc" in cmdline:
         return "code server + run workers"
-    if "dagster-daemon" in cmdline or "dagster._daemon" in cmdline or "orchestration.devtools.daemon" in cmdline:
+    if "dagster-daemon" in cmdline or " daemon " in cmdline + " ":
         return "daemon"
     if "dagster-webserver" in cmdline or "dagster_webserver" in cmdline:
         return "webserver"
@@ -239,25 +240,29 @@ def _phase(settings, groups: list[list[IntakeItem]], label: str, stack_pid: int)
     return out
 
 
+TARGETS = {16: 0.8, 4: 0.5}  # images per batch -> the least ratio to one large batch's images/s
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=50)
-    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64], help="images per batch")
+    parser.add_argument("--images", type=int, default=128, help="images per point of the curve")
+    parser.add_argument("--large", type=int, default=200, help="images in the one large batch (the baseline)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
     args = parser.parse_args()
 
-    n_total = args.batches * args.images
+    n_total = max(args.images, args.large)
     print(f"making {n_total} 2-MP JPEGs ...", flush=True)
     photos = [jpeg_bytes(synthetic_photo(1600, 1200, hue=i * 37 % 256, label=str(i))) for i in range(n_total)]
     items = [IntakeItem.from_bytes(f"img_{i:04d}.jpg", data) for i, data in enumerate(photos)]
-    small = [items[i * args.images:(i + 1) * args.images] for i in range(args.batches)]
 
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-               "image": "1600x1200 JPEG, renditions 2048/1024/256 JPEG + WebP"}
+               "image": "1600x1200 JPEG, renditions 2048/1024/256 JPEG + WebP",
+               "dev_tuning": os.environ.get("IMGPIPE_DEV_TUNING", "on"), "curve": {}}
     with tempfile.TemporaryDirectory(prefix="imgpipe-load-") as tmp:
         settings = load_settings(data_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{kafka_broker.free_port()}",
                                  webserver_port=kafka_broker.free_port(), web=False,
-                                 max_batches_in_flight=args.batches + 1)
+                                 max_batches_in_flight=n_total + 1)
         env = {**os.environ, **settings.to_env()}
         stack_log = Path(args.out).with_suffix(".stack.log")
         stack_log.parent.mkdir(parents=True, exist_ok=True)
@@ -273,24 +278,31 @@ def main() -> int:
             threading.Thread(target=sample, daemon=True).start()
             try:
                 time.sleep(2)
-                print(f"{args.batches} batches x {args.images} images, uploaded at once:", flush=True)
-                results["small_batches"] = _phase(settings, small, "small batches", proc.pid)
-                print(f"1 batch x {n_total} images:", flush=True)
-                results["large_batch"] = _phase(settings, [items], "large batch", proc.pid)
+                for k in args.sizes:
+                    n = max(1, args.images // k)
+                    print(f"{n} batches x {k} images, uploaded at once:", flush=True)
+                    results["curve"][str(k)] = _phase(settings, [items[i * k:(i + 1) * k] for i in range(n)],
+                                                      f"{k} per batch", proc.pid)
+                print(f"1 batch x {args.large} images:", flush=True)
+                results["large_batch"] = _phase(settings, [items[:args.large]], "large batch", proc.pid)
             finally:
                 stop.set()
                 wiring.CLIENTS.close_all()
         print(f"the stack's own output: {stack_log}")
     results["peak_stack_rss_mb"] = round(peak[0], 1)
-    ratio = results["small_batches"]["images_per_s"] / results["large_batch"]["images_per_s"]
-    results["ratio_small_to_large"] = round(ratio, 3)
-    s, big = results["small_batches"], results["large_batch"]
-    print("\n                      images/s   complete p50 / p95     runs in progress")
-    print(f"  {args.batches} x {args.images:<3}           {s['images_per_s']:7.2f}   {s['upload_to_complete_p50_s']:6.1f} / "
-          f"{s['upload_to_complete_p95_s']:6.1f} s       {s['run_concurrency_mean']}")
-    print(f"  1 x {n_total:<5}           {big['images_per_s']:7.2f}   {big['upload_to_complete_p50_s']:6.1f} / "
-          f"{big['upload_to_complete_p95_s']:6.1f} s       {big['run_concurrency_mean']}")
-    print(f"  ratio small/large: {ratio:.2f} (target >= 0.80); peak stack memory {results['peak_stack_rss_mb']} MB")
+    big = results["large_batch"]
+    print(f"\nIMGPIPE_DEV_TUNING={results['dev_tuning']}")
+    print("images/batch  batches   images/s   ratio   target   complete p50 / p95   runs in progress   CPU-s/run")
+    for k, point in results["curve"].items():
+        point["ratio_to_large"] = round(point["images_per_s"] / big["images_per_s"], 3)
+        target = TARGETS.get(int(k))
+        point["target"] = target
+        print(f"{k:>12}  {point['batches']:>7}   {point['images_per_s']:8.2f}   {point['ratio_to_large']:5.2f}   "
+              f"{'>= %.1f' % target if target else '':>6}   {point['upload_to_complete_p50_s']:6.1f} / "
+              f"{point['upload_to_complete_p95_s']:6.1f} s   {point['run_concurrency_mean']:16}   "
+              f"{point['cpu_s_per_run']['machine busy']:9}")
+    print(f"{args.large:>12}  {1:>7}   {big['images_per_s']:8.2f}    1.00            {big['upload_to_complete_p50_s']:6.1f} s")
+    print(f"peak stack memory {results['peak_stack_rss_mb']} MB")
     write_results(results, args.out)
     return 0
 

@@ -12,7 +12,6 @@ in the Dagster UI: a backfill of selected batch partitions, and the lineage of o
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Iterable
 
@@ -58,41 +57,81 @@ def select_batches(services: Services, batch_ids: Iterable[str] = (), *, since: 
     return sorted(chosen)
 
 
-def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = "") -> str:
-    """One asset backfill of the batch assets for ``batch_ids`` on the stack's Dagster instance; returns
-    its id (the UI shows it under Backfills; `dagster/backfill` tags its runs)."""
-    from dagster import DagsterInstance
-    from dagster._core.execution.backfill import PartitionBackfill
-    from dagster._core.utils import make_new_backfill_id
+ADD_PARTITION = """
+mutation ($repo: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $repo, partitionsDefName: $name, partitionKey: $key) {
+    __typename
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
 
+LAUNCH_BACKFILL = """
+mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+    ... on PartitionKeysNotFoundError { message }
+    ... on InvalidSubsetError { message }
+  }
+}"""
+
+# The code location and repository a `Definitions` object is served as (workspace.yaml, the Helm values).
+REPOSITORY = {"repositoryLocationName": "imgpipe", "repositoryName": "__repository__"}
+
+
+def graphql(settings: Settings, query: str, variables: dict, *, timeout: float = 60.0) -> dict:
+    """One request to the Dagster webserver's GraphQL API (the interface the UI itself uses)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"{dagster_ui_url(settings)}/graphql"
+    request = urllib.request.Request(url, data=json.dumps({"query": query, "variables": variables}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            body = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        raise OperateError(f"the Dagster webserver at {dagster_ui_url(settings)} did not answer "
+                           f"({type(exc).__name__}: {exc}); is the stack running (imgpipe dev), or "
+                           "IMGPIPE_DAGSTER_UI_URL set?") from None
+    if body.get("errors"):
+        raise OperateError(f"the Dagster webserver refused the request: {body['errors'][0].get('message')}")
+    return body["data"]
+
+
+def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = "") -> str:
+    """One asset backfill of the batch assets for ``batch_ids``, submitted through the Dagster webserver's
+    GraphQL API (``launchPartitionBackfill``, as the UI's "Materialize" dialog does); returns its id (the UI
+    shows it under Backfills; ``dagster/backfill`` tags its runs). A batch that never reached a run has no
+    partition yet: it is added first (``addDynamicPartition``)."""
     from orchestration.definitions import defs
     from orchestration.partitions import batches_partitions
 
     if not batch_ids:
         raise OperateError("no batch selected: nothing to reprocess")
     graph = defs.resolve_asset_graph()
-    keys = [k for k in graph.get_all_asset_keys()
+    keys = [{"path": list(k.path)} for k in graph.get_all_asset_keys()
             if graph.get(k).partitions_def == batches_partitions]
-    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
-        known = set(instance.get_dynamic_partitions(batches_partitions.name))
-        unknown = [b for b in batch_ids if b not in known]
-        if unknown:  # a batch that never reached a run has no partition yet
-            instance.add_dynamic_partitions(batches_partitions.name, unknown)
-        backfill = PartitionBackfill.from_asset_partitions(
-            backfill_id=make_new_backfill_id(),
-            asset_graph=graph,
-            partition_names=batch_ids,
-            asset_selection=keys,
-            backfill_timestamp=time.time(),
-            tags={"imgpipe/reprocess": "cli"},
-            dynamic_partitions_store=instance,
-            all_partitions=False,
-            title=f"imgpipe reprocess: {len(batch_ids)} batch(es)",
-            description=reason or "submitted by `imgpipe reprocess`",
-            run_config=None,
-        )
-        instance.add_backfill(backfill)
-        return backfill.backfill_id
+    for batch_id in batch_ids:
+        added = graphql(settings, ADD_PARTITION, {"repo": REPOSITORY, "name": batches_partitions.name,
+                                                  "key": batch_id})["addDynamicPartition"]
+        if added["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
+            raise OperateError(f"could not add partition {batch_id}: {added.get('message', added['__typename'])}")
+    params = {
+        "partitionNames": list(batch_ids),
+        "assetSelection": keys,
+        "tags": [{"key": "imgpipe/reprocess", "value": "cli"}],
+        "title": f"imgpipe reprocess: {len(batch_ids)} batch(es)",
+        "description": reason or "submitted by `imgpipe reprocess`",
+    }
+    result = graphql(settings, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    if result["__typename"] != "LaunchBackfillSuccess":
+        raise OperateError(f"the backfill was refused: {result.get('message', result['__typename'])}")
+    return result["backfillId"]
 
 
 def dagster_ui_url(settings: Settings) -> str:

@@ -32,7 +32,7 @@ from typing import Callable
 from pydantic import SecretStr
 
 from orchestration.devtools import kafka_broker, webstack
-from orchestration.devtools.daemon import SENSOR_LOOP_SECONDS
+from orchestration.devtools import dagster_tuning
 from orchestration.adapters.kafka_results import ensure_topic
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.devtools.sample import make_sample_batch
@@ -266,26 +266,36 @@ def write_workspace(home: Path, code_port: int) -> Path:
     return path
 
 
+def code_server_serving(port: int) -> bool:
+    """Whether the gRPC code server on ``port`` reports SERVING (gRPC's standard health check)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="DagsterApi"), timeout=2)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def start_code_server(port: int, env: dict[str, str], log_path: Path, *, on_start,
                       timeout_seconds: float = 120.0) -> subprocess.Popen:
-    """Start the code server (orchestration/devtools/code_server.py) and wait until it answers a ping."""
-    from dagster._grpc.client import DagsterGrpcClient
-
+    """Start the code server (Dagster's `dagster api grpc` for the imgpipe code location, tuned by
+    ``dagster_tuning`` unless that is off) and wait until it serves."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "orchestration.devtools.code_server", "--port", str(port)],
+    args = ["-m", "orchestration.definitions", "-h", "127.0.0.1", "-p", str(port), "--location-name", "imgpipe"]
+    proc = subprocess.Popen(dagster_tuning.command("code_server", args),
                             env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=die_with_parent())
     on_start(proc)
-    client = DagsterGrpcClient(port=port, host="127.0.0.1")
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the code server exited with code {proc.returncode}; see {log_path}")
-        try:
-            client.ping("imgpipe")
+        if code_server_serving(port):
             return proc
-        except Exception:  # noqa: BLE001 - not listening yet
-            time.sleep(0.3)
+        time.sleep(0.3)
     raise RuntimeError(f"the code server did not answer within {timeout_seconds:.0f} s; see {log_path}")
 
 
@@ -525,15 +535,13 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
             return proc
 
         def start_daemon(on_start) -> subprocess.Popen:
-            # Dagster's daemon with a 1 s sensor loop (orchestration/devtools/daemon.py says why).
             proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestration.devtools.daemon", "-w", str(workspace)],
+                dagster_tuning.command("daemon", ["-w", str(workspace)]),
                 env=stack_env(settings), stdout=open(dagster_log, "ab"), stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent(),
             )
             on_start(proc)
-            _log(f"Dagster daemon pid {proc.pid} (sensors every {SENSOR_LOOP_SECONDS:g} s, run queue, retries, "
-                 f"run monitoring), log {dagster_log}")
+            _log(f"Dagster daemon pid {proc.pid} (sensors, run queue, retries, run monitoring), log {dagster_log}")
             return proc
 
         launch(Child("Dagster webserver", start_webserver, stop=stop_dagster))
