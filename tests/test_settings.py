@@ -25,6 +25,8 @@ PACKAGES = ("orchestration", "assets", "sensors", "ui_streamlit")
 
 
 def _render_default(value) -> str:
+    if value is None:
+        return ""
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     if isinstance(value, bool):
@@ -36,32 +38,105 @@ def _render_default(value) -> str:
     return str(value)
 
 
-def _readme_table() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Configuration", 1)[1].split("\n## ", 1)[0]
+CONFIGURATION_DOC = ROOT / "docs" / "configuration.md"
+MAIN_SECTION = "## Settings"
+DEV_SECTION = "## Local stack only (`imgpipe dev`)"
+_ROW = re.compile(r"^\| `(IMGPIPE_[A-Z0-9_]+)` \| (.*?) \| .* \|$")
+
+
+def _table_rows(section: str) -> dict[str, str]:
+    """{variable: default cell} of the `| `IMGPIPE_X` | default | meaning |` rows in one section."""
     rows = {}
     for line in section.splitlines():
-        m = re.match(r"^\| `(IMGPIPE_[A-Z0-9_]+)` \| (.*?) \| .* \|$", line)
+        m = _ROW.match(line)
         if m:
-            assert m.group(1) not in rows, f"{m.group(1)} is listed twice in the README"
+            assert m.group(1) not in rows, f"{m.group(1)} is listed twice in {CONFIGURATION_DOC.name}"
             rows[m.group(1)] = m.group(2)
     return rows
 
 
-def test_readme_configuration_table_lists_exactly_the_settings_with_their_defaults():
-    table = _readme_table()
-    fields = {env_var(name): field for name, field in Settings.model_fields.items()}
+def _section(text: str, heading: str) -> str:
+    assert f"\n{heading}\n" in text, f"{CONFIGURATION_DOC.name} has no section {heading!r}"
+    return text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _configuration_tables() -> tuple[dict[str, str], dict[str, str]]:
+    """The main settings table and the "Local stack only" table of docs/configuration.md."""
+    text = CONFIGURATION_DOC.read_text()
+    main, dev = _table_rows(_section(text, MAIN_SECTION)), _table_rows(_section(text, DEV_SECTION))
+    assert not set(main) & set(dev), f"listed in both tables: {sorted(set(main) & set(dev))}"
+    return main, dev
+
+
+def _dev_settings_class():
+    """orchestration.devtools.dev_settings.DevSettings, or None while that module does not exist yet."""
+    try:
+        from orchestration.devtools.dev_settings import DevSettings
+    except ModuleNotFoundError as err:
+        if err.name not in ("orchestration.devtools.dev_settings", "orchestration.devtools"):
+            raise  # the module exists but is broken: that is a failure, not a skip
+        return None
+    return DevSettings
+
+
+def _fields(model, exclude=()) -> dict:
+    return {env_var(name): field for name, field in model.model_fields.items() if name not in exclude}
+
+
+def _check_table(table: dict[str, str], fields: dict, where: str, model_name: str) -> None:
     assert set(table) == set(fields), (
-        f"only in README: {sorted(set(table) - set(fields))}; only in Settings: {sorted(set(fields) - set(table))}")
+        f"only in {where}: {sorted(set(table) - set(fields))}; "
+        f"only in {model_name}: {sorted(set(fields) - set(table))}")
     for var, field in fields.items():
         if field.default_factory is not None:
             continue  # machine-dependent (paths): described in words
         shown = table[var]
         rendered = _render_default(field.default)
         if rendered:
-            assert shown.startswith(f"`{rendered}`"), f"README says {var} defaults to {shown}; Settings: {rendered!r}"
+            assert shown.startswith(f"`{rendered}`"), f"{where} says {var} defaults to {shown}; {model_name}: {rendered!r}"
         else:
-            assert shown == "(none)", f"README says {var} defaults to {shown}; Settings: empty"
+            assert shown == "(none)", f"{where} says {var} defaults to {shown}; {model_name}: empty"
+
+
+def test_configuration_table_lists_exactly_the_settings_with_their_defaults():
+    """docs/configuration.md "Settings" lists exactly Settings' fields, less the local-stack-only ones."""
+    main, dev = _configuration_tables()
+    dev_settings = _dev_settings_class()
+    if dev_settings is None:
+        # Today the local-stack-only settings are still Settings fields: the main table is Settings less
+        # the rows of the dev section, and those rows must name Settings fields with their defaults.
+        fields = _fields(Settings)
+        dev_fields = {var: field for var, field in fields.items() if var in dev}
+        _check_table(dev, dev_fields, f"{CONFIGURATION_DOC.name} {DEV_SECTION!r}", "Settings")
+        main_fields = {var: field for var, field in fields.items() if var not in dev}
+    else:
+        # A field DevSettings has (itself, not inherited from Settings) belongs to the dev section.
+        dev_only = _dev_only_field_names(dev_settings)
+        main_fields = _fields(Settings, exclude=dev_only)
+    _check_table(main, main_fields, f"{CONFIGURATION_DOC.name} {MAIN_SECTION!r}", "Settings")
+
+
+def _dev_only_field_names(dev_settings) -> set[str]:
+    """DevSettings' own fields: all of them, or, if it extends Settings, those it declares itself."""
+    names = set(dev_settings.model_fields)
+    if issubclass(dev_settings, Settings):
+        declared = set()
+        for cls in dev_settings.__mro__[:dev_settings.__mro__.index(Settings)]:
+            declared |= set(cls.__dict__.get("__annotations__", {}))
+        names = (names - set(Settings.model_fields)) | (names & declared)
+    return names
+
+
+def test_configuration_dev_table_lists_exactly_the_dev_settings_with_their_defaults():
+    """docs/configuration.md "Local stack only (`imgpipe dev`)" lists exactly DevSettings' own fields."""
+    _, dev = _configuration_tables()
+    dev_settings = _dev_settings_class()
+    if dev_settings is None:
+        pytest.skip("orchestration.devtools.dev_settings (DevSettings) does not exist yet; until it does, the "
+                    "dev section's rows are checked against Settings' fields by the main configuration table test")
+    only = _dev_only_field_names(dev_settings)
+    fields = {env_var(name): field for name, field in dev_settings.model_fields.items() if name in only}
+    _check_table(dev, fields, f"{CONFIGURATION_DOC.name} {DEV_SECTION!r}", "DevSettings")
 
 
 _ENV_READ = re.compile(r"""(?:environ(?:\.get)?\s*[\[(]|getenv\s*\()\s*["']([A-Z0-9_]+)["']""")
