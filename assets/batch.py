@@ -6,7 +6,7 @@
 Each asset writes to outside storage through a port and returns a MaterializeResult with metadata, so
 any step can be re-executed on its own (from the UI, a backfill or "re-execute from failure") and reads
 what the previous step left in the lake or the metadata store. The work itself lives in
-``assets.batch_work``; images change only in ``assets.core``.
+``orchestration.domain.processing``; images change only in ``assets.core``.
 """
 
 
@@ -23,8 +23,8 @@ from dagster import (
     asset_check,
 )
 
-from assets import batch_work
-from assets.batch_work import Processing
+from orchestration.domain import processing as steps  # the Dagster-free work of each asset
+from orchestration.domain.processing import Processing
 from assets.core import processing_version
 from orchestration.partitions import batches_partitions
 from orchestration.ports.lake import Lake
@@ -58,7 +58,7 @@ PROCESSING_CODE_VERSION = processing_version(load_settings().core_config())
 def raw_images(context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort) -> MaterializeResult:
     batch_id = context.partition_key
     store, lake_client = metadata, lake
-    manifest = batch_work.load_manifest(lake_client, batch_id)
+    manifest = steps.load_manifest(lake_client, batch_id)
     stored = [img for img in manifest.images if img.lake_path and lake_client.exists(img.lake_path)]
     doc = store.read("batches", batch_id, manifest.user_id) or {}
     if doc:
@@ -89,7 +89,7 @@ def renditions(
     results: ResultsPort,
 ) -> MaterializeResult:
     lake_client, store = lake, metadata
-    manifest = batch_work.load_manifest(lake_client, context.partition_key)
+    manifest = steps.load_manifest(lake_client, context.partition_key)
     workers = processing.workers
     batch_doc = store.read("batches", manifest.batch_id, manifest.user_id)
     # The stored documents (one query), whose history each new document carries forward.
@@ -103,11 +103,11 @@ def renditions(
         # (near-duplicates) by the same ids. Streaming is best effort: with the broker down the images
         # are still processed, and result_events (retried with the run) sends whatever was not acknowledged.
         nonlocal streaming
-        doc = batch_work.image_documents(manifest, [outcome], context.run.run_id, previous)[0]
+        doc = steps.image_documents(manifest, [outcome], context.run.run_id, previous)[0]
         store.upsert("images", doc)
         if streaming:
             # (not again what the broker acknowledged in an earlier attempt)
-            for event in batch_work.unsent([batch_work.image_event(manifest, doc)], batch_doc):
+            for event in steps.unsent([steps.image_event(manifest, doc)], batch_doc):
                 try:
                     results.publish(manifest.user_id, event)
                     streamed.append(event["event_id"])
@@ -115,12 +115,12 @@ def renditions(
                     streaming = False
                     context.log.warning(f"results not streamed per image (result_events will send them): {exc}")
 
-    report = batch_work.process_batch(lake_client, manifest, workers=workers, config=processing.config,
+    report = steps.process_batch(lake_client, manifest, workers=workers, config=processing.config,
                                       on_outcome=progress, server=processing.server)
     if streamed and streaming:
         try:
             results.flush()
-            batch_work.record_sent(store, manifest, streamed)
+            steps.record_sent(store, manifest, streamed)
         except Exception as exc:  # noqa: BLE001
             context.log.warning(f"per-image events not acknowledged (result_events will send them): {exc}")
     outcomes = report.outcomes
@@ -158,14 +158,14 @@ def image_documents(
     context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort
 ) -> MaterializeResult:
     lake_client, store = lake, metadata
-    manifest = batch_work.load_manifest(lake_client, context.partition_key)
+    manifest = steps.load_manifest(lake_client, context.partition_key)
     stored = {d["id"]: d for d in store.query("images", partition_key=manifest.batch_id)}
-    docs = batch_work.image_documents(manifest, batch_work.load_outcomes(lake_client, manifest.batch_id),
+    docs = steps.image_documents(manifest, steps.load_outcomes(lake_client, manifest.batch_id),
                                       context.run.run_id, stored)
-    batch_work.find_near_duplicates(store, manifest, docs)
+    steps.find_near_duplicates(store, manifest, docs)
     for doc in docs:
         store.upsert("images", doc)
-    summary = batch_work.summarize(docs)
+    summary = steps.summarize(docs)
     batch_doc = store.read("batches", manifest.batch_id, manifest.user_id) or {}
     # Still 'processing': the batch is 'completed' once result_events has told the user.
     store.upsert(
@@ -179,7 +179,7 @@ def image_documents(
             "error": None,
             "dagster_run_id": context.run.run_id,
             "processing_version": PROCESSING_CODE_VERSION,
-            "runs": batch_work.add_run(batch_doc.get("runs"), context.run.run_id, PROCESSING_CODE_VERSION),
+            "runs": steps.add_run(batch_doc.get("runs"), context.run.run_id, PROCESSING_CODE_VERSION),
             **summary,
         },
     )
@@ -200,29 +200,29 @@ def result_events(
     context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort, results: ResultsPort
 ) -> MaterializeResult:
     lake_client, store = lake, metadata
-    manifest = batch_work.load_manifest(lake_client, context.partition_key)
+    manifest = steps.load_manifest(lake_client, context.partition_key)
     docs = sorted(store.query("images", partition_key=manifest.batch_id), key=lambda d: d["image_id"])
-    *image_events, completed_event = batch_work.result_events(manifest, docs)
+    *image_events, completed_event = steps.result_events(manifest, docs)
     # Only what the broker has not acknowledged before (streamed by renditions, or sent by an earlier
     # attempt of this step) goes out; the rest would reach consumers twice.
     batch_doc = store.read("batches", manifest.batch_id, manifest.user_id) or {}
-    missing = batch_work.unsent(image_events, batch_doc)
+    missing = steps.unsent(image_events, batch_doc)
     # The producer is the process's shared client (closed when the run worker exits), not ours to close.
     for event in missing:
         results.publish(manifest.user_id, event)
     results.flush()
-    batch_work.record_sent(store, manifest, [e["event_id"] for e in missing])
+    steps.record_sent(store, manifest, [e["event_id"] for e in missing])
     # Mark the batch completed before announcing it, so a consumer reacting to batch.completed
     # reads the final state. If the announcement fails the run fails, and the failure sensor marks
     # the batch 'failed' (then 'retrying') until a re-execution completes it.
     batch_doc = store.read("batches", manifest.batch_id, manifest.user_id) or {}
     store.upsert("batches", {**batch_doc, "status": "completed", "error": None,
                              "completed_at": datetime.now(timezone.utc).isoformat()})
-    sent_completed = not batch_work.unsent([completed_event], batch_doc)
+    sent_completed = not steps.unsent([completed_event], batch_doc)
     if not sent_completed:
         results.publish(manifest.user_id, completed_event)
         results.flush()
-        batch_work.record_sent(store, manifest, [completed_event["event_id"]])
+        steps.record_sent(store, manifest, [completed_event["event_id"]])
     return MaterializeResult(metadata={"events": len(image_events) + 1,
                                        "events_sent_now": len(missing) + (not sent_completed),
                                        "topic": getattr(results, "topic", ""),
@@ -235,7 +235,7 @@ def result_events(
 @asset_check(asset=renditions, blocking=True, description="Every rendition recorded exists in the lake with "
              "its recorded sha256 and pixel size (from the header); the smallest of each image decodes in full.")
 def renditions_exist_and_decode(context, lake: LakePort) -> AssetCheckResult:
-    checked, problems = batch_work.check_renditions(lake, context.partition_key)
+    checked, problems = steps.check_renditions(lake, context.partition_key)
     return AssetCheckResult(
         passed=not problems,
         severity=AssetCheckSeverity.ERROR,
@@ -246,7 +246,7 @@ def renditions_exist_and_decode(context, lake: LakePort) -> AssetCheckResult:
 @asset_check(asset=image_documents, blocking=True, description="Every manifest image has a document that is "
              "either processed (with renditions) or rejected with a reason.")
 def every_image_accounted_for(context, lake: LakePort, metadata: MetadataPort) -> AssetCheckResult:
-    manifest = batch_work.load_manifest(lake, context.partition_key)
+    manifest = steps.load_manifest(lake, context.partition_key)
     docs = {d["image_id"]: d for d in metadata.query("images", partition_key=manifest.batch_id)}
     problems = []
     for img in manifest.images:

@@ -160,9 +160,9 @@ MEMORY_CHILD = r"""
 import datetime, json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
-from assets.batch_work import process_batch
+from orchestration.domain.processing import process_batch
 from assets.core import CoreConfig
-from orchestration.adapters.local_lake import LocalLake
+from orchestration.adapters.local.lake import LocalLake
 from orchestration.domain.manifest import BatchManifest, ManifestImage
 lake_dir, n, workers = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 lake = LocalLake(lake_dir)
@@ -229,7 +229,7 @@ def main() -> int:
 
     print("memory (fresh process per batch size, 2 workers):", flush=True)
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-") as tmp:
-        from orchestration.adapters.local_lake import LocalLake
+        from orchestration.adapters.local.lake import LocalLake
 
         lake = LocalLake(Path(tmp))
         for i, data in enumerate(datas):

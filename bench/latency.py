@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import local_stack, write_results  # noqa: E402
 from orchestration.devtools import kafka_broker  # noqa: E402
+from orchestration.devtools import processes
 from orchestration.wiring import build_reader
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.devtools.sample import synthetic_photo, jpeg_bytes
@@ -128,10 +129,10 @@ def main() -> int:
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
                "runs": args.runs, "image": f"{width}x{height} JPEG, renditions 2048/1024/256 JPEG + WebP"}
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-") as tmp:
-        kafka_port, web_port = kafka_broker.free_port(), kafka_broker.free_port()
+        kafka_port, web_port = processes.free_port(), processes.free_port()
         broker = kafka_broker.start_broker(kafka_port)
         try:
-            from orchestration.adapters.kafka_results import ensure_topic
+            from orchestration.adapters.kafka.admin import ensure_topic
 
             base = load_settings(data_dir=Path(tmp) / "baseline", kafka_bootstrap=f"127.0.0.1:{kafka_port}",
                                  kafka_topic="bench.baseline")
@@ -140,10 +141,10 @@ def main() -> int:
             results["baseline_in_process"] = run_baseline(base, args.sizes, args.runs, items_by_size)
         finally:
             wiring.CLIENTS.close_all()
-            kafka_broker.stop_process(broker)
+            processes.stop_process(broker)
         # A broker of its own on another port: with the baseline's port, clients left from the baseline met
         # the stack's new broker, and the stack's 200-image run took 33 s instead of 18-21 s (measured).
-        stack = load_settings(data_dir=Path(tmp) / "stack", kafka_bootstrap=f"127.0.0.1:{kafka_broker.free_port()}",
+        stack = load_settings(data_dir=Path(tmp) / "stack", kafka_bootstrap=f"127.0.0.1:{processes.free_port()}",
                               webserver_port=web_port)
         print("stack: imgpipe dev (sensor → queued run → run worker → Kafka)", flush=True)
         results["local_stack"] = run_stack(stack, args.sizes, args.runs, items_by_size)

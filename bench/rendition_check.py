@@ -35,7 +35,8 @@ def main() -> int:
     from bench.latency import make_items
     from orchestration import wiring
     from orchestration.devtools import kafka_broker
-    from orchestration.adapters.kafka_results import ensure_topic
+    from orchestration.devtools import processes
+    from orchestration.adapters.kafka.admin import ensure_topic
     from orchestration.domain.intake import upload_batch
     from orchestration.partitions import batches_partitions
     from orchestration.resources import resources_from_settings
@@ -43,7 +44,7 @@ def main() -> int:
 
     logging.getLogger("dagster").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="imgpipe-bench-") as tmp:
-        port = kafka_broker.free_port()
+        port = processes.free_port()
         broker = kafka_broker.start_broker(port)
         try:
             s = load_settings(data_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{port}", kafka_topic="bench.check")
@@ -75,17 +76,17 @@ def main() -> int:
 
             from PIL import Image
 
-            from assets import batch_work
+            from orchestration.domain import processing
 
             lake = wiring.services(s).lake
             t0 = time.perf_counter()
-            for outcome in batch_work.load_outcomes(lake, batch):
+            for outcome in processing.load_outcomes(lake, batch):
                 for r in outcome["renditions"]:
                     with Image.open(io.BytesIO(lake.read(r["path"]))) as im:
                         im.load()
             full_decode_s = time.perf_counter() - t0
         finally:
-            kafka_broker.stop_process(broker)
+            processes.stop_process(broker)
             wiring.CLIENTS.close_all()
     steps = {k: round(ends[k] - starts[k], 2) for k in starts if k in ends}
     total = run_end - run_start

@@ -89,10 +89,11 @@ def main() -> int:
     import streamlit as st
 
     from orchestration.devtools import kafka_broker
-    from orchestration.adapters.kafka_results import ensure_topic
+    from orchestration.devtools import processes
+    from orchestration.adapters.kafka.admin import ensure_topic
 
     results = {"images": args.images, "runs": args.runs}
-    port = kafka_broker.free_port()
+    port = processes.free_port()
     broker = kafka_broker.start_broker(port)
     try:
         ensure_topic(f"127.0.0.1:{port}", "imgpipe.results")
@@ -112,7 +113,7 @@ def main() -> int:
                     print(f"{n:5d} images  {page:20s} first {t['first_s']:6.3f} s   p50 {t['p50_s']:6.3f} s   "
                           f"max {t['max_s']:6.3f} s", flush=True)
     finally:
-        kafka_broker.stop_process(broker)
+        processes.stop_process(broker)
     write_results(results, args.out)
     return 0
 

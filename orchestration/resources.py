@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from dagster import ResourceDefinition, resource
 
-from assets.batch_work import Processing
+from orchestration.domain.processing import Processing
 from orchestration.settings import Settings, check_profile, load_settings
 from orchestration.wiring import CLIENTS
 

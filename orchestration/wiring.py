@@ -56,11 +56,11 @@ def private_data_dir(settings: Settings) -> None:
 
 def build_lake(settings: Settings) -> Lake:
     if settings.profile == "local":
-        from orchestration.adapters.local_lake import LocalLake
+        from orchestration.adapters.local.lake import LocalLake
 
         private_data_dir(settings)
         return LocalLake(settings.lake_dir, soft_delete_days=settings.lake_soft_delete_days)
-    from orchestration.adapters.azure_lake import AzureLake
+    from orchestration.adapters.azure.lake import AzureLake
 
     return AzureLake.from_settings(
         container=settings.lake_container, connection_string=_secret(settings.storage_connection_string) or None,
@@ -71,11 +71,11 @@ def build_lake(settings: Settings) -> Lake:
 
 def build_metadata(settings: Settings) -> MetadataStore:
     if settings.profile == "local":
-        from orchestration.adapters.local_metadata import SqliteMetadataStore
+        from orchestration.adapters.local.metadata import SqliteMetadataStore
 
         private_data_dir(settings)
         return SqliteMetadataStore(settings.metadata_db)
-    from orchestration.adapters.azure_cosmos import CosmosMetadataStore
+    from orchestration.adapters.azure.cosmos import CosmosMetadataStore
 
     key = _secret(settings.cosmos_key)
     if key:
@@ -94,10 +94,10 @@ def build_metadata(settings: Settings) -> MetadataStore:
 
 def build_signal(settings: Settings) -> Signal:
     if settings.profile == "local":
-        from orchestration.adapters.local_signal import FileSignal
+        from orchestration.adapters.local.signal import FileSignal
 
         return FileSignal(settings.signal_dir)
-    from orchestration.adapters.eventgrid_signal import StorageQueueSignal
+    from orchestration.adapters.azure.eventgrid import StorageQueueSignal
 
     connection_string = _secret(settings.storage_connection_string)
     if connection_string:
@@ -113,12 +113,12 @@ def build_signal(settings: Settings) -> Signal:
 
 def build_queue(settings: Settings, *, signal: Signal | None = None) -> BatchQueue:
     if settings.profile == "azure":
-        from orchestration.adapters.servicebus_queue import ServiceBusQueue
+        from orchestration.adapters.azure.servicebus import ServiceBusQueue
 
         return ServiceBusQueue.from_settings(
             settings.servicebus_queue, connection_string=_secret(settings.servicebus_connection_string) or None,
             fully_qualified_namespace=settings.servicebus_namespace or None)
-    from orchestration.adapters.local_queue import SqliteBatchQueue
+    from orchestration.adapters.local.queue import SqliteBatchQueue
 
     private_data_dir(settings)
     # Locally (and in 'emulated') the queue raises the signal itself, as Service Bus + Event Grid do.
@@ -132,7 +132,7 @@ def build_queue(settings: Settings, *, signal: Signal | None = None) -> BatchQue
 
 
 def kafka_options(settings: Settings) -> dict:
-    from orchestration.adapters.kafka_results import client_options
+    from orchestration.adapters.kafka.connection import client_options
 
     return client_options(settings.kafka_security,
                           eventhubs_connection_string=_secret(settings.eventhubs_connection_string),
@@ -142,28 +142,28 @@ def kafka_options(settings: Settings) -> dict:
 def kafka_bootstrap(settings: Settings) -> str:
     """host:port of the brokers; for Event Hubs it comes from the connection string's namespace."""
     if settings.kafka_security == "eventhubs":
-        from orchestration.adapters.kafka_results import eventhubs_bootstrap
+        from orchestration.adapters.kafka.connection import eventhubs_bootstrap
 
         return eventhubs_bootstrap(_secret(settings.eventhubs_connection_string))
     return settings.kafka_bootstrap
 
 
 def build_results(settings: Settings) -> ResultStream:
-    from orchestration.adapters.kafka_results import KafkaResultStream
+    from orchestration.adapters.kafka.producer import KafkaResultStream
 
     return KafkaResultStream(kafka_bootstrap(settings), settings.kafka_topic, options=kafka_options(settings))
 
 
 def build_reader(settings: Settings):
     """A reader of the whole results topic (CLI, tests, benchmarks); the caller closes it."""
-    from orchestration.adapters.kafka_results import ResultReader
+    from orchestration.adapters.kafka.readers import ResultReader
 
     return ResultReader(kafka_bootstrap(settings), settings.kafka_topic, options=kafka_options(settings))
 
 
 def build_user_follower(settings: Settings, user_id: str, **kwargs):
     """The web page's follower of one user's events (one per browser session; the caller closes it)."""
-    from orchestration.adapters.kafka_results import UserEventFollower
+    from orchestration.adapters.kafka.readers import UserEventFollower
 
     return UserEventFollower(kafka_bootstrap(settings), settings.kafka_topic, user_id,
                              options=kafka_options(settings), **kwargs)

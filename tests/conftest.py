@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from orchestration.devtools import kafka_broker
+from orchestration.devtools import processes
 from orchestration.settings import load_settings
 from orchestration import wiring
 
@@ -25,7 +26,7 @@ def _server(env_var: str, start):
     try:
         yield address
     finally:
-        kafka_broker.stop_process(proc)
+        processes.stop_process(proc)
 
 
 def _emulator_tools():
@@ -40,7 +41,7 @@ def _emulator_tools():
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory):
     def start():
-        port = kafka_broker.free_port()
+        port = processes.free_port()
         return kafka_broker.start_broker(port, log_path=tmp_path_factory.mktemp("kafka") / "tansu.log"), f"127.0.0.1:{port}"
 
     yield from _server("IMGPIPE_TEST_KAFKA_BOOTSTRAP", start)
@@ -52,7 +53,7 @@ def cosmos_endpoint(tmp_path_factory):
     from orchestration.devtools.emulators import start_cosmos
 
     def start():
-        port = kafka_broker.free_port()
+        port = processes.free_port()
         proc = start_cosmos(_emulator_tools(), port, log_path=tmp_path_factory.mktemp("cosmos") / "cosmos.log")
         return proc, f"https://127.0.0.1:{port}"
 
@@ -65,7 +66,7 @@ def azurite_connection_string(tmp_path_factory):
     from orchestration.devtools.emulators import azurite_connection_string as conn, start_azurite
 
     def start():
-        blob, queue = kafka_broker.free_port(), kafka_broker.free_port()
+        blob, queue = processes.free_port(), processes.free_port()
         proc = start_azurite(_emulator_tools(), blob, queue, log_path=tmp_path_factory.mktemp("azurite") / "azurite.log")
         return proc, conn(blob, queue)
 
@@ -74,7 +75,7 @@ def azurite_connection_string(tmp_path_factory):
 
 @pytest.fixture
 def kafka_topic(kafka_bootstrap):
-    from orchestration.adapters.kafka_results import ensure_topic
+    from orchestration.adapters.kafka.admin import ensure_topic
 
     topic = f"test.{uuid.uuid4().hex[:10]}"
     ensure_topic(kafka_bootstrap, topic)

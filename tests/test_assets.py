@@ -11,7 +11,7 @@ from PIL import Image
 
 from assets.batch import batch_asset_checks, batch_assets
 from orchestration.partitions import batches_partitions
-from orchestration.adapters.kafka_results import ResultReader
+from orchestration.adapters.kafka.readers import ResultReader
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.resources import resources_from_settings
 from orchestration.devtools.sample import make_sample_batch
@@ -238,14 +238,14 @@ def test_image_documents_appear_while_the_batch_is_processing(instance, settings
 
 
 def test_the_rendition_check_catches_edited_and_broken_renditions(instance, settings, uploaded):
-    from assets import batch_work
+    from orchestration.domain import processing
 
     services, upload = uploaded
     batch = upload.batch_id
     assert _run(instance, settings, batch).success
-    checked, problems = batch_work.check_renditions(services.lake, batch)
+    checked, problems = processing.check_renditions(services.lake, batch)
     assert checked == 30 and problems == []  # 5 processed images x 3 sizes x 2 formats
-    outcome = next(o for o in batch_work.load_outcomes(services.lake, batch) if o["renditions"])
+    outcome = next(o for o in processing.load_outcomes(services.lake, batch) if o["renditions"])
     large = next(r for r in outcome["renditions"] if r["name"] == "large")
     thumb = next(r for r in outcome["renditions"] if r["name"] == "thumb" and r["format"] == "JPEG")
     services.lake.write(large["path"], services.lake.read(large["path"])[:-10] + b"edited ok!")  # bytes changed
@@ -259,7 +259,7 @@ def test_the_rendition_check_catches_edited_and_broken_renditions(instance, sett
                   if r["name"] == "medium" and r["format"] == "WEBP")
     medium["width"] += 1
     services.lake.write(outcomes_path(batch), json.dumps(stored).encode())
-    checked, problems = batch_work.check_renditions(services.lake, batch)
+    checked, problems = processing.check_renditions(services.lake, batch)
     assert any(large["path"] in p and "sha256" in p for p in problems)
     assert any(thumb["path"] in p for p in problems)
     assert any(medium["path"] in p and f"!= recorded ({medium['width']}, {medium['height']})" in p for p in problems)
@@ -273,7 +273,7 @@ def test_a_broker_that_lost_its_log_gets_every_event_back_from_the_documents(ins
     created before the window, and no batch.completed for a batch whose run is still going."""
     from datetime import datetime, timedelta, timezone
 
-    from assets.batch_work import SENT_FIELD, replay_events
+    from orchestration.domain.processing import SENT_FIELD, replay_events
     from orchestration.domain.retention import delete_batch
 
     services, upload = uploaded

@@ -21,7 +21,7 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def test_core_imports_no_dagster():
-    code = "import sys, assets.core, assets.batch_work; print('dagster' in sys.modules)"
+    code = "import sys, assets.core, orchestration.domain.processing; print('dagster' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

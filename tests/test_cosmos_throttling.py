@@ -13,9 +13,9 @@ import uuid
 
 import pytest
 
-from orchestration.adapters.azure_cosmos import CosmosMetadataStore
+from orchestration.adapters.azure.cosmos import CosmosMetadataStore
 from orchestration.devtools.emulators import COSMOS_DEV_KEY
-from orchestration.devtools.kafka_broker import free_port
+from orchestration.devtools.processes import free_port
 
 
 class ThrottlingProxy(http.server.ThreadingHTTPServer):

@@ -369,7 +369,7 @@ def test_the_image_builds_serves_the_code_location_and_the_web_app():
     why = _docker_ready()
     if why:
         pytest.skip(why)
-    from orchestration.devtools.kafka_broker import free_port
+    from orchestration.devtools.processes import free_port
 
     tag = "imgpipe:ci-test"
     build = subprocess.run(["docker", "build", "--network", "host", "-f", str(DEPLOY / "Dockerfile"), "-t", tag, str(ROOT)],

@@ -12,6 +12,7 @@ import pytest
 
 
 from orchestration.devtools import kafka_broker
+from orchestration.devtools import processes
 from orchestration.devtools.devstack import MAX_RESTARTS, Child, supervise_once
 
 SLEEP = ["60"]
@@ -24,7 +25,7 @@ def test_a_taken_port_is_an_error_naming_the_port_and_the_program(tmp_path):
     try:
         port = int(holder.stdout.readline())
         env = {**os.environ, "IMGPIPE_DATA_DIR": str(tmp_path), "IMGPIPE_WEBSERVER_PORT": str(port),
-               "IMGPIPE_WEB": "false", "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_broker.free_port()}"}
+               "IMGPIPE_WEB": "false", "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{processes.free_port()}"}
         proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -73,25 +74,28 @@ def test_a_killed_child_is_always_restarted_and_a_crash_loop_is_bounded():
 def test_start_hooks_register_the_process_before_it_is_ready(tmp_path):
     """A Ctrl-C while a child starts must find it registered: the hook fires before the readiness wait."""
     seen = []
-    port = kafka_broker.free_port()
+    port = processes.free_port()
 
     def on_start(proc):
-        seen.append((proc.pid, kafka_broker.port_in_use("127.0.0.1", port)))
+        seen.append((proc.pid, processes.port_in_use("127.0.0.1", port)))
 
     broker = kafka_broker.start_broker(port, on_start=on_start)
     try:
         assert seen and seen[0][0] == broker.pid
     finally:
-        kafka_broker.stop_process(broker)
+        processes.stop_process(broker)
 
 
 def test_a_producer_outlives_a_broker_that_lost_its_state(tmp_path):
     """A restarted local broker starts without its log and without the idempotent producers' state: the
     old producer's first flush fails (UnknownProducerId), and the client then starts a new producer, so the
     next publish goes through instead of failing for the rest of the process's life."""
-    from orchestration.adapters.kafka_results import KafkaResultStream, ResultReader, ResultStreamError, ensure_topic
+    from orchestration.adapters.kafka.producer import KafkaResultStream
+    from orchestration.adapters.kafka.readers import ResultReader
+    from orchestration.adapters.kafka.connection import ResultStreamError
+    from orchestration.adapters.kafka.admin import ensure_topic
 
-    port = kafka_broker.free_port()
+    port = processes.free_port()
     bootstrap = f"127.0.0.1:{port}"
     broker = kafka_broker.start_broker(port)
     stream = KafkaResultStream(bootstrap, "results")
@@ -116,7 +120,7 @@ def test_a_producer_outlives_a_broker_that_lost_its_state(tmp_path):
         assert seen == ["after"]
     finally:
         stream.close()
-        kafka_broker.stop_process(broker)
+        processes.stop_process(broker)
 
 
 def test_the_run_worker_preload_loads_what_a_run_imports():
@@ -161,9 +165,11 @@ def test_a_page_follower_misses_nothing_when_the_broker_restarts_without_its_log
     instead of waiting until the new log grows past its old position."""
     import time
 
-    from orchestration.adapters.kafka_results import KafkaResultStream, UserEventFollower, ensure_topic
+    from orchestration.adapters.kafka.producer import KafkaResultStream
+    from orchestration.adapters.kafka.readers import UserEventFollower
+    from orchestration.adapters.kafka.admin import ensure_topic
 
-    port = kafka_broker.free_port()
+    port = processes.free_port()
     bootstrap = f"127.0.0.1:{port}"
     broker = kafka_broker.start_broker(port)
     follower = None
@@ -197,7 +203,7 @@ def test_a_page_follower_misses_nothing_when_the_broker_restarts_without_its_log
     finally:
         if follower is not None:
             follower.close()
-        kafka_broker.stop_process(broker)
+        processes.stop_process(broker)
 
 
 def test_the_local_daemon_ticks_sensors_every_second():
@@ -261,7 +267,7 @@ def test_the_stack_stops_with_its_children_however_it_was_started(tmp_path, how)
     the broker, the code server and Dagster (they run in sessions of their own)."""
     import time
 
-    kafka_port, web_port = kafka_broker.free_port(), kafka_broker.free_port()
+    kafka_port, web_port = processes.free_port(), processes.free_port()
     env = {**os.environ, "IMGPIPE_PROFILE": "local", "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
            "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}", "IMGPIPE_WEBSERVER_PORT": str(web_port),
            "IMGPIPE_WEB": "false"}
@@ -408,7 +414,7 @@ def test_the_code_server_starts_its_run_workers_forkserver_before_the_first_run(
     from orchestration.devtools import devstack
 
     devstack.prepare_dagster_home(offline_settings)
-    port = kafka_broker.free_port()
+    port = processes.free_port()
     log = offline_settings.dagster_home / "code_server.log"
     proc = devstack.start_code_server(port, devstack.stack_env(offline_settings), log, on_start=lambda p: None)
     try:
@@ -428,11 +434,11 @@ def test_the_stacks_children_stop_when_imgpipe_dev_is_killed_outright(tmp_path):
     """`kill -9` of `imgpipe dev` alone (the OOM killer, a process manager) cannot be handled by it. Before,
     its children ran on in sessions of their own — the broker, the code server, Dagster's webserver and
     daemon, the OIDC provider, the web app — and held their ports, so the next `imgpipe dev` refused to start
-    until someone killed them by hand. Now each gets SIGTERM when its parent dies (lifetime.py), and the
+    until someone killed them by hand. Now each gets SIGTERM when its parent dies (processes.die_with_parent), and the
     same stack starts again on the same ports."""
     import time
 
-    ports = {name: kafka_broker.free_port() for name in ("KAFKA", "WEBSERVER", "WEB", "OIDC")}
+    ports = {name: processes.free_port() for name in ("KAFKA", "WEBSERVER", "WEB", "OIDC")}
     env = {**os.environ, "IMGPIPE_PROFILE": "local", "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
            "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['KAFKA']}", "IMGPIPE_WEBSERVER_PORT": str(ports["WEBSERVER"]),
            "IMGPIPE_WEB_PORT": str(ports["WEB"]), "IMGPIPE_OIDC_PORT": str(ports["OIDC"])}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orchestration.devtools import kafka_broker
+from orchestration.devtools import processes
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.devtools.sample import make_sample_batch
 from orchestration.settings import Settings, load_settings
@@ -55,7 +55,7 @@ def _stack_children(pid: int) -> list[int]:
 def stack_env(request, tmp_path):
     """The stack's environment for each profile. 'emulated' runs the Azure adapters against Azurite and
     cosmosdb-server (started by `.ci/run` or the session fixtures, by PID)."""
-    kafka_port, web_port = kafka_broker.free_port(), kafka_broker.free_port()
+    kafka_port, web_port = processes.free_port(), processes.free_port()
     env = {
         **os.environ,
         "IMGPIPE_PROFILE": request.param,
@@ -211,7 +211,7 @@ def test_a_killed_broker_is_restarted_and_batches_still_complete(tmp_path):
     """The stack supervises its children: kill -9 the Kafka broker, the stack restarts it and says so; the
     events of a batch completed before the kill are on the new broker again (it keeps its log in memory:
     the stack republishes them from the documents), and a batch uploaded afterwards comes out on Kafka."""
-    kafka_port, web_port = kafka_broker.free_port(), kafka_broker.free_port()
+    kafka_port, web_port = processes.free_port(), processes.free_port()
     env = {**os.environ, "IMGPIPE_PROFILE": "local", "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
            "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}", "IMGPIPE_WEBSERVER_PORT": str(web_port),
            "IMGPIPE_WEB": "false"}
@@ -251,7 +251,7 @@ def test_a_killed_broker_is_restarted_and_batches_still_complete(tmp_path):
 
 
 def _local_env(tmp_path, **extra) -> dict:
-    kafka_port, web_port = kafka_broker.free_port(), kafka_broker.free_port()
+    kafka_port, web_port = processes.free_port(), processes.free_port()
     return {**os.environ, "IMGPIPE_PROFILE": "local", "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
             "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}", "IMGPIPE_WEBSERVER_PORT": str(web_port),
             "IMGPIPE_WEB": "false", **extra}

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from orchestration import wiring
-from orchestration.devtools import kafka_broker
+from orchestration.devtools import processes
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.settings import Settings, load_settings
@@ -124,7 +124,7 @@ def _kill_leftovers(tmp_path: Path) -> None:
 
 def _topic_event_ids(settings) -> Counter:
     """Every event id on the results topic, read from the beginning until it stays quiet for 3 s (≤ 60 s)."""
-    from orchestration.adapters.kafka_results import ResultReader
+    from orchestration.adapters.kafka.readers import ResultReader
 
     seen: Counter = Counter()
     reader = ResultReader(settings.kafka_bootstrap, settings.kafka_topic)
@@ -143,7 +143,7 @@ def _topic_event_ids(settings) -> Counter:
 
 def _expected_event_ids(services, batch_id: str) -> list[str]:
     """The ids a consumer must see for a completed batch: one per image, then batch.completed."""
-    from assets.batch_work import load_manifest, result_events
+    from orchestration.domain.processing import load_manifest, result_events
 
     docs = sorted(services.metadata.query("images", partition_key=batch_id), key=lambda d: d["image_id"])
     return [e["event_id"] for e in result_events(load_manifest(services.lake, batch_id), docs)]
@@ -154,8 +154,8 @@ def test_batches_survive_random_kills(tmp_path):
 
     rng = random.Random(SEED)
     env = {**os.environ, "IMGPIPE_PROFILE": "local", "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
-           "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_broker.free_port()}",
-           "IMGPIPE_WEBSERVER_PORT": str(kafka_broker.free_port()), "IMGPIPE_WEB": "false", "IMGPIPE_WORKERS": "1",
+           "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{processes.free_port()}",
+           "IMGPIPE_WEBSERVER_PORT": str(processes.free_port()), "IMGPIPE_WEB": "false", "IMGPIPE_WORKERS": "1",
            "IMGPIPE_RUN_MAX_RETRIES": "10", "IMGPIPE_QUEUE_LOCK_SECONDS": "15",
            "IMGPIPE_SENSOR_SAFETY_POLL_SECONDS": "5", "IMGPIPE_RECONCILE_AFTER_SECONDS": "30",
            "IMGPIPE_MAX_RUNS_PER_USER": "2"}

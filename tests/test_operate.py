@@ -13,7 +13,7 @@ import sys
 import time
 
 from orchestration import wiring
-from orchestration.adapters.kafka_results import ResultReader
+from orchestration.adapters.kafka.readers import ResultReader
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.domain.status import batch_status

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from orchestration.adapters.kafka_results import ResultStreamError, client_options, eventhubs_bootstrap
+from orchestration.adapters.kafka.connection import ResultStreamError, client_options, eventhubs_bootstrap
 from orchestration.settings import ConfigurationError, check_profile, load_settings
 
 

@@ -16,8 +16,8 @@ from dagster import DagsterInstance, materialize
 
 from assets.batch import batch_asset_checks, batch_assets
 from orchestration import wiring
-from orchestration.adapters.local_lake import LocalLake
-from orchestration.adapters.local_metadata import SqliteMetadataStore
+from orchestration.adapters.local.lake import LocalLake
+from orchestration.adapters.local.metadata import SqliteMetadataStore
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 from orchestration.domain import lifecycle, retention
 from orchestration.domain.intake import IntakeItem, upload_batch

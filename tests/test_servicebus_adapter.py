@@ -12,7 +12,7 @@ import pytest
 from azure.servicebus import ServiceBusReceiveMode, ServiceBusSubQueue
 from azure.servicebus.exceptions import MessageLockLostError
 
-from orchestration.adapters.servicebus_queue import ServiceBusQueue
+from orchestration.adapters.azure.servicebus import ServiceBusQueue
 from orchestration.ports.queue import MessageLockLost
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orchestration.devtools import kafka_broker
+from orchestration.devtools import processes
 from orchestration.devtools.sample import synthetic_photo, jpeg_bytes
 
 CHROMIUM = "/usr/bin/chromium"
@@ -34,7 +34,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     data = tmp_path_factory.mktemp("web-stack")
-    ports = {name: kafka_broker.free_port() for name in ("kafka", "dagster", "web", "oidc")}
+    ports = {name: processes.free_port() for name in ("kafka", "dagster", "web", "oidc")}
     env = {**os.environ, "IMGPIPE_DATA_DIR": str(data), "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['kafka']}",
            "IMGPIPE_WEBSERVER_PORT": str(ports["dagster"]), "IMGPIPE_WEB_PORT": str(ports["web"]),
            "IMGPIPE_OIDC_PORT": str(ports["oidc"]), "IMGPIPE_PROFILE": "local"}

@@ -32,15 +32,16 @@ from typing import Callable
 from pydantic import SecretStr
 
 from orchestration.devtools import kafka_broker, webstack
+from orchestration.devtools import processes
 from orchestration.devtools import dagster_tuning
-from orchestration.adapters.kafka_results import ensure_topic
+from orchestration.adapters.kafka.admin import ensure_topic
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.devtools.sample import make_sample_batch
 from orchestration.settings import ConfigurationError, Settings, check_profile, remove_stack_file, write_stack_file
 from orchestration.domain.status import batch_status
 from orchestration.wiring import CLIENTS, build_reader, private_data_dir
 from orchestration.domain.identity import opaque_user_id
-from orchestration.devtools.lifetime import die_with_parent
+from orchestration.devtools.processes import die_with_parent
 
 # Instance settings for the local stack, chosen for latency on a small machine:
 # - QueuedRunCoordinator checking the queue every 0.25 s (daemon.py: QUEUE_LOOP_SECONDS; the yaml's integer
@@ -210,7 +211,7 @@ def start_emulators(settings: Settings, launch) -> Settings:
     from orchestration.devtools import emulators
 
     tools = emulators.ensure_tools(settings.tools_dir, log=_log)
-    blob, queue, cosmos = (kafka_broker.free_port() for _ in range(3))
+    blob, queue, cosmos = (processes.free_port() for _ in range(3))
     azurite = launch(Child("Azurite", lambda on_start: emulators.start_azurite(
         tools, blob, queue, log_path=settings.log_dir / "azurite.log", on_start=on_start)))
     _log(f"Azurite pid {azurite.pid}: blob 127.0.0.1:{blob}, queue 127.0.0.1:{queue}")
@@ -357,8 +358,8 @@ def check_ports(settings: Settings) -> None:
     if settings.web:
         wanted += [(settings.web_port, "IMGPIPE_WEB_PORT", "the web app"),
                    (settings.oidc_port, "IMGPIPE_OIDC_PORT", "the local OIDC provider")]
-    busy = [f"port {port} ({var}, for {what}) is in use by {kafka_broker.port_owner(port)}"
-            for port, var, what in wanted if kafka_broker.port_in_use("127.0.0.1", port)]
+    busy = [f"port {port} ({var}, for {what}) is in use by {processes.port_owner(port)}"
+            for port, var, what in wanted if processes.port_in_use("127.0.0.1", port)]
     if busy:
         raise PortBusy("cannot start the local stack:\n  " + "\n  ".join(busy) +
                        "\nstop that program or choose another port with the setting named")
@@ -372,7 +373,7 @@ class Child:
 
     name: str
     start: Callable[[Callable[[subprocess.Popen], None]], subprocess.Popen]
-    stop: Callable[[subprocess.Popen], None] = kafka_broker.stop_process
+    stop: Callable[[subprocess.Popen], None] = processes.stop_process
     proc: subprocess.Popen | None = None
     ready_at: float = 0.0
     quick_exits: int = 0  # exits in a row, each within SHORT_LIFE seconds of being ready
@@ -425,9 +426,9 @@ REPLAY_WINDOW = timedelta(days=7)
 def refill_broker(settings: Settings) -> int:
     """Give a fresh local broker back the events it lost. Tansu keeps its log in memory here, so each start
     of the broker (the stack's, or a restart after it died) begins empty; every event the old one may have
-    acknowledged is published again from the documents (assets.batch_work.replay_events). Consumers drop
+    acknowledged is published again from the documents (orchestration.domain.processing.replay_events). Consumers drop
     the ids they already saw. Returns the number of events published."""
-    from assets.batch_work import replay_events
+    from orchestration.domain.processing import replay_events
 
     from orchestration.wiring import build_results
 
@@ -487,14 +488,14 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
     previous = {sig: signal.signal(sig, _terminate) for sig in stop_signals}
     try:
         check_ports(settings)
-        local_broker = host in ("127.0.0.1", "localhost") and not kafka_broker.port_in_use("127.0.0.1", int(port))
+        local_broker = host in ("127.0.0.1", "localhost") and not processes.port_in_use("127.0.0.1", int(port))
         if local_broker:
             broker = launch(Child("Kafka broker", lambda on_start: kafka_broker.start_broker(
                 int(port), log_path=settings.log_dir / "kafka.log", on_start=on_start)))
             _log(f"Kafka broker (Tansu) pid {broker.pid} on {settings.kafka_bootstrap}")
         else:
             _log(f"using the Kafka broker already at {settings.kafka_bootstrap} "
-                 f"({kafka_broker.port_owner(int(port)) if host in ('127.0.0.1', 'localhost') else 'remote'})")
+                 f"({processes.port_owner(int(port)) if host in ('127.0.0.1', 'localhost') else 'remote'})")
         ensure_topic(settings.kafka_bootstrap, settings.kafka_topic)
         if settings.profile == "emulated":
             if settings.storage_connection_string and settings.cosmos_endpoint:
@@ -514,7 +515,7 @@ def run_dev(settings: Settings, *, sample: bool = True, exit_after_sample: bool 
 
         # The code location is served by our own supervised code server (run workers forked from a
         # preloaded process: orchestration/devtools/code_server.py); the webserver and daemon connect to it.
-        code_port = kafka_broker.free_port()
+        code_port = processes.free_port()
         workspace = write_workspace(settings.dagster_home, code_port)
         launch(Child("code server", lambda on_start: start_code_server(
             code_port, stack_env(settings), settings.log_dir / "code-server.log", on_start=on_start),

@@ -13,9 +13,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from orchestration.devtools.kafka_broker import wait_for_port
+from orchestration.devtools.processes import wait_for_port
 from orchestration.settings import Settings
-from orchestration.devtools.lifetime import die_with_parent
+from orchestration.devtools.processes import die_with_parent
 
 CLIENT_ID = "imgpipe-web"
 

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestration.adapters.local_lake import LocalLake
-from orchestration.adapters.local_metadata import SqliteMetadataStore
-from orchestration.adapters.local_queue import SqliteBatchQueue
-from orchestration.adapters.local_signal import FileSignal
+from orchestration.adapters.local.lake import LocalLake
+from orchestration.adapters.local.metadata import SqliteMetadataStore
+from orchestration.adapters.local.queue import SqliteBatchQueue
+from orchestration.adapters.local.signal import FileSignal
 
 
 class FakeClock:
@@ -57,7 +57,7 @@ def lake(request, tmp_path, clock):
         return LocalLake(tmp_path / "lake", soft_delete_days=7, clock=clock)
     import uuid
 
-    from orchestration.adapters.azure_lake import AzureLake
+    from orchestration.adapters.azure.lake import AzureLake
 
     container = f"t{uuid.uuid4().hex[:16]}"
     if request.param == "azurite":
@@ -101,7 +101,7 @@ def metadata_store(request, tmp_path):
 
         import urllib3
 
-        from orchestration.adapters.azure_cosmos import CosmosMetadataStore
+        from orchestration.adapters.azure.cosmos import CosmosMetadataStore
         from orchestration.devtools.emulators import COSMOS_DEV_KEY
 
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # self-signed test server
@@ -163,7 +163,7 @@ def make_queue(request, tmp_path, clock, monkeypatch):
         if request.param == "servicebus-sdk-double":
             from datetime import timedelta
 
-            from orchestration.adapters.servicebus_queue import ServiceBusQueue
+            from orchestration.adapters.azure.servicebus import ServiceBusQueue
 
             namespace.queue("batches", lock_duration=timedelta(seconds=kwargs.get("lock_duration_seconds", 60)),
                             max_delivery_count=kwargs.get("max_delivery_count", 10),
@@ -171,7 +171,7 @@ def make_queue(request, tmp_path, clock, monkeypatch):
             return ServiceBusQueue.from_settings("batches", connection_string="Endpoint=sb://double.invalid/;"
                                                  "SharedAccessKeyName=k;SharedAccessKey=not-a-secret")
         if request.param == "servicebus-live":
-            from orchestration.adapters.servicebus_queue import ServiceBusQueue
+            from orchestration.adapters.azure.servicebus import ServiceBusQueue
 
             return ServiceBusQueue.from_settings(queue, connection_string=conn)
         raise NotImplementedError(request.param)
@@ -186,7 +186,7 @@ def signal(request, tmp_path):
     if request.param == "azurite-queue":
         import uuid
 
-        from orchestration.adapters.eventgrid_signal import StorageQueueSignal
+        from orchestration.adapters.azure.eventgrid import StorageQueueSignal
 
         conn = request.getfixturevalue("azurite_connection_string")
         return StorageQueueSignal.from_connection_string(conn, f"signal-{uuid.uuid4().hex[:12]}", "batches")

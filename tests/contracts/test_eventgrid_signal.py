@@ -10,7 +10,7 @@ import uuid
 import pytest
 from azure.storage.queue import QueueClient
 
-from orchestration.adapters.eventgrid_signal import StorageQueueSignal, parse_event, service_bus_event
+from orchestration.adapters.azure.eventgrid import StorageQueueSignal, parse_event, service_bus_event
 
 # As documented for Microsoft.ServiceBus.ActiveMessagesAvailableWithNoListeners (Event Grid schema).
 DOCUMENTED_EVENT_GRID = {

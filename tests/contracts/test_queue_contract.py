@@ -121,7 +121,7 @@ def test_on_send_hook_fires_for_accepted_messages_only(make_queue):
 
 
 def _receiver(path: str, out, n: int) -> None:
-    from orchestration.adapters.local_queue import SqliteBatchQueue
+    from orchestration.adapters.local.queue import SqliteBatchQueue
 
     q = SqliteBatchQueue(path, lock_duration_seconds=300)
     got = []
@@ -137,7 +137,7 @@ def _receiver(path: str, out, n: int) -> None:
 
 def test_local_queue_is_safe_across_processes(tmp_path):
     """Four processes drain one SQLite queue: every message is delivered to exactly one of them."""
-    from orchestration.adapters.local_queue import SqliteBatchQueue
+    from orchestration.adapters.local.queue import SqliteBatchQueue
 
     path = tmp_path / "q.sqlite"
     q = SqliteBatchQueue(path)
@@ -165,8 +165,8 @@ def test_settles_a_message_in_a_later_sensor_tick(make_queue, tmp_path):
     from dagster import build_sensor_context, instance_for_test
     from dagster._core.test_utils import create_run_for_test
 
-    from orchestration.adapters.local_metadata import SqliteMetadataStore
-    from orchestration.adapters.local_signal import FileSignal
+    from orchestration.adapters.local.metadata import SqliteMetadataStore
+    from orchestration.adapters.local.signal import FileSignal
     from orchestration.domain.manifest import BatchManifest, ManifestImage
     from sensors.batch_sensor import evaluate_batch_sensor
 

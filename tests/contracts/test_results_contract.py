@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestration.adapters.kafka_results import KafkaResultStream, ResultReader, ResultStreamError
+from orchestration.adapters.kafka.producer import KafkaResultStream
+from orchestration.adapters.kafka.readers import ResultReader
+from orchestration.adapters.kafka.connection import ResultStreamError
 from orchestration.ports.results import ResultStream
 
 
@@ -41,7 +43,8 @@ def test_a_page_follower_starts_from_now_not_from_the_partition_start(kafka_boot
     of the user are not replayed, newer ones arrive — also when the partition had nothing new at first."""
     import time
 
-    from orchestration.adapters.kafka_results import KafkaResultStream, UserEventFollower
+    from orchestration.adapters.kafka.producer import KafkaResultStream
+    from orchestration.adapters.kafka.readers import UserEventFollower
 
     stream = KafkaResultStream(kafka_bootstrap, kafka_topic)
     try:

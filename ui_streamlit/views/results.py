@@ -1,5 +1,5 @@
 """Results page: the user's batches, live. The metadata store says what there is; the user's Kafka
-partition says when to look again (``UserEventFollower`` in orchestration/adapters/kafka_results.py)."""
+partition says when to look again (``UserEventFollower`` in orchestration/adapters/kafka/)."""
 
 import time
 

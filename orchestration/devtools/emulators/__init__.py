@@ -2,7 +2,7 @@
 Azurite (Blob + Queue) and @vercel/cosmosdb-server (Cosmos DB), both from the npm registry.
 
 ``ensure_tools`` installs them (once) into a tools folder; ``start_azurite`` / ``start_cosmos`` start
-them on 127.0.0.1 and return the Popen, to be stopped by PID with ``kafka_broker.stop_process``.
+them on 127.0.0.1 and return the Popen, to be stopped by PID with ``processes.stop_process``.
 What they cannot do (measured here; the contract suites skip or xfail those cases by name): Azurite has no ADLS Gen2 (DFS) endpoint and no
 blob soft delete; cosmosdb-server answers a point read of a missing item with HTTP 500 and does not
 support DISTINCT VALUE, GROUP BY or transactional batches.
@@ -15,8 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from orchestration.devtools.kafka_broker import stop_process, wait_for_port
-from orchestration.devtools.lifetime import die_with_parent
+from orchestration.devtools.processes import die_with_parent, stop_process, wait_for_port
 
 AZURITE = "azurite@3.35.0"
 COSMOSDB_SERVER = "@vercel/cosmosdb-server@1.0.1"

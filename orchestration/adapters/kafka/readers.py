@@ -1,146 +1,21 @@
-"""Kafka adapter of the ResultStream port (kafka-python), plus the two readers: ``ResultReader`` (the
-whole topic: CLI, tests, benchmarks) and ``UserEventFollower`` (one user's partition: the web page).
+"""The two readers of the results topic: ``ResultReader`` (the whole topic: CLI, tests, benchmarks) and
+``UserEventFollower`` (one user's partition: the web page).
 
-Producer settings: acks=all, retries with idempotence where the broker supports it, JSON values,
-UTF-8 keys (the user id). The reader assigns every partition of the topic itself instead of joining a
-consumer group: it needs no committed offsets and starts at once (a group join costs seconds).
+Each assigns partitions itself instead of joining a consumer group: it needs no committed offsets and starts
+at once (a group join costs seconds).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Callable, Iterator
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
-
-class ResultStreamError(RuntimeError):
-    pass
-
-
-def eventhubs_bootstrap(connection_string: str) -> str:
-    """``<namespace>.servicebus.windows.net:9093`` from an Event Hubs connection string."""
-    parts = dict(p.split("=", 1) for p in connection_string.strip().strip(";").split(";") if "=" in p)
-    endpoint = parts.get("Endpoint", "")
-    host = endpoint.removeprefix("sb://").strip("/")
-    if not host:
-        raise ResultStreamError("the Event Hubs connection string has no Endpoint=sb://<namespace>.servicebus.windows.net/")
-    return f"{host}:9093"
-
-
-def client_options(security: str = "plaintext", *, eventhubs_connection_string: str | None = None,
-                   username: str | None = None, password: str | None = None) -> dict:
-    """kafka-python settings for each kind of cluster:
-    - ``plaintext``: a plain Kafka cluster (Tansu locally and in tests);
-    - ``eventhubs``: Azure Event Hubs' Kafka endpoint — SASL_SSL with the PLAIN mechanism, user
-      ``$ConnectionString`` and the namespace (or event hub) connection string as password;
-    - ``sasl_ssl``: another managed Kafka with SASL/PLAIN user and password."""
-    if security == "plaintext":
-        return {"security_protocol": "PLAINTEXT"}
-    if security == "eventhubs":
-        if not eventhubs_connection_string:
-            raise ResultStreamError("IMGPIPE_EVENTHUBS_CONNECTION_STRING is required for IMGPIPE_KAFKA_SECURITY=eventhubs")
-        return {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
-                "sasl_plain_username": "$ConnectionString", "sasl_plain_password": eventhubs_connection_string}
-    if security == "sasl_ssl":
-        if not (username and password):
-            raise ResultStreamError("IMGPIPE_KAFKA_USERNAME and IMGPIPE_KAFKA_PASSWORD are required for sasl_ssl")
-        return {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
-                "sasl_plain_username": username, "sasl_plain_password": password}
-    raise ResultStreamError(f"unknown Kafka security {security!r} (plaintext, eventhubs, sasl_ssl)")
-
-
-def ensure_topic(bootstrap: str, topic: str, *, partitions: int = 3, timeout_seconds: float = 15.0) -> None:
-    """Create the results topic if it is missing (keyed by user, so partitions keep each user's order)."""
-    deadline = time.monotonic() + timeout_seconds
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="imgpipe-admin", request_timeout_ms=5000)
-            try:
-                if topic in admin.list_topics():
-                    return
-                admin.create_topics([NewTopic(name=topic, num_partitions=partitions, replication_factor=1)])
-                return
-            except TopicAlreadyExistsError:
-                return
-            finally:
-                admin.close()
-        except KafkaError as exc:  # broker still starting
-            last = exc
-            time.sleep(0.2)
-    raise ResultStreamError(f"could not create Kafka topic {topic!r} on {bootstrap}: {last}")
-
-
-class KafkaResultStream:
-    """The producer connects on first use (not on construction), so a process can hold this client from
-    start-up and a broker outage fails only the step that publishes; a later publish tries again."""
-
-    def __init__(self, bootstrap: str, topic: str, *, client_id: str = "imgpipe-results", options: dict | None = None):
-        self.topic = topic
-        self.bootstrap = bootstrap
-        self._client_id = client_id
-        self._options = options or {}
-        self._producer = None
-        self._pending: list = []
-
-    def _get_producer(self) -> KafkaProducer:
-        if self._producer is not None:
-            return self._producer
-        try:
-            self._producer = KafkaProducer(
-                **self._options,
-                bootstrap_servers=self.bootstrap,
-                client_id=self._client_id,
-                acks="all",
-                retries=5,
-                linger_ms=5,
-                enable_idempotence=True,  # broker-side dedupe of producer retries
-                max_block_ms=10_000,
-                request_timeout_ms=10_000,
-                delivery_timeout_ms=30_000,
-                bootstrap_timeout_ms=10_000,  # a dead broker is reported in 10 s, not 30
-                key_serializer=lambda k: k.encode("utf-8"),
-                value_serializer=lambda v: json.dumps(v, sort_keys=True, default=str).encode("utf-8"),
-            )
-        except KafkaError as exc:
-            raise ResultStreamError(f"Kafka broker at {self.bootstrap} is not reachable: {exc}") from exc
-        return self._producer
-
-    def publish(self, key: str, event: Mapping[str, Any]) -> None:
-        headers = [("event_type", str(event.get("type", "")).encode()), ("event_id", str(event.get("event_id", "")).encode())]
-        self._pending.append(self._get_producer().send(self.topic, key=key, value=dict(event), headers=headers))
-
-    def flush(self, timeout_seconds: float = 30.0) -> None:
-        if self._producer is None:
-            return
-        pending, self._pending = self._pending, []
-        try:
-            self._producer.flush(timeout=timeout_seconds)
-            for future in pending:
-                future.get(timeout=timeout_seconds)
-        except KafkaError as exc:
-            # Start over with a new producer on the next publish. An idempotent producer's id and sequence
-            # numbers live on the broker: one that lost its state (a restarted broker without its log, as
-            # the local one) answers UnknownProducerId to every later send of the old producer for good.
-            self._reset()
-            raise ResultStreamError(f"publishing to {self.topic!r} on {self.bootstrap} failed: {exc}") from exc
-
-    def _reset(self) -> None:
-        producer, self._producer = self._producer, None
-        try:
-            producer.close(timeout=1)
-        except Exception:  # noqa: BLE001 - it already failed; closing is best effort
-            pass
-
-    def close(self) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=5)
-            self._producer = None
+from orchestration.adapters.kafka.connection import ResultStreamError
 
 
 class ResultReader:

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from orchestration.adapters._sqlite import connect, init_db
+from orchestration.adapters.local.sqlite import connect, init_db
 from orchestration.ports.queue import (
     MAX_DELIVERY_COUNT_EXCEEDED,
     DeadLetteredMessage,

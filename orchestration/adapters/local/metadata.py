@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from orchestration.adapters._sqlite import connect, init_db
+from orchestration.adapters.local.sqlite import connect, init_db
 from orchestration.ports.metadata import (
     PARTITION_KEYS,
     Conflict,
