@@ -36,6 +36,7 @@ from orchestration.devtools import processes
 from orchestration.wiring import build_reader
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.devtools.sample import synthetic_photo, jpeg_bytes
+from orchestration.devtools.dev_settings import load_dev_settings
 from orchestration.settings import load_settings
 from orchestration import wiring
 
@@ -144,7 +145,7 @@ def main() -> int:
             processes.stop_process(broker)
         # A broker of its own on another port: with the baseline's port, clients left from the baseline met
         # the stack's new broker, and the stack's 200-image run took 33 s instead of 18-21 s (measured).
-        stack = load_settings(data_dir=Path(tmp) / "stack", kafka_bootstrap=f"127.0.0.1:{processes.free_port()}",
+        stack = load_dev_settings(data_dir=Path(tmp) / "stack", kafka_bootstrap=f"127.0.0.1:{processes.free_port()}",
                               webserver_port=web_port)
         print("stack: imgpipe dev (sensor → queued run → run worker → Kafka)", flush=True)
         results["local_stack"] = run_stack(stack, args.sizes, args.runs, items_by_size)

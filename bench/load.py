@@ -37,7 +37,7 @@ from orchestration import wiring  # noqa: E402
 from orchestration.devtools import processes  # noqa: E402
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo  # noqa: E402
 from orchestration.domain.intake import IntakeItem, upload_batch  # noqa: E402
-from orchestration.settings import load_settings  # noqa: E402
+from orchestration.devtools.dev_settings import load_dev_settings
 from orchestration.wiring import build_reader  # noqa: E402
 
 
@@ -260,7 +260,7 @@ def main() -> int:
                "image": "1600x1200 JPEG, renditions 2048/1024/256 JPEG + WebP",
                "dev_tuning": os.environ.get("IMGPIPE_DEV_TUNING", "on"), "curve": {}}
     with tempfile.TemporaryDirectory(prefix="imgpipe-load-") as tmp:
-        settings = load_settings(data_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{processes.free_port()}",
+        settings = load_dev_settings(data_dir=Path(tmp), kafka_bootstrap=f"127.0.0.1:{processes.free_port()}",
                                  webserver_port=processes.free_port(), web=False,
                                  max_batches_in_flight=n_total + 1)
         env = {**os.environ, **settings.to_env()}

@@ -21,11 +21,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 
-def _settings(**overrides):
+def _settings(settings_class=None, **overrides):
     from orchestration.settings import describe_validation_error, load_settings
 
     try:
-        return load_settings(**overrides)
+        return load_settings(settings_class, **overrides)
     except ValidationError as exc:
         sys.exit("imgpipe: bad configuration:\n" + describe_validation_error(exc))
 
@@ -115,13 +115,14 @@ def cmd_dev(args) -> int:
         print(f"imgpipe dev: the local stack's packages are not installed ({', '.join(missing)}): "
               "pip install -e '.[local]'", file=sys.stderr)
         return 2
-    from orchestration.devtools.devstack import run_dev
+    from orchestration.devtools.dev_settings import DevSettings
+    from orchestration.devtools.stack import run_dev
 
     from orchestration.settings import ConfigurationError
 
     overrides = {"profile": args.profile} if args.profile else {}
     try:
-        return run_dev(_settings(**overrides), sample=not args.no_sample, exit_after_sample=args.exit_after_sample)
+        return run_dev(_settings(DevSettings, **overrides), sample=not args.no_sample, exit_after_sample=args.exit_after_sample)
     except ConfigurationError as exc:
         print(f"imgpipe dev: {exc}", file=sys.stderr)
         return 2

@@ -135,7 +135,7 @@ def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = 
 
 
 def dagster_ui_url(settings: Settings) -> str:
-    return (settings.dagster_ui_url or f"http://127.0.0.1:{settings.webserver_port}").rstrip("/")
+    return settings.dagster_ui_url.rstrip("/")
 
 
 def lineage(services: Services, settings: Settings, batch_id: str, image_id: str | None = None) -> dict:

@@ -54,10 +54,6 @@ def _default_data_dir() -> Path:
     return Path(base) / "imgpipe"
 
 
-def _default_tools_dir() -> Path:
-    return Path.home() / ".cache" / "imgpipe" / "node-tools"
-
-
 def _csv(value):
     """'A, b,c' → ('A', 'b', 'c'); lists pass through (an env var is a comma-separated list)."""
     if isinstance(value, str):
@@ -164,20 +160,9 @@ class Settings(BaseSettings):
     max_runs_per_user: int = Field(1, ge=1, description="A user's batch runs running at once (the run queue's "
                                    "per-user limit on the imgpipe/user_id tag; others' batches go first).")
 
-    dagster_ui_url: str | None = Field(None, description="The Dagster UI's address, for run links in "
-                                       "`imgpipe lineage` (default: the local stack's, on webserver_port).")
-
-    # Local stack (developer tooling)
-    webserver_port: int = Field(3000, gt=0, lt=65536, description="Dagster UI port of `imgpipe dev`.")
-    web: bool = Field(True, description="`imgpipe dev` also starts the web app and a local OIDC provider.")
-    web_port: int = Field(8501, gt=0, lt=65536, description="Web app port of `imgpipe dev`.")
-    oidc_port: int = Field(9400, gt=0, lt=65536, description="Port of the local OIDC provider of `imgpipe dev`.")
-    dev_users: CommaList = Field(("alice+x@example.com", "alice-x@example.com", "ops@example.com"),
-                                 description="Users the local OIDC provider offers (e-mail = subject).")
-    dev_operators: CommaList = Field(("ops@example.com",), description="Those of the dev users whose token "
-                                     "carries the operator role.")
-    tools_dir: Path = Field(default_factory=_default_tools_dir, description="Where `imgpipe dev --profile "
-                            "emulated` and CI install Azurite and cosmosdb-server (npm).")
+    dagster_ui_url: str = Field("http://127.0.0.1:3000", description="The Dagster webserver's address: run links in "
+                                "`imgpipe lineage`, backfills of `imgpipe reprocess` (its GraphQL API). `imgpipe dev` "
+                                "sets it to its own.")
 
     @field_validator("output_formats", mode="before")
     @classmethod
@@ -193,12 +178,12 @@ class Settings(BaseSettings):
             raise ValueError(f"keep_exif {unknown}: allowed are {sorted(COPYABLE_EXIF)}")
         return names
 
-    @field_validator("oidc_issuers", "dev_users", "dev_operators", mode="before")
+    @field_validator("oidc_issuers", mode="before")
     @classmethod
     def _list(cls, value):
         return _csv(value)
 
-    @field_validator("data_dir", "tools_dir")
+    @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
@@ -343,23 +328,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _stack_values(data_dir: Path) -> dict:
+def _stack_values(data_dir: Path, fields) -> dict:
     try:
         data = json.loads((data_dir / STACK_FILE).read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict) or not _alive(int(data.get("pid", 0) or 0)):
         return {}
-    return {k: v for k, v in (data.get("settings") or {}).items() if k in Settings.model_fields}
+    return {k: v for k, v in (data.get("settings") or {}).items() if k in fields}
 
 
-def load_settings(**overrides) -> Settings:
+def load_settings(settings_class: type[Settings] | None = None, **overrides) -> Settings:
     """Settings from the environment; ``overrides`` win (used by tests and the CLI).
 
     When a live `imgpipe dev` wrote ``<data_dir>/stack.json``, its endpoints fill in whatever neither the
     environment nor ``overrides`` set, so a second shell with the same data dir reaches the same stack."""
-    settings = Settings(**overrides)
-    stack = {k: v for k, v in _stack_values(settings.data_dir).items() if k not in settings.model_fields_set}
+    cls = settings_class or Settings
+    settings = cls(**overrides)
+    stack = {k: v for k, v in _stack_values(settings.data_dir, cls.model_fields).items()
+             if k not in settings.model_fields_set}
     if not stack:
         return settings
-    return Settings(**{**stack, **overrides})
+    return cls(**{**stack, **overrides})

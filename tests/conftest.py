@@ -11,6 +11,7 @@ import pytest
 
 from orchestration.devtools import kafka_broker
 from orchestration.devtools import processes
+from orchestration.devtools.dev_settings import load_dev_settings
 from orchestration.settings import load_settings
 from orchestration import wiring
 
@@ -32,7 +33,7 @@ def _server(env_var: str, start):
 def _emulator_tools():
     from orchestration.devtools.emulators import tools_installed
 
-    tools = load_settings().tools_dir
+    tools = load_dev_settings().tools_dir
     if not tools_installed(tools):
         pytest.skip(f"Azurite / cosmosdb-server are not installed in {tools} (`bash .ci/run` installs them with npm)")
     return tools

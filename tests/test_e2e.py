@@ -19,7 +19,7 @@ from PIL import Image
 from orchestration.devtools import processes
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.devtools.sample import make_sample_batch
-from orchestration.settings import Settings, load_settings
+from orchestration.devtools.dev_settings import DevSettings, load_dev_settings
 from orchestration.domain.status import batch_status
 from orchestration import wiring
 from orchestration.wiring import build_reader
@@ -82,7 +82,7 @@ def stack_env(request, tmp_path):
 def _settings_from(env):
     """The Settings the stack's processes build from ``env``."""
     given = {k[len("IMGPIPE_"):].lower(): v for k, v in env.items() if k.startswith("IMGPIPE_")}
-    return load_settings(**{k: v for k, v in given.items() if k in Settings.model_fields})
+    return load_dev_settings(**{k: v for k, v in given.items() if k in DevSettings.model_fields})
 
 
 def _start(env, *args) -> subprocess.Popen:
@@ -275,7 +275,7 @@ def test_a_killed_run_worker_is_detected_and_the_batch_completes_by_retry(tmp_pa
         photos = [IntakeItem.from_bytes(f"p{i}.jpg", jpeg_bytes(synthetic_photo(2400, 1600, i * 20, str(i))))
                   for i in range(24)]
         batch = upload_batch(services, photos, user_id="erin").batch_id
-        from orchestration.devtools.devstack import _worker_pid
+        from orchestration.devtools.dagster_home import _worker_pid
 
         worker, deadline = None, time.monotonic() + 120
         with DagsterInstance.from_config(str(settings.dagster_home)) as instance:

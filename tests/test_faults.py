@@ -30,7 +30,7 @@ from orchestration import wiring
 from orchestration.devtools import processes
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 from orchestration.domain.intake import IntakeItem, upload_batch
-from orchestration.settings import Settings, load_settings
+from orchestration.devtools.dev_settings import DevSettings, load_dev_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -91,7 +91,7 @@ class Stack:
                 "dagster-daemon", "dagster._daemon", "orchestration.devtools.daemon"))]
         from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-        from orchestration.devtools.devstack import _alive_run_worker, _worker_pid
+        from orchestration.devtools.dagster_home import _alive_run_worker, _worker_pid
 
         with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
             started = instance.get_run_records(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
@@ -160,7 +160,7 @@ def test_batches_survive_random_kills(tmp_path):
            "IMGPIPE_SENSOR_SAFETY_POLL_SECONDS": "5", "IMGPIPE_RECONCILE_AFTER_SECONDS": "30",
            "IMGPIPE_MAX_RUNS_PER_USER": "2"}
     given = {k[len("IMGPIPE_"):].lower(): v for k, v in env.items() if k.startswith("IMGPIPE_")}
-    settings = load_settings(**{k: v for k, v in given.items() if k in Settings.model_fields})
+    settings = load_dev_settings(**{k: v for k, v in given.items() if k in DevSettings.model_fields})
     photos = [jpeg_bytes(synthetic_photo(1600, 1200, i * 23 % 256, str(i))) for i in range(6)]
     stack = Stack(env)
     services = wiring.services(settings)

@@ -21,7 +21,7 @@ def test_import_contracts_are_kept():
 
 def test_ui_and_tooling_do_not_load_dagster():
     """The web app process and the CLI never pay for (or depend on) Dagster."""
-    code = ("import sys, ui_streamlit.data, orchestration.cli, orchestration.wiring, orchestration.devtools.devstack;"
+    code = ("import sys, ui_streamlit.data, orchestration.cli, orchestration.wiring, orchestration.devtools.stack;"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_k8s', 'dagster_azure')))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

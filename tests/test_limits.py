@@ -14,6 +14,7 @@ import pytest
 from orchestration import wiring
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 from orchestration.domain.intake import IntakeItem, QuotaExceeded, upload_batch
+from orchestration.devtools.dev_settings import load_dev_settings
 from orchestration.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def test_run_queue_is_fair_between_users(tmp_path):
     from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
     from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
-    from orchestration.devtools.devstack import prepare_dagster_home
+    from orchestration.devtools.dagster_home import prepare_dagster_home
 
     home = prepare_dagster_home(load_settings(data_dir=tmp_path, workers=2))  # 2 runs at once
     with DagsterInstance.from_config(str(home)) as instance:
@@ -169,7 +170,7 @@ def test_both_web_app_launchers_run_it_without_streamlit_magic(tmp_path):
 
     from orchestration.devtools.webstack import web_command
 
-    cmd = web_command(load_settings(data_dir=tmp_path), tmp_path / "secrets.toml")
+    cmd = web_command(load_dev_settings(data_dir=tmp_path), tmp_path / "secrets.toml")
     assert cmd[cmd.index("--runner.magicEnabled") + 1] == "false"
     deployment = next(d for d in yaml.safe_load_all((Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "webapp.yaml").read_text())
                       if d["kind"] == "Deployment")

@@ -12,7 +12,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, build_r
 from dagster._core.test_utils import create_run_for_test, instance_for_test
 
 from assets.batch import batch_asset_checks, batch_assets
-from orchestration.devtools.devstack import fail_orphaned_runs, prepare_dagster_home
+from orchestration.devtools.dagster_home import fail_orphaned_runs, prepare_dagster_home
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.partitions import batches_partitions
 from orchestration.resources import resources_from_settings
@@ -92,7 +92,7 @@ def test_a_failed_run_marks_the_batch_retrying_until_its_retries_are_spent(setti
 
 
 def test_the_watchdog_fails_a_run_whose_worker_dies_while_the_stack_runs(tmp_path):
-    from orchestration.devtools.devstack import RunWatchdog
+    from orchestration.devtools.dagster_home import RunWatchdog
 
     home = prepare_dagster_home(load_settings(data_dir=tmp_path))
     with DagsterInstance.from_config(str(home)) as instance:
@@ -115,7 +115,7 @@ def test_the_watchdog_fails_a_run_whose_worker_dies_while_the_stack_runs(tmp_pat
 def test_a_live_run_worker_is_recognised_though_its_command_line_does_not_say_dagster(tmp_path):
     """Run workers are multiprocessing children of the code server ('python -c from multiprocessing.spawn
     import spawn_main ...'); the watchdog must see them as alive, or it would fail every long run."""
-    from orchestration.devtools.devstack import _alive_run_worker
+    from orchestration.devtools.dagster_home import _alive_run_worker
 
     code = ("import multiprocessing as mp, time\n"
             "def work():\n    time.sleep(30)\n"

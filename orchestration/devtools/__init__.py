@@ -1,3 +1,5 @@
-"""Developer tooling, never used in production: the local stack of `imgpipe dev` (``devstack``), the web
-app + local OIDC provider it starts (``webstack``), the Kafka broker (Tansu) and the Azure emulators
-(Azurite, cosmosdb-server) it runs, and the sample batch."""
+"""Developer tooling, never used in production: the local stack of `imgpipe dev` — ``stack`` (what starts, in
+order), ``supervisor`` (restarts, stopping), ``banner`` (what it prints), ``dagster_home`` (the local Dagster
+instance), ``dagster_tuning`` (the one module touching Dagster internals), ``dev_settings``, ``processes``,
+``webstack`` (web app + local OIDC provider), ``kafka_broker`` (Tansu), ``emulators`` (Azurite,
+cosmosdb-server), ``image_workers`` and ``sample``."""

@@ -49,7 +49,7 @@ def local_issuer(settings: Settings) -> str:
 def with_local_issuer(settings: Settings) -> Settings:
     """The stack's settings with the local provider among the accepted issuers."""
     issuers = tuple(dict.fromkeys((*settings.oidc_issuers, local_issuer(settings))))
-    return Settings(**{**settings.model_dump(), "oidc_issuers": issuers})
+    return type(settings)(**{**settings.model_dump(), "oidc_issuers": issuers})
 
 
 def dev_user_claims(settings: Settings, email: str) -> dict:

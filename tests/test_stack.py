@@ -13,7 +13,7 @@ import pytest
 
 from orchestration.devtools import kafka_broker
 from orchestration.devtools import processes
-from orchestration.devtools.devstack import MAX_RESTARTS, Child, supervise_once
+from orchestration.devtools.supervisor import MAX_RESTARTS, Child, supervise_once
 
 SLEEP = ["60"]
 
