@@ -52,85 +52,6 @@ def private_data_dir(settings: Settings) -> None:
         settings.data_dir.chmod(0o700)
 
 
-# -- builders: a new adapter each call (use CLIENTS to share one) ------------------------------------
-
-def build_lake(settings: Settings) -> Lake:
-    if settings.profile == "local":
-        from orchestration.adapters.local.lake import LocalLake
-
-        private_data_dir(settings)
-        return LocalLake(settings.lake_dir, soft_delete_days=settings.lake_soft_delete_days)
-    from orchestration.adapters.azure.lake import AzureLake
-
-    return AzureLake.from_settings(
-        container=settings.lake_container, connection_string=_secret(settings.storage_connection_string) or None,
-        account_url=settings.storage_account_url or None, hns=settings.adls_hns,
-        soft_delete_days=settings.lake_soft_delete_days,
-    )
-
-
-def build_metadata(settings: Settings) -> MetadataStore:
-    if settings.profile == "local":
-        from orchestration.adapters.local.metadata import SqliteMetadataStore
-
-        private_data_dir(settings)
-        return SqliteMetadataStore(settings.metadata_db)
-    from orchestration.adapters.azure.cosmos import CosmosMetadataStore
-
-    key = _secret(settings.cosmos_key)
-    if key:
-        credential: Any = key
-    else:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-    if not settings.cosmos_verify_tls:
-        import urllib3
-
-        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-    return CosmosMetadataStore(settings.cosmos_endpoint, credential, database=settings.cosmos_database,
-                               connection_verify=settings.cosmos_verify_tls)
-
-
-def build_signal(settings: Settings) -> Signal:
-    if settings.profile == "local":
-        from orchestration.adapters.local.signal import FileSignal
-
-        return FileSignal(settings.signal_dir)
-    from orchestration.adapters.azure.eventgrid import StorageQueueSignal
-
-    connection_string = _secret(settings.storage_connection_string)
-    if connection_string:
-        return StorageQueueSignal.from_connection_string(connection_string, settings.signal_queue,
-                                                         settings.servicebus_queue)
-    from azure.identity import DefaultAzureCredential
-    from azure.storage.queue import QueueClient
-
-    queue_url = settings.storage_account_url.replace(".blob.", ".queue.")
-    return StorageQueueSignal(QueueClient(queue_url, settings.signal_queue, credential=DefaultAzureCredential()),
-                              settings.servicebus_queue)
-
-
-def build_queue(settings: Settings, *, signal: Signal | None = None) -> BatchQueue:
-    if settings.profile == "azure":
-        from orchestration.adapters.azure.servicebus import ServiceBusQueue
-
-        return ServiceBusQueue.from_settings(
-            settings.servicebus_queue, connection_string=_secret(settings.servicebus_connection_string) or None,
-            fully_qualified_namespace=settings.servicebus_namespace or None)
-    from orchestration.adapters.local.queue import SqliteBatchQueue
-
-    private_data_dir(settings)
-    # Locally (and in 'emulated') the queue raises the signal itself, as Service Bus + Event Grid do.
-    return SqliteBatchQueue(
-        settings.queue_db,
-        lock_duration_seconds=settings.queue_lock_seconds,
-        max_delivery_count=settings.queue_max_delivery_count,
-        duplicate_window_seconds=settings.queue_duplicate_window_seconds,
-        on_send=(signal or build_signal(settings)).notify,
-    )
-
-
 def kafka_options(settings: Settings) -> dict:
     from orchestration.adapters.kafka.connection import client_options
 
@@ -148,10 +69,120 @@ def kafka_bootstrap(settings: Settings) -> str:
     return settings.kafka_bootstrap
 
 
-def build_results(settings: Settings) -> ResultStream:
+# -- the adapters, one builder per (profile, port) -----------------------------------------------------
+# Each builder makes a new adapter from the settings; ``clients`` gives it the other ports it needs (the
+# local queue raises the signal itself, as Service Bus + Event Grid do in Azure). Use CLIENTS to share one.
+
+def _local_lake(settings: Settings, clients: "Clients") -> Lake:
+    from orchestration.adapters.local.lake import LocalLake
+
+    private_data_dir(settings)
+    return LocalLake(settings.lake_dir, soft_delete_days=settings.lake_soft_delete_days)
+
+
+def _azure_lake(settings: Settings, clients: "Clients") -> Lake:
+    from orchestration.adapters.azure.lake import AzureLake
+
+    return AzureLake.from_settings(
+        container=settings.lake_container, connection_string=_secret(settings.storage_connection_string) or None,
+        account_url=settings.storage_account_url or None, hns=settings.adls_hns,
+        soft_delete_days=settings.lake_soft_delete_days,
+    )
+
+
+def _sqlite_metadata(settings: Settings, clients: "Clients") -> MetadataStore:
+    from orchestration.adapters.local.metadata import SqliteMetadataStore
+
+    private_data_dir(settings)
+    return SqliteMetadataStore(settings.metadata_db)
+
+
+def _cosmos_metadata(settings: Settings, clients: "Clients") -> MetadataStore:
+    from orchestration.adapters.azure.cosmos import CosmosMetadataStore
+
+    key = _secret(settings.cosmos_key)
+    if key:
+        credential: Any = key
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    if not settings.cosmos_verify_tls:
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    return CosmosMetadataStore(settings.cosmos_endpoint, credential, database=settings.cosmos_database,
+                               connection_verify=settings.cosmos_verify_tls)
+
+
+def _file_signal(settings: Settings, clients: "Clients") -> Signal:
+    from orchestration.adapters.local.signal import FileSignal
+
+    return FileSignal(settings.signal_dir)
+
+
+def _storage_queue_signal(settings: Settings, clients: "Clients") -> Signal:
+    from orchestration.adapters.azure.eventgrid import StorageQueueSignal
+
+    connection_string = _secret(settings.storage_connection_string)
+    if connection_string:
+        return StorageQueueSignal.from_connection_string(connection_string, settings.signal_queue,
+                                                         settings.servicebus_queue)
+    from azure.identity import DefaultAzureCredential
+    from azure.storage.queue import QueueClient
+
+    queue_url = settings.storage_account_url.replace(".blob.", ".queue.")
+    return StorageQueueSignal(QueueClient(queue_url, settings.signal_queue, credential=DefaultAzureCredential()),
+                              settings.servicebus_queue)
+
+
+def _sqlite_queue(settings: Settings, clients: "Clients") -> BatchQueue:
+    from orchestration.adapters.local.queue import SqliteBatchQueue
+
+    private_data_dir(settings)
+    return SqliteBatchQueue(
+        settings.queue_db,
+        lock_duration_seconds=settings.queue_lock_seconds,
+        max_delivery_count=settings.queue_max_delivery_count,
+        duplicate_window_seconds=settings.queue_duplicate_window_seconds,
+        on_send=clients.signal(settings).notify,  # the queue raises the signal, as Event Grid does in Azure
+    )
+
+
+def _servicebus_queue(settings: Settings, clients: "Clients") -> BatchQueue:
+    from orchestration.adapters.azure.servicebus import ServiceBusQueue
+
+    return ServiceBusQueue.from_settings(
+        settings.servicebus_queue, connection_string=_secret(settings.servicebus_connection_string) or None,
+        fully_qualified_namespace=settings.servicebus_namespace or None)
+
+
+def _kafka_results(settings: Settings, clients: "Clients") -> ResultStream:
     from orchestration.adapters.kafka.producer import KafkaResultStream
 
     return KafkaResultStream(kafka_bootstrap(settings), settings.kafka_topic, options=kafka_options(settings))
+
+
+Builder = Callable[[Settings, "Clients"], Any]
+PORTS = ("lake", "metadata", "queue", "signal", "results")
+ADAPTERS: dict[str, dict[str, Builder]] = {
+    "local": {"lake": _local_lake, "metadata": _sqlite_metadata, "queue": _sqlite_queue,
+              "signal": _file_signal, "results": _kafka_results},
+    "emulated": {"lake": _azure_lake, "metadata": _cosmos_metadata, "queue": _sqlite_queue,
+                 "signal": _storage_queue_signal, "results": _kafka_results},
+    "azure": {"lake": _azure_lake, "metadata": _cosmos_metadata, "queue": _servicebus_queue,
+              "signal": _storage_queue_signal, "results": _kafka_results},
+}
+
+
+def build(port: str, settings: Settings, clients: "Clients | None" = None) -> Any:
+    """A new adapter for ``port`` in the settings' profile (not shared: the caller closes it)."""
+    return ADAPTERS[settings.profile][port](settings, clients or CLIENTS)
+
+
+def build_results(settings: Settings) -> ResultStream:
+    """A producer of its own (the local stack's broker refill; a new one after a broker restart)."""
+    return build("results", settings)
 
 
 def build_reader(settings: Settings):
@@ -192,22 +223,23 @@ class Clients:
                 self.created[port] = self.created.get(port, 0) + 1
             return client
 
+    def get(self, port: str, settings: Settings) -> Any:
+        return self._get(port, settings, lambda: build(port, settings, self))
+
     def lake(self, settings: Settings) -> Lake:
-        return self._get("lake", settings, lambda: build_lake(settings))
+        return self.get("lake", settings)
 
     def metadata(self, settings: Settings) -> MetadataStore:
-        return self._get("metadata", settings, lambda: build_metadata(settings))
+        return self.get("metadata", settings)
 
     def signal(self, settings: Settings) -> Signal:
-        return self._get("signal", settings, lambda: build_signal(settings))
+        return self.get("signal", settings)
 
     def queue(self, settings: Settings) -> BatchQueue:
-        if settings.profile == "azure":  # Event Grid raises the signal; the queue does not
-            return self._get("queue", settings, lambda: build_queue(settings))
-        return self._get("queue", settings, lambda: build_queue(settings, signal=self.signal(settings)))
+        return self.get("queue", settings)
 
     def results(self, settings: Settings) -> ResultStream:
-        return self._get("results", settings, lambda: build_results(settings))
+        return self.get("results", settings)
 
     def services(self, settings: Settings) -> Services:
         check_profile(settings)

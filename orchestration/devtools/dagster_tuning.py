@@ -178,9 +178,8 @@ def _run_worker_warm() -> bool:
 
     try:
         defs.get_repository_def().get_all_jobs()
-        if os.environ.get("DAGSTER_HOME"):
-            DagsterInstance.get().dispose()
         Image.init()
+        DagsterInstance.get().dispose()  # the storage classes a run worker opens (raises without DAGSTER_HOME)
         return True
     except Exception as exc:  # noqa: BLE001 - the run then does it itself
         _say(f"run worker warm-up skipped ({type(exc).__name__}: {exc})")
