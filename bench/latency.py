@@ -4,7 +4,7 @@
 
 Starts `imgpipe dev --no-sample` (Kafka broker + Dagster webserver + daemon) in a fresh data dir, then for
 each batch size uploads `--runs` batches one after another (each after a random 0-5 s pause, so samples
-are not phase-locked to the sensor daemon's 5 s loop) and times, from the moment `upload_batch` is
+are not phase-locked to the sensor daemon's loop) and times, from the moment `upload_batch` is
 called: the first event of that batch on Kafka and the batch-complete event.
 
 Baseline, in the same run and on the same machine: the same batches through the same assets with
@@ -61,9 +61,9 @@ def run_stack(settings, sizes, runs, items_by_size) -> dict:
         services = wiring.services(settings)
         reader = build_reader(settings)
         out = {}
-        # Dagster's sensor daemon loops every 5 s. Uploading right after the previous batch completed would
-        # phase-lock every sample to that loop (a batch that takes ~10 s always arrives at the same point of
-        # it), so each upload waits a random 0-5 s first (seeded): the samples then spread over the loop's
+        # Dagster's sensor daemon loops every 1 s under the dev tuning (5 s without it). Uploading right after
+        # the previous batch completed would phase-lock every sample to that loop, so each upload waits a
+        # random 0-5 s first (seeded): the samples then spread over the loop's
         # phase as real uploads do, and their median is the expected latency, not one phase's.
         import random
 

@@ -72,9 +72,9 @@ from orchestration.ports.queue import BatchQueue, MessageLockLost, ReceivedMessa
 from orchestration.ports.signal import Signal
 from orchestration.settings import load_settings
 
-# Messages received per tick. The daemon ticks at most every 5 s, so a burst of uploads waits for ticks:
-# at 20 per tick 50 simultaneous uploads took 3 ticks to become runs (bench/load.py: upload → run p50 15 s).
-# 100 drains such a burst in one tick; their locks (60 s) outlast creating 100 runs from 4 threads.
+# Messages received per tick. Dagster's sensor daemon starts a round of ticks every 5 s at most (every 1 s
+# under the local stack's dev tuning), and a burst of uploads waits for ticks: 100 per tick drains a burst
+# of 50 simultaneous uploads in one; their locks (60 s) outlast creating 100 runs from 4 threads.
 RECEIVE_BATCH = 100
 INVALID_MANIFEST = "InvalidManifest"
 RUN_KEY_TAG = "dagster/run_key"

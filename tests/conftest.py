@@ -1,6 +1,11 @@
-"""Shared fixtures. Servers are real: the Kafka broker (Tansu), Azurite and cosmosdb-server. `.ci/run`
-starts them and exports their addresses (IMGPIPE_TEST_*); without those the session starts its own
-and stops them by PID."""
+"""Shared fixtures and markers. Servers are real: the Kafka broker (Tansu), Azurite and cosmosdb-server.
+`.ci/run` starts them and exports their addresses (IMGPIPE_TEST_*); without those the session starts its own
+and stops them by PID.
+
+Markers (pyproject.toml): every test is exactly one of ``unit``, ``contract`` (tests/contracts/: a port's
+rules, once per adapter), ``stack`` (starts `imgpipe dev`) or ``deploy`` (tests/test_deploy.py); a test that
+needs Azurite, cosmosdb-server or a live Azure service is also ``azure``. `bash .ci/run --quick` runs
+``(unit or contract) and not azure``."""
 
 from __future__ import annotations
 
@@ -14,6 +19,26 @@ from orchestration.devtools import processes
 from orchestration.devtools.dev_settings import load_dev_settings
 from orchestration.settings import load_settings
 from orchestration import wiring
+
+
+AZURE_FIXTURES = {"azurite_connection_string", "cosmos_endpoint"}
+AZURE_PARAMS = {"azurite", "adls-live", "cosmosdb-server", "servicebus-live", "azurite-queue", "emulated"}
+KINDS = ("unit", "contract", "stack", "deploy")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.path.as_posix()
+        if not any(item.get_closest_marker(kind) for kind in KINDS):
+            if "/tests/contracts/" in path:
+                item.add_marker(pytest.mark.contract)
+            elif path.endswith("/tests/test_deploy.py"):
+                item.add_marker(pytest.mark.deploy)
+            else:
+                item.add_marker(pytest.mark.unit)
+        params = set(map(str, getattr(getattr(item, "callspec", None), "params", {}).values()))
+        if AZURE_FIXTURES & set(item.fixturenames) or AZURE_PARAMS & params:
+            item.add_marker(pytest.mark.azure)
 
 
 def _server(env_var: str, start):

@@ -129,10 +129,15 @@ def _snake(d):
 def run_job(ours: dict, tmp_path: Path, *, tags: dict | None = None) -> dict:
     """The Job (as the API server would receive it, JSON-ready) that the real K8sRunLauncher makes for a
     batch run under these values."""
-    from dagster._core.code_pointer import ModuleCodePointer
-    from dagster._core.launcher import LaunchRunContext
-    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
-    from dagster._core.test_utils import create_run_for_test, instance_for_test
+    from dagster import instance_for_test
+
+    from tests.support.dagster_internals import (
+        JobPythonOrigin,
+        LaunchRunContext,
+        ModuleCodePointer,
+        RepositoryPythonOrigin,
+        create_run_for_test,
+    )
     from dagster_k8s import K8sRunLauncher
     from kubernetes.client import ApiClient
 

@@ -19,36 +19,13 @@ from PIL import Image
 from orchestration.devtools import processes
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.devtools.sample import make_sample_batch
-from orchestration.devtools.dev_settings import DevSettings, load_dev_settings
 from orchestration.domain.status import batch_status
 from orchestration import wiring
 from orchestration.wiring import build_reader
+from tests.support.procs import alive, cmdline
+from tests.support.stack import DevStack, local_env, settings_from
 
-pytestmark = pytest.mark.e2e
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
-    except OSError:
-        return "?"
-
-
-def _stack_children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    kids = [int(p) for p in out.split()]
-    return kids + [g for k in kids for g in _stack_children(k)]
+pytestmark = pytest.mark.stack
 
 
 @pytest.fixture(params=["local", "emulated"])
@@ -79,38 +56,11 @@ def stack_env(request, tmp_path):
     return env
 
 
-def _settings_from(env):
-    """The Settings the stack's processes build from ``env``."""
-    given = {k[len("IMGPIPE_"):].lower(): v for k, v in env.items() if k.startswith("IMGPIPE_")}
-    return load_dev_settings(**{k: v for k, v in given.items() if k in DevSettings.model_fields})
-
-
-def _start(env, *args) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestration.cli", "dev", *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-
-
-def _wait_for_line(proc: subprocess.Popen, needle: str, timeout: float) -> list[str]:
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        lines.append(line.rstrip())
-        if needle in line:
-            return lines
-    raise AssertionError(f"{needle!r} not seen; output:\n" + "\n".join(lines))
-
-
 def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
-    proc = _start(stack_env, "--no-sample")
+    proc = DevStack(stack_env, "--no-sample")
     try:
-        _wait_for_line(proc, "Press Ctrl-C", timeout=180)
-        settings = _settings_from(stack_env)
+        proc.wait_for("Press Ctrl-C", 180)
+        settings = settings_from(stack_env)
         services = wiring.services(settings)
         files = make_sample_batch(tmp_path / "in")  # 4 photos, a PNG, a truncated JPEG, text named .jpg
         upload = upload_batch(services, [IntakeItem.from_path(p) for p in files], user_id="erin",
@@ -176,31 +126,32 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
             materialization = instance.get_latest_materialization_event(AssetKey("renditions")).asset_materialization
             assert materialization.partition == upload.batch_id
             assert materialization.metadata["image_workers_from"].value.startswith("the image worker server")
-        # The sensor completes the queue message on its first tick after the run exists (the sensor
-        # daemon ticks every 5 s at most).
+        # The sensor completes the queue message on its first tick after the run exists (a tick every
+        # 1 s under the dev tuning, 5 s with Dagster's own loop).
         deadline = time.monotonic() + 20
         while services.queue.active_message_count() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert services.queue.active_message_count() == 0
         assert services.queue.peek_dead_letter() == []
     finally:
-        children = _stack_children(proc.pid)
-        os.kill(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        children = proc.children()
+        proc.stop(timeout=60)
+        out = proc.output
     assert proc.returncode == 0, out
     assert "stopped Kafka broker" in out and "stopped Dagster daemon" in out and "stopped Dagster webserver" in out
     deadline = time.monotonic() + 15
-    while any(_pid_alive(p) for p in children) and time.monotonic() < deadline:
+    while any(alive(p) for p in children) and time.monotonic() < deadline:
         time.sleep(0.25)
-    left = {p: _cmdline(p) for p in children if _pid_alive(p)}
+    left = {p: cmdline(p) for p in children if alive(p)}
     assert left == {}, f"processes left running after Ctrl-C: {left}"  # everything it started is gone
     assert not (Path(stack_env["IMGPIPE_DATA_DIR"]) / "stack.json").exists()  # the endpoints file goes with it
 
 
 def test_readme_command_runs_the_sample_batch(stack_env):
     """README command 1 (after its set-up part), in each profile."""
-    proc = _start(stack_env, "--exit-after-sample")
-    out, _ = proc.communicate(timeout=240)
+    proc = DevStack(stack_env, "--exit-after-sample")
+    proc.stop(timeout=240)  # it exits by itself after the sample batch; stop() waits for that
+    out = proc.output
     assert proc.returncode == 0, out
     assert "batch complete: 5 processed, 2 rejected" in out
     assert "Dagster UI" in out and stack_env["IMGPIPE_DATA_DIR"] in out
@@ -215,8 +166,8 @@ def test_a_killed_broker_is_restarted_and_batches_still_complete(tmp_path):
     env = {**os.environ, "IMGPIPE_PROFILE": "local", "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
            "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}", "IMGPIPE_WEBSERVER_PORT": str(web_port),
            "IMGPIPE_WEB": "false"}
-    proc = _start(env, "--no-sample")
-    settings = _settings_from(env)
+    proc = DevStack(env, "--no-sample")
+    settings = settings_from(env)
     files = make_sample_batch(tmp_path / "in")
 
     def completed_event(batch_id: str) -> tuple[dict, set[str]]:
@@ -230,13 +181,13 @@ def test_a_killed_broker_is_restarted_and_batches_still_complete(tmp_path):
         return events[-1], {e["event_id"] for e in events}
 
     try:
-        lines = _wait_for_line(proc, "Press Ctrl-C", timeout=180)
+        lines = proc.wait_for("Press Ctrl-C", 180)
         before = upload_batch(wiring.services(settings), [IntakeItem.from_path(p) for p in files[:3]], user_id="erin")
         _, ids_before = completed_event(before.batch_id)
         assert len(ids_before) == 4
         [broker_pid] = [int(line.split(" pid ")[1].split()[0]) for line in lines if "Kafka broker (Tansu) pid" in line]
         os.kill(broker_pid, signal.SIGKILL)
-        restarted = _wait_for_line(proc, "Kafka broker restarted", timeout=60)
+        restarted = proc.wait_for("Kafka broker restarted", 60)
         assert any("Kafka broker (pid" in line and "restarting it" in line for line in restarted)
         assert any("4 earlier event(s) published again" in line for line in restarted), restarted
         assert completed_event(before.batch_id)[1] == ids_before  # the new broker has them all
@@ -245,16 +196,9 @@ def test_a_killed_broker_is_restarted_and_batches_still_complete(tmp_path):
         done, _ = completed_event(upload.batch_id)
         assert done["type"] == "batch.completed" and done["processed"] == 2
     finally:
-        os.kill(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.stop(timeout=60)
+        out = proc.output
     assert proc.returncode == 0, out
-
-
-def _local_env(tmp_path, **extra) -> dict:
-    kafka_port, web_port = processes.free_port(), processes.free_port()
-    return {**os.environ, "IMGPIPE_PROFILE": "local", "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
-            "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}", "IMGPIPE_WEBSERVER_PORT": str(web_port),
-            "IMGPIPE_WEB": "false", **extra}
 
 
 def test_a_killed_run_worker_is_detected_and_the_batch_completes_by_retry(tmp_path):
@@ -266,11 +210,11 @@ def test_a_killed_run_worker_is_detected_and_the_batch_completes_by_retry(tmp_pa
 
     from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 
-    env = _local_env(tmp_path, IMGPIPE_WORKERS="1")
-    proc = _start(env, "--no-sample")
+    env = local_env(tmp_path, IMGPIPE_WORKERS="1")
+    proc = DevStack(env, "--no-sample")
     try:
-        _wait_for_line(proc, "Press Ctrl-C", timeout=180)
-        settings = _settings_from(env)
+        proc.wait_for("Press Ctrl-C", 180)
+        settings = settings_from(env)
         services = wiring.services(settings)
         photos = [IntakeItem.from_bytes(f"p{i}.jpg", jpeg_bytes(synthetic_photo(2400, 1600, i * 20, str(i))))
                   for i in range(24)]
@@ -315,8 +259,7 @@ def test_a_killed_run_worker_is_detected_and_the_batch_completes_by_retry(tmp_pa
             reader.close()
         assert len({e["event_id"] for e in events}) == 25
     finally:
-        os.kill(proc.pid, signal.SIGINT)
-        proc.communicate(timeout=60)
+        proc.stop(timeout=60)
 
 
 def test_a_killed_stack_resumes_its_batch_after_a_restart(tmp_path):
@@ -327,12 +270,12 @@ def test_a_killed_stack_resumes_its_batch_after_a_restart(tmp_path):
 
     from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 
-    env = _local_env(tmp_path, IMGPIPE_WORKERS="1")
-    proc = _start(env, "--no-sample")
+    env = local_env(tmp_path, IMGPIPE_WORKERS="1")
+    proc = DevStack(env, "--no-sample")
     second = None
     try:
-        _wait_for_line(proc, "Press Ctrl-C", timeout=180)
-        settings = _settings_from(env)
+        proc.wait_for("Press Ctrl-C", 180)
+        settings = settings_from(env)
         services = wiring.services(settings)
         photos = [IntakeItem.from_bytes(f"p{i}.jpg", jpeg_bytes(synthetic_photo(2400, 1600, i * 20, str(i))))
                   for i in range(24)]
@@ -341,7 +284,7 @@ def test_a_killed_stack_resumes_its_batch_after_a_restart(tmp_path):
         while not list(services.metadata.query("images", partition_key=batch)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert batch_status(services, batch, "erin")["status"] == "processing"
-        everything = [proc.pid, *_stack_children(proc.pid)]
+        everything = [proc.pid, *proc.children()]
         for pid in everything:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -350,8 +293,8 @@ def test_a_killed_stack_resumes_its_batch_after_a_restart(tmp_path):
         proc.wait(timeout=30)
         time.sleep(1)
 
-        second = _start(env, "--no-sample")
-        lines = _wait_for_line(second, "Press Ctrl-C", timeout=180)
+        second = DevStack(env, "--no-sample")
+        lines = second.wait_for("Press Ctrl-C", 180)
         assert any("left running by a previous stack" in line for line in lines), lines
         deadline = time.monotonic() + 180
         while batch_status(services, batch, "erin")["status"] != "completed" and time.monotonic() < deadline:
@@ -367,8 +310,7 @@ def test_a_killed_stack_resumes_its_batch_after_a_restart(tmp_path):
     finally:
         for p in (proc, second):
             if p is not None and p.poll() is None:
-                os.kill(p.pid, signal.SIGINT)
-                p.communicate(timeout=60)
+                p.stop(timeout=60)
 
 
 def test_ctrl_c_with_a_batch_in_flight_and_a_restart_complete_the_batch_once(tmp_path):
@@ -377,12 +319,12 @@ def test_ctrl_c_with_a_batch_in_flight_and_a_restart_complete_the_batch_once(tmp
     — once (one document and one rendition set per image, each event id once) — with no one stepping in."""
     from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 
-    env = _local_env(tmp_path, IMGPIPE_WORKERS="1")
-    proc = _start(env, "--no-sample")
+    env = local_env(tmp_path, IMGPIPE_WORKERS="1")
+    proc = DevStack(env, "--no-sample")
     second = None
     try:
-        _wait_for_line(proc, "Press Ctrl-C", timeout=180)
-        settings = _settings_from(env)
+        proc.wait_for("Press Ctrl-C", 180)
+        settings = settings_from(env)
         services = wiring.services(settings)
         photos = [IntakeItem.from_bytes(f"p{i}.jpg", jpeg_bytes(synthetic_photo(2400, 1600, i * 20, str(i))))
                   for i in range(24)]
@@ -391,16 +333,17 @@ def test_ctrl_c_with_a_batch_in_flight_and_a_restart_complete_the_batch_once(tmp
         while not list(services.metadata.query("images", partition_key=batch)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert batch_status(services, batch, "erin")["status"] == "processing"
-        os.kill(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        children = proc.children()
+        proc.stop(timeout=120)
+        out = proc.output
         assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
-        assert not _stack_children(proc.pid)
+        assert not [p for p in children if alive(p)], {p: cmdline(p) for p in children if alive(p)}
 
         from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
         restarted_at = time.time()
-        second = _start(env, "--no-sample")
-        _wait_for_line(second, "Press Ctrl-C", timeout=180)
+        second = DevStack(env, "--no-sample")
+        second.wait_for("Press Ctrl-C", 180)
         deadline = time.monotonic() + 240
         while batch_status(services, batch, "erin")["status"] != "completed" and time.monotonic() < deadline:
             time.sleep(1)
@@ -432,5 +375,4 @@ def test_ctrl_c_with_a_batch_in_flight_and_a_restart_complete_the_batch_once(tmp
     finally:
         for p in (proc, second):
             if p is not None and p.poll() is None:
-                os.kill(p.pid, signal.SIGINT)
-                p.communicate(timeout=60)
+                p.stop(timeout=60)

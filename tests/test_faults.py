@@ -18,8 +18,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,11 +26,13 @@ import pytest
 
 from orchestration import wiring
 from orchestration.devtools import processes
+from tests.support.procs import alive, cmdline, descendants, kill_all
+from tests.support.stack import DevStack
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.devtools.dev_settings import DevSettings, load_dev_settings
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.stack
 
 KILLS = int(os.environ.get("IMGPIPE_FAULT_KILLS", "20"))
 SEED = int(os.environ.get("IMGPIPE_FAULT_SEED", "1125"))
@@ -40,55 +40,29 @@ TARGETS = ("run worker", "daemon", "broker", "stack")
 WEIGHTS = (4, 2, 2)  # of the first three; the whole stack is killed every 7th time
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    kids = [int(p) for p in out.split()]
-    return kids + [g for k in kids for g in _children(k)]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 class Stack:
     def __init__(self, env: dict):
         self.env, self.proc, self.restarts = env, None, 0
-        self.broker_lines: list[str] = []
+        self.started: list[DevStack] = []
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=self.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 180
-        for line in self.proc.stdout:
-            if "Press Ctrl-C" in line:
-                break
-            if time.monotonic() > deadline:
-                break
-        else:
-            raise AssertionError("the stack did not start")
-        # Keep draining its output so it never blocks on a full pipe; what it says of the broker is kept.
-        import threading
+        self.proc = DevStack(self.env, "--no-sample").ready()
+        self.started.append(self.proc)
 
-        def drain(p=self.proc):
-            for line in p.stdout:
-                if "Kafka broker" in line:
-                    self.broker_lines.append(line.rstrip())
-        threading.Thread(target=drain, daemon=True).start()
+    @property
+    def broker_lines(self) -> list[str]:
+        return [line for stack in self.started for line in stack.lines if "Kafka broker" in line]
 
     def pids(self, target: str, settings) -> list[int]:
-        tree = [self.proc.pid, *_children(self.proc.pid)]
+        tree = [self.proc.pid, *descendants(self.proc.pid)]
         if target == "stack":
             return tree
         if target == "broker":
-            return [p for p in tree if "tansu" in _cmdline(p)]
+            return [p for p in tree if "tansu" in cmdline(p)]
         if target == "daemon":
-            return [p for p in tree if any(name in _cmdline(p) for name in (
-                "dagster-daemon", "dagster._daemon", "orchestration.devtools.daemon"))]
+            return [p for p in tree if "dagster-daemon" in cmdline(p) or "dagster_tuning" in cmdline(p)
+                    and " daemon " in cmdline(p) + " "]
         from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
         from orchestration.devtools.dagster_home import _alive_run_worker, _worker_pid
@@ -100,22 +74,16 @@ class Stack:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                for pid in [self.proc.pid, *_children(self.proc.pid)]:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            everything = [self.proc.pid, *descendants(self.proc.pid)]
+            if self.proc.stop(timeout=60) != 0:  # it hung and its group was killed: its children too
+                kill_all(p for p in everything if alive(p))
 
 
 def _kill_leftovers(tmp_path: Path) -> None:
     """Processes a kill -9 of the whole stack orphaned: one started between listing the tree and killing it
     (a run's compute-log `tail -F` on a file under this test's data dir, say) would outlive the test."""
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid() and str(tmp_path) in _cmdline(int(entry)):
+        if entry.isdigit() and int(entry) != os.getpid() and str(tmp_path) in cmdline(int(entry)):
             try:
                 os.kill(int(entry), signal.SIGKILL)
             except ProcessLookupError:
@@ -190,8 +158,8 @@ def test_batches_survive_random_kills(tmp_path):
                 target, pids = "broker", stack.pids("broker", settings)
             if not pids:
                 continue  # the broker is being restarted by the stack this very moment
-            names = sorted({(_cmdline(p).split(" -m ")[-1].split()[0] if " -m " in _cmdline(p) else
-                             Path(_cmdline(p).split(" ")[0]).name) or "?" for p in pids})
+            names = sorted({(cmdline(p).split(" -m ")[-1].split()[0] if " -m " in cmdline(p) else
+                             Path(cmdline(p).split(" ")[0]).name) or "?" for p in pids})
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -64,9 +64,13 @@ def test_run_queue_is_fair_between_users(tmp_path):
     """The local instance's run queue (the dagster.yaml `imgpipe dev` writes) launches the second user's
     batch before the first user's backlog, and never more than max_runs_per_user runs of one user."""
     from dagster import DagsterInstance, DagsterRunStatus
-    from dagster._core.test_utils import create_run_for_test
-    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
-    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+    from tests.support.dagster_internals import (
+        QueuedRunCoordinatorDaemon,
+        RegisteredCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+        create_run_for_test,
+    )
 
     from orchestration.devtools.dagster_home import prepare_dagster_home
 

@@ -7,44 +7,39 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from orchestration import wiring
 from orchestration.adapters.kafka.readers import ResultReader
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.domain.status import batch_status
-from test_e2e import _local_env, _settings_from, _start, _wait_for_line
+from orchestration.operate import graphql
+from tests.support.stack import DevStack, local_env, settings_from
 
+pytestmark = pytest.mark.stack
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Asks the code location, loaded under ``env``, for Dagster's own stale status of one batch partition: what
-# the asset and partition pages of the UI show ("Code version changed").
-STALE_PROBE = """
-import sys
-from dagster import AssetKey, DagsterInstance
-from dagster._core.definitions.data_version import CachingStaleStatusResolver
-from dagster._core.loader import LoadingContextForTest
-from orchestration.definitions import defs
-graph = defs.resolve_asset_graph()
-with DagsterInstance.get() as instance:
-    r = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
-    key = AssetKey("renditions")
-    print(r.get_status(key, sys.argv[1]).value, [c.category.value for c in r.get_stale_causes(key, sys.argv[1])])
-"""
+# Dagster's own stale status of one batch partition, as the asset and partition pages of the UI show it
+# ("Code version changed"), asked of the running webserver's GraphQL API.
+STALE_QUERY = """
+query ($partition: String!) {
+  assetNodeOrError(assetKey: {path: ["renditions"]}) {
+    ... on AssetNode {
+      staleStatusByPartition(partitions: [$partition])
+      staleCausesByPartition(partitions: [$partition]) { category reason }
+    }
+  }
+}"""
 
 
 def _cli(env, *args, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "orchestration.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def _stop(proc):
-    os.kill(proc.pid, signal.SIGINT)
-    proc.communicate(timeout=90)
 
 
 def _wait_completed(services, batch, user, version=None, timeout=180):
@@ -63,34 +58,32 @@ def _wait_completed(services, batch, user, version=None, timeout=180):
 
 
 def test_a_processing_change_shows_as_changed_and_reprocess_redoes_the_batch_once(tmp_path):
-    env = _local_env(tmp_path, IMGPIPE_OUTPUT_FORMATS="JPEG,WEBP")
-    settings = _settings_from(env)
+    env = local_env(tmp_path, IMGPIPE_OUTPUT_FORMATS="JPEG,WEBP")
+    settings = settings_from(env)
     services = wiring.services(settings)
     photos = [IntakeItem.from_bytes(f"p{i}.jpg", jpeg_bytes(synthetic_photo(800, 600, i * 40, str(i))))
               for i in range(3)]
-    proc = _start(env, "--no-sample")
+    proc = DevStack(env, "--no-sample")
     try:
-        _wait_for_line(proc, "Press Ctrl-C", timeout=180)
+        proc.ready()
         batch = upload_batch(services, photos, user_id="olga", metadata={"title": "v1"}).batch_id
         _wait_completed(services, batch, "olga")
     finally:
-        _stop(proc)
+        proc.stop(timeout=90)
     before = {d["id"]: d for d in services.metadata.query("images", partition_key=batch)}
     old_version = next(iter(before.values()))["processing_version"]
     assert any(p.endswith(".webp") for p in services.lake.list(f"processed/{batch}/"))
 
     # The processing changes: WebP off. The code location now has another code version for renditions.
     env2 = {**env, "IMGPIPE_OUTPUT_FORMATS": "JPEG"}
-    probe = subprocess.run([sys.executable, "-c", STALE_PROBE, batch], cwd=ROOT, capture_output=True, text=True,
-                           timeout=120, env={**env2, "DAGSTER_HOME": str(settings.dagster_home)})
-    assert probe.returncode == 0, probe.stderr[-2000:]
-    assert probe.stdout.startswith("STALE") and "code" in probe.stdout.lower(), probe.stdout
-
     dry = _cli(env2, "reprocess", "--changed", "--dry-run")
     assert dry.returncode == 0 and batch in dry.stdout, dry.stdout + dry.stderr
-    proc = _start(env2, "--no-sample")
+    proc = DevStack(env2, "--no-sample")
     try:
-        _wait_for_line(proc, "Press Ctrl-C", timeout=180)
+        proc.ready()
+        node = graphql(settings_from(env2), STALE_QUERY, {"partition": batch})["assetNodeOrError"]
+        assert node["staleStatusByPartition"] == ["STALE"], node
+        assert any(c["category"] == "CODE" for c in node["staleCausesByPartition"][0]), node
         submitted = _cli(env2, "reprocess", "--changed")
         assert submitted.returncode == 0 and "backfill" in submitted.stdout, submitted.stdout + submitted.stderr
         deadline = time.monotonic() + 240
@@ -113,7 +106,7 @@ def test_a_processing_change_shows_as_changed_and_reprocess_redoes_the_batch_onc
         finally:
             reader.close()
     finally:
-        _stop(proc)
+        proc.stop(timeout=90)
     ids = [e["event_id"] for e in events]
     assert len(ids) == len(set(ids)), ids  # each event once
     assert {e["processing_version"] for e in events} <= {old_version, new_version}

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from dagster import build_sensor_context, instance_for_test
-from dagster._core.test_utils import create_run_for_test
+from tests.support.dagster_internals import create_run_for_test
 
 from orchestration import wiring
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, build_run_status_sensor_context, materialize
-from dagster._core.test_utils import create_run_for_test, instance_for_test
+from dagster import instance_for_test
+from tests.support.dagster_internals import create_run_for_test
+from tests.support.procs import probe
 
 from assets.batch import batch_asset_checks, batch_assets
 from orchestration.devtools.dagster_home import fail_orphaned_runs, prepare_dagster_home
@@ -18,22 +20,11 @@ from orchestration.partitions import batches_partitions
 from orchestration.resources import resources_from_settings
 from orchestration.settings import load_settings
 
-# A stand-in run worker: records an event with its pid, as a real one's step events do, then lives on.
-WORKER = ("import os, sys, time\nfrom dagster import DagsterInstance\n"
-          "from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData\n"
-          "with DagsterInstance.from_config(sys.argv[1]) as inst:\n"
-          "    inst.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.ENGINE_EVENT.value,\n"
-          "        job_name='process_batch', message='run worker up', event_specific_data=EngineEventData(),\n"
-          "        pid=os.getpid()), run_id=sys.argv[2])\n"
-          "print('ready', flush=True)\n"
-          "time.sleep(float(sys.argv[3]))\n")
-
-
 def _run_with_worker(home, instance, seconds: float):
     """A STARTED run whose (stand-in) run worker wrote an event and then lives ``seconds`` (with the stack's
     DAGSTER_HOME in its environment, as a real run worker has)."""
     run = create_run_for_test(instance, job_name="process_batch", status=DagsterRunStatus.STARTED)
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(home), run.run_id, str(seconds)],
+    proc = subprocess.Popen(probe("stand_in_run_worker", str(home), run.run_id, str(seconds)),
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "DAGSTER_HOME": str(home)})
     assert proc.stdout.readline().strip() == "ready"
     return run, proc

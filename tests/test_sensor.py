@@ -10,7 +10,7 @@ import time
 
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
-from dagster._core.test_utils import create_run_for_test
+from tests.support.dagster_internals import create_run_for_test
 
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.devtools.sample import synthetic_photo, jpeg_bytes

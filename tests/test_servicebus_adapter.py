@@ -179,7 +179,7 @@ def test_sensor_completes_in_the_next_tick_through_the_receiver_that_received(mo
     received it: the queue resource must hand every tick the process's one client. With a new client per
     tick the completion fails, the message stays locked and is delivered a second time after its lock."""
     from dagster import build_sensor_context, instance_for_test
-    from dagster._core.test_utils import create_run_for_test
+    from tests.support.dagster_internals import create_run_for_test
 
     from orchestration.definitions import process_batch_job
     from orchestration.domain.manifest import BatchManifest, ManifestImage

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, DagsterInvalidConfigError, materialize
-from dagster._serdes import serialize_value
+from dagster import serialize_value
 from pydantic import SecretStr
 
 from assets.core.config import CoreConfig

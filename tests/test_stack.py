@@ -13,7 +13,9 @@ import pytest
 
 from orchestration.devtools import kafka_broker
 from orchestration.devtools import processes
-from orchestration.devtools.supervisor import MAX_RESTARTS, Child, supervise_once
+from orchestration.devtools.supervisor import MAX_RESTARTS, Child, Supervisor, supervise_once
+from tests.support.procs import alive, cmdline, descendants
+from tests.support.stack import DevStack
 
 SLEEP = ["60"]
 
@@ -71,17 +73,30 @@ def test_a_killed_child_is_always_restarted_and_a_crash_loop_is_bounded():
             child.proc.kill()
 
 
-def test_start_hooks_register_the_process_before_it_is_ready(tmp_path):
-    """A Ctrl-C while a child starts must find it registered: the hook fires before the readiness wait."""
+def test_a_child_interrupted_while_it_starts_is_registered_and_stopped():
+    """A Ctrl-C during a child's readiness wait must find it registered, so the stack stops it too: the start
+    hook hands the process over before waiting for it."""
+    supervisor = Supervisor()
+
+    def start(on_start):
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        on_start(proc)
+        raise KeyboardInterrupt  # Ctrl-C while waiting for it to be ready
+
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.launch(Child("slow starter", start))
+    [child] = supervisor.children
+    assert child.proc is not None and child.proc.poll() is None
+    supervisor.stop_all()
+    assert child.proc.poll() is not None
+
+
+def test_the_brokers_start_hook_gets_the_process():
     seen = []
     port = processes.free_port()
-
-    def on_start(proc):
-        seen.append((proc.pid, processes.port_in_use("127.0.0.1", port)))
-
-    broker = kafka_broker.start_broker(port, on_start=on_start)
+    broker = kafka_broker.start_broker(port, on_start=lambda proc: seen.append(proc.pid))
     try:
-        assert seen and seen[0][0] == broker.pid
+        assert seen == [broker.pid]
     finally:
         processes.stop_process(broker)
 
@@ -121,40 +136,6 @@ def test_a_producer_outlives_a_broker_that_lost_its_state(tmp_path):
     finally:
         stream.close()
         processes.stop_process(broker)
-
-
-def test_the_run_worker_preload_loads_what_a_run_imports():
-    """The code server's forkserver preloads what each run would otherwise import after the fork (~0.6 CPU-s
-    of a 4-image run). Every module it names exists in this Dagster — a Dagster upgrade that moves one
-    fails here instead of quietly making runs slower — and the instance's storage stack is among them."""
-    from orchestration.devtools import code_server
-
-    assert "orchestration.devtools.run_worker_preload" in code_server.PRELOAD
-    probe = ("import sys, orchestration.devtools.run_worker_preload as p; print(p.MISSING); "
-             "print(all(m in sys.modules for m in ('dagster._core.storage.event_log.sqlite.sqlite_event_log', "
-             "'sqlalchemy.dialects.sqlite', 'alembic.command', 'kafka', 'PIL.WebPImagePlugin')))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stdout + out.stderr
-
-
-def test_the_run_worker_preload_builds_the_repository_a_run_loads():
-    """A run worker loads its job through the code pointer; after the preload that finds the repository
-    and the job already built (0.4 CPU-s cold in a fresh process, under 0.01 s here)."""
-    probe = (
-        "import time, orchestration.devtools.run_worker_preload as p\n"
-        "from dagster._core.code_pointer import ModuleCodePointer\n"
-        "from dagster._core.definitions.reconstruct import ReconstructableRepository\n"
-        "from orchestration.definitions import defs\n"
-        "print(bool(vars(defs)))\n"  # the repository is cached on the Definitions object already
-        "built = defs.get_repository_def()\n"
-        "t = time.process_time()\n"
-        "repo = ReconstructableRepository(ModuleCodePointer('orchestration.definitions', 'defs', '.'))\n"
-        "job = repo.get_reconstructable_job('process_batch').get_definition()\n"
-        "print(p.JOBS, job is built.get_job('process_batch'), repo.get_definition() is built)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    lines = out.stdout.strip().split("\n")
-    assert lines[0] == "True" and lines[1].endswith("True True") and "'process_batch'" in lines[1], out.stdout + out.stderr
 
 
 def test_a_page_follower_misses_nothing_when_the_broker_restarts_without_its_log(tmp_path):
@@ -206,58 +187,7 @@ def test_a_page_follower_misses_nothing_when_the_broker_restarts_without_its_log
         processes.stop_process(broker)
 
 
-def test_the_local_daemon_ticks_sensors_every_second():
-    """`imgpipe dev` runs Dagster's daemon with a 1 s sensor loop (orchestration/devtools/daemon.py): the
-    setting exists in this Dagster and the daemon process applies it before it starts its loops."""
-    probe = ("import orchestration.devtools.daemon as d; ok = d.install(); "
-             "from dagster._daemon import sensor; print(ok, sensor.MIN_INTERVAL_LOOP_TIME)")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["True", "1.0"], out.stdout + out.stderr
-
-
-def test_the_local_run_queue_looks_for_free_slots_every_quarter_second():
-    """The daemon's run queue (orchestration/devtools/daemon.py) runs every 0.25 s and never sleeps longer
-    than 0.125 s at a time; Dagster's own ran every dequeue_interval_seconds (1) in 0.5 s steps, so a slot a
-    run freed stayed empty for up to 1.5 s and many small batches ran in waves. The queue daemon is built the
-    way the daemon process builds it; its loop is driven with an event that records each wait."""
-    probe = (
-        "import orchestration.devtools.daemon as d\n"
-        "from dagster import DagsterInstance\n"
-        "from dagster._daemon import controller\n"
-        "from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon\n"
-        "ok = d.install_queue_loop()\n"
-        "daemon = controller.create_daemon_of_type(QueuedRunCoordinatorDaemon.daemon_type(), DagsterInstance.ephemeral())\n"
-        "rounds = []\n"
-        "daemon.run_iteration = lambda ctx: (rounds.append(1), iter(()))[1]\n"
-        "waits = []\n"
-        "class Event:\n"
-        "    def wait(self, timeout=None):\n"
-        "        waits.append(timeout)\n"
-        "        import time; time.sleep(timeout)\n"
-        "        return False\n"
-        "    def is_set(self): return False\n"
-        "loop = daemon.core_loop(None, Event())\n"
-        "while len(rounds) < 5: next(loop)\n"
-        "print(ok, isinstance(daemon, QueuedRunCoordinatorDaemon), daemon.interval_seconds, max(waits))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["True", "True", "0.25", "0.125"], out.stdout + out.stderr
-
-
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    kids = [int(p) for p in out.split()]
-    return kids + [g for k in kids for g in _descendants(k)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
+@pytest.mark.stack
 @pytest.mark.parametrize("how", ["ctrl-c after starting it with SIGINT ignored", "terminal closed",
                                  "SIGHUP under nohup, then ctrl-c"])
 def test_the_stack_stops_with_its_children_however_it_was_started(tmp_path, how):
@@ -289,7 +219,7 @@ def test_the_stack_stops_with_its_children_however_it_was_started(tmp_path, how)
                 break
         else:
             pytest.fail(f"the stack did not start (exit code {proc.wait()})")
-        children = _descendants(proc.pid)
+        children = descendants(proc.pid)
         assert len(children) >= 3, children  # broker, code server (+ its forkserver), webserver, daemon
         if "nohup" in how:
             os.kill(proc.pid, signal.SIGHUP)
@@ -307,9 +237,9 @@ def test_the_stack_stops_with_its_children_however_it_was_started(tmp_path, how)
             pytest.fail(f"`imgpipe dev` did not stop within 90 s of {how}")
         assert proc.returncode == 0, proc.returncode
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        while any(alive(p) for p in children) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not [p for p in children if _alive(p)], f"left running after {how}"
+        assert not [p for p in children if alive(p)], f"left running after {how}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -320,116 +250,7 @@ def test_the_stack_stops_with_its_children_however_it_was_started(tmp_path, how)
                 pass
 
 
-def test_dagster_migration_scripts_are_read_once_per_process(tmp_path):
-    """The code server, the daemon and the run workers read Dagster's migration scripts once
-    (orchestration/devtools/sqlite_storage.py), not at every instance they open: opening the local
-    SQLite storage again reads no script. Fails if an alembic or Dagster upgrade makes the change a no-op."""
-    probe = (
-        "import sys\n"
-        "from alembic.script import base\n"
-        "from dagster._core.storage.sqlite_storage import DagsterSqliteStorage\n"
-        "from orchestration.devtools import sqlite_storage\n"
-        "reads = []\n"
-        "original = base.Script._from_path\n"
-        "base.Script._from_path = classmethod(lambda cls, *a, **k: (reads.append(1), original.__func__(cls, *a, **k))[1])\n"
-        "DagsterSqliteStorage.from_local(sys.argv[1]).dispose()\n"
-        "before = len(reads)\n"
-        "print(sqlite_storage.read_migration_scripts_once())\n"
-        "reads.clear()\n"
-        "for _ in range(3):\n"
-        "    DagsterSqliteStorage.from_local(sys.argv[1]).dispose()\n"
-        "print(before, len(reads))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "dagster")], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    enabled, counts = out.stdout.split("\n")[:2]
-    before, after = map(int, counts.split())
-    assert enabled == "True" and before > 50 and after == 0, out.stdout
-
-
-def test_dagster_sqlite_engines_are_reused_and_runs_still_record_everything(tmp_path):
-    """With the storage tuned as the stack's Dagster processes have it, a second materialization creates no
-    SQLAlchemy engine (the first made them), and every run's events, materializations and status are
-    recorded and read back as without it; a run's database deleted under the storage is simply created
-    again. Fails if a Dagster upgrade stops calling the function that is replaced."""
-    probe = (
-        "import os, sys, sqlalchemy\n"
-        "from orchestration.devtools import sqlite_storage\n"
-        "print(sqlite_storage.tune())\n"
-        "from sqlalchemy.engine.base import Engine\n"
-        "made = []\n"
-        "original = Engine.__init__\n"
-        "Engine.__init__ = lambda self, *a, **k: (made.append(1), original(self, *a, **k))[1]\n"
-        "from dagster import AssetKey, DagsterInstance, asset, materialize\n"
-        "@asset\n"
-        "def numbers():\n"
-        "    return [1, 2, 3]\n"
-        "with DagsterInstance.from_config(sys.argv[1]) as instance:\n"
-        "    first = materialize([numbers], instance=instance)\n"
-        "    made_first = len(made)\n"
-        "    made.clear()\n"
-        "    second = materialize([numbers], instance=instance)\n"
-        "    made_second = len(made)\n"
-        "    shard = os.path.join(sys.argv[1], 'history', 'runs', second.run_id + '.db')\n"
-        "    os.remove(shard)\n"
-        "    third = materialize([numbers], instance=instance)\n"
-        "    ok = all(r.success for r in (first, second, third))\n"
-        "    latest = instance.get_latest_materialization_event(AssetKey('numbers')).run_id\n"
-        "    records = len(instance.get_run_records())\n"
-        "    events = len(instance.all_logs(third.run_id))\n"
-        "print(made_first, made_second, ok, latest == third.run_id, records, events > 5)\n"
-    )
-    (tmp_path / "dagster").mkdir()
-    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "dagster")], capture_output=True, text=True,
-                         timeout=180)
-    assert out.returncode == 0, out.stderr[-3000:]
-    tuned, figures = out.stdout.strip().split("\n")[-2:]
-    assert tuned == "{'migration scripts read once': True, 'engines reused': True}", out.stdout
-    made_first, made_second, ok, latest, records, events = figures.split()
-    assert int(made_first) > 0 and ok == "True" and latest == "True" and records == "3" and events == "True", figures
-    # The second run made engines only for its own new database, not per connection (was dozens).
-    assert int(made_second) <= 2, figures
-
-
-def _forkserver_children(pid: int) -> list[int]:
-    """The run workers' forkservers among a process's children."""
-    found = []
-    for child in open(f"/proc/{pid}/task/{pid}/children").read().split():
-        try:
-            cmdline = open(f"/proc/{child}/cmdline", "rb").read()
-        except OSError:
-            continue
-        if b"forkserver" in cmdline and b"run_worker_preload" in cmdline:
-            found.append(int(child))
-    return found
-
-
-def test_the_code_server_starts_its_run_workers_forkserver_before_the_first_run(offline_settings):
-    """The forkserver that run workers are forked from takes ~2 s to preload. The code server starts it at
-    start-up, so the first batch after the stack starts does not wait for it. No run is launched here: on
-    the old code no forkserver existed until the first one."""
-    import time
-
-    from orchestration.devtools import devstack
-
-    devstack.prepare_dagster_home(offline_settings)
-    port = processes.free_port()
-    log = offline_settings.dagster_home / "code_server.log"
-    proc = devstack.start_code_server(port, devstack.stack_env(offline_settings), log, on_start=lambda p: None)
-    try:
-        deadline, found = time.monotonic() + 45, []
-        while not found and time.monotonic() < deadline and proc.poll() is None:
-            found = _forkserver_children(proc.pid)
-            time.sleep(0.2)
-        assert found, f"no forkserver started before the first run; see {log}: {log.read_text()[-2000:]}"
-    finally:
-        devstack.stop_dagster(proc)
-    time.sleep(1)
-    assert not any(os.path.exists(f"/proc/{pid}/cmdline") and b"forkserver" in open(f"/proc/{pid}/cmdline", "rb").read()
-                   for pid in found), "the forkserver outlived its code server"
-
-
+@pytest.mark.stack
 def test_the_stacks_children_stop_when_imgpipe_dev_is_killed_outright(tmp_path):
     """`kill -9` of `imgpipe dev` alone (the OOM killer, a process manager) cannot be handled by it. Before,
     its children ran on in sessions of their own — the broker, the code server, Dagster's webserver and
@@ -443,33 +264,25 @@ def test_the_stacks_children_stop_when_imgpipe_dev_is_killed_outright(tmp_path):
            "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['KAFKA']}", "IMGPIPE_WEBSERVER_PORT": str(ports["WEBSERVER"]),
            "IMGPIPE_WEB_PORT": str(ports["WEB"]), "IMGPIPE_OIDC_PORT": str(ports["OIDC"])}
 
-    def start() -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "Press Ctrl-C" in line:
-                return proc
-        pytest.fail(f"the stack did not start (exit code {proc.wait()}):\n{''.join(lines[-15:])}")
+    def start() -> DevStack:
+        return DevStack(env, "--no-sample").ready()
 
     first = start()
-    children = _descendants(first.pid)
+    children = descendants(first.pid)
     second = None
     try:
-        names = " ".join(open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace") for p in children)
-        for program in ("tansu", "code_server", "dagster_webserver", "devtools.daemon", "oidc_provider_mock", "streamlit"):
+        names = " ".join(cmdline(p) for p in children)
+        for program in ("tansu", "code_server", "dagster_webserver", "daemon -w", "oidc_provider_mock", "streamlit"):
             assert program in names, f"{program} is not among the stack's processes"
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
         deadline = time.monotonic() + 30
-        while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        while any(alive(p) for p in children) and time.monotonic() < deadline:
             time.sleep(0.2)
-        left = [open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")[:80] for p in children if _alive(p)]
+        left = [cmdline(p)[:80] for p in children if alive(p)]
         assert not left, f"left running after imgpipe dev was killed: {left}"
         second = start()  # the ports are free again
-        os.kill(second.pid, signal.SIGINT)
-        assert second.wait(timeout=90) == 0
+        assert second.stop(timeout=90) == 0
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

@@ -11,9 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,10 +18,11 @@ from PIL import Image
 
 from orchestration.devtools import processes
 from orchestration.devtools.sample import synthetic_photo, jpeg_bytes
+from tests.support.stack import DevStack
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
-    pytest.mark.e2e,
+    pytest.mark.stack,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (`apt-get install chromium`; .ci/run does it)"),
 ]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -38,20 +36,11 @@ def stack(tmp_path_factory):
     env = {**os.environ, "IMGPIPE_DATA_DIR": str(data), "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['kafka']}",
            "IMGPIPE_WEBSERVER_PORT": str(ports["dagster"]), "IMGPIPE_WEB_PORT": str(ports["web"]),
            "IMGPIPE_OIDC_PORT": str(ports["oidc"]), "IMGPIPE_PROFILE": "local"}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "Press Ctrl-C" in line:
-            break
-    else:
-        raise AssertionError("stack did not start:\n" + "".join(lines))
+    proc = DevStack(env, "--no-sample").ready()
     shots = data / "artifacts" / "screenshots"
     shots.mkdir(parents=True)
     yield {"url": f"http://127.0.0.1:{ports['web']}", "data": data, "shots": shots}
-    os.kill(proc.pid, signal.SIGINT)
-    proc.communicate(timeout=60)
+    proc.stop(timeout=60)
     if os.environ.get("IMGPIPE_SCREENSHOT_DIR"):  # keep them, e.g. for the README
         shutil.copytree(shots, os.environ["IMGPIPE_SCREENSHOT_DIR"], dirs_exist_ok=True)
 

@@ -163,7 +163,7 @@ def test_settles_a_message_in_a_later_sensor_tick(make_queue, tmp_path):
     from datetime import datetime, timezone
 
     from dagster import build_sensor_context, instance_for_test
-    from dagster._core.test_utils import create_run_for_test
+    from tests.support.dagster_internals import create_run_for_test
 
     from orchestration.adapters.local.metadata import SqliteMetadataStore
     from orchestration.adapters.local.signal import FileSignal
