@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import subprocess
-import sys
 import zipfile
 
 import pytest
 from PIL import Image
 
 from assets.core import CoreConfig, ImageRejected, Limits, fit_long_edge, process_image, sniff_type
+from tests.support.procs import probe
 from orchestration.devtools.sample import jpeg_bytes
 
 
@@ -21,9 +21,9 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def test_core_imports_no_dagster():
-    code = "import sys, assets.core, orchestration.domain.processing; print('dagster' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    out = subprocess.run(probe("imports", "assets.core", "orchestration.domain.processing"), capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize(

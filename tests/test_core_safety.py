@@ -185,7 +185,7 @@ def test_blurhash_matches_the_reference_implementation(seed):
 @pytest.fixture(scope="module")
 def image_worker_server():
     """The image worker server the local stack's code server runs (assets/core/worker_server.py)."""
-    from orchestration.devtools.code_server import ImageWorkerServer
+    from orchestration.devtools.image_workers import ImageWorkerServer
 
     server = ImageWorkerServer()
     assert server.start()
@@ -278,7 +278,7 @@ def test_a_pool_whose_worker_server_is_gone_starts_its_own_workers(tmp_path):
 
 
 def test_the_code_servers_worker_server_is_restarted_when_it_dies():
-    from orchestration.devtools.code_server import ImageWorkerServer
+    from orchestration.devtools.image_workers import ImageWorkerServer
 
     server = ImageWorkerServer()
     assert server.start()
@@ -303,7 +303,7 @@ def test_the_code_servers_worker_server_is_restarted_when_it_dies():
 def test_a_killed_worker_servers_directory_is_removed_by_the_next_one():
     """kill -9 leaves the server's private directory behind (it cannot clean up); the next code server's
     worker server removes it, and leaves a running one's alone."""
-    from orchestration.devtools.code_server import ImageWorkerServer
+    from orchestration.devtools.image_workers import ImageWorkerServer
 
     killed, running = ImageWorkerServer(), ImageWorkerServer()
     try:

@@ -15,6 +15,7 @@ from orchestration import wiring
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 from orchestration.domain.intake import IntakeItem, QuotaExceeded, upload_batch
 from orchestration.devtools.dev_settings import load_dev_settings
+from tests.support.procs import probe
 from orchestration.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,17 +97,8 @@ def test_helm_values_carry_the_same_fairness_limit():
 
 def test_image_workers_start_without_secrets(tmp_path):
     """A decoder exploit in a worker finds no credentials in its environment (/proc/<pid>/environ)."""
-    code = (
-        "import os\n"
-        "from assets.core import CoreConfig\n"
-        "from assets.core.pool import WorkerPool\n"
-        "with WorkerPool(2, CoreConfig()) as pool:\n"
-        "    envs = [open(f'/proc/{pid}/environ', 'rb').read() for pid in pool.pids]\n"
-        "print('workers', len(envs), any(b'sekrit-cosmos-key' in e for e in envs), any(b'PATH=' in e for e in envs))\n"
-        "print('parent', os.environ['IMGPIPE_COSMOS_KEY'])\n"
-    )
     env = {**os.environ, "IMGPIPE_COSMOS_KEY": "sekrit-cosmos-key", "AZURE_CLIENT_SECRET": "sekrit-cosmos-key-too"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(probe("worker_environments"), env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "workers 2 False True" in proc.stdout  # no secret, but still a usable environment
     assert "parent sekrit-cosmos-key" in proc.stdout  # the run process keeps its own
@@ -115,22 +107,9 @@ def test_image_workers_start_without_secrets(tmp_path):
 def test_image_workers_from_the_worker_server_start_without_secrets(tmp_path):
     """The same for the workers the local stack's image worker server forks: it is started from an
     environment with secrets (the code server's) and hands its workers none of them."""
-    code = (
-        "import os\n"
-        "from assets.core import CoreConfig\n"
-        "from assets.core.pool import WorkerPool\n"
-        "from orchestration.devtools.code_server import ImageWorkerServer\n"
-        "server = ImageWorkerServer()\n"
-        "assert server.start()\n"
-        "with WorkerPool(2, CoreConfig(), server=server.path) as pool:\n"
-        "    envs = [open(f'/proc/{pid}/environ', 'rb').read() for pid in pool.pids + [server.proc.pid]]\n"
-        "    print('from', pool.source)\n"
-        "server.stop()\n"
-        "print('workers', len(envs), any(b'sekrit-cosmos-key' in e for e in envs), any(b'PATH=' in e for e in envs))\n"
-        "print('mode', oct(os.stat(server.path).st_mode & 0o777) if os.path.exists(server.path) else 'gone')\n"
-    )
     env = {**os.environ, "IMGPIPE_COSMOS_KEY": "sekrit-cosmos-key", "AZURE_CLIENT_SECRET": "sekrit-cosmos-key-too"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(probe("worker_environments", "--server"), env=env, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "from the image worker server" in proc.stdout, proc.stdout
     assert "workers 3 False True" in proc.stdout  # two workers and the server: no secret, a usable environment
@@ -138,7 +117,7 @@ def test_image_workers_from_the_worker_server_start_without_secrets(tmp_path):
 
 
 def test_the_worker_servers_socket_is_owner_only():
-    from orchestration.devtools.code_server import ImageWorkerServer
+    from orchestration.devtools.image_workers import ImageWorkerServer
 
     server = ImageWorkerServer()
     assert server.start()
@@ -161,7 +140,7 @@ def test_local_state_is_owner_only(tmp_path):
 def test_web_app_bounds_every_upload_at_the_file_limit(tmp_path):
     from orchestration.devtools.webstack import max_upload_mb, web_command
 
-    s = load_settings(data_dir=tmp_path, max_file_bytes=3 * 1024 * 1024 + 1)
+    s = load_dev_settings(data_dir=tmp_path, max_file_bytes=3 * 1024 * 1024 + 1)
     assert max_upload_mb(s) == 4
     cmd = web_command(s, tmp_path / "secrets.toml")
     assert cmd[cmd.index("--server.maxUploadSize") + 1] == "4"

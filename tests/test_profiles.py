@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests.support.procs import probe
 from orchestration.adapters.kafka.connection import ResultStreamError, client_options, eventhubs_bootstrap
 from orchestration.settings import ConfigurationError, check_profile, load_settings
 
@@ -38,7 +39,7 @@ def test_unknown_profile_is_refused(tmp_path):
 
 def test_code_location_refuses_to_load_with_a_clear_message(tmp_path):
     env = {**os.environ, "IMGPIPE_DATA_DIR": str(tmp_path), "IMGPIPE_PROFILE": "azure"}
-    proc = subprocess.run([sys.executable, "-c", "import orchestration.definitions"], env=env,
+    proc = subprocess.run(probe("imports", "orchestration.definitions"), env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "IMGPIPE_COSMOS_ENDPOINT" in proc.stderr
 

@@ -18,6 +18,7 @@ from dagster import serialize_value
 from pydantic import SecretStr
 
 from assets.core.config import CoreConfig
+from tests.support.procs import probe
 from orchestration.settings import Settings, describe_validation_error, env_var, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,19 +242,7 @@ def test_a_run_launched_with_overriding_run_config_is_refused(offline_settings, 
 
 def test_the_code_location_refuses_run_config_in_a_fresh_process(tmp_path):
     """The same through the code location a deployment loads (env-configured), in its own process."""
-    script = (
-        "from dagster import DagsterInstance, DagsterInvalidConfigError\n"
-        "from orchestration.definitions import defs\n"
-        "instance = DagsterInstance.ephemeral()\n"
-        "instance.add_dynamic_partitions('batches', ['b-20261125-120000-0123abcd'])\n"
-        "try:\n"
-        "    defs.resolve_job_def('process_batch').execute_in_process(run_config={'resources': {'results': "
-        "{'config': {'bootstrap': 'attacker.example:9092', 'topic': 'x'}}}}, instance=instance,\n"
-        "        partition_key='b-20261125-120000-0123abcd')\n"
-        "except DagsterInvalidConfigError as exc:\n"
-        "    print('REFUSED', str(exc).splitlines()[0])\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+    proc = subprocess.run(probe("run_config_refused"), capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "IMGPIPE_DATA_DIR": str(tmp_path)},
                           cwd=ROOT)
     assert "REFUSED" in proc.stdout, proc.stderr[-2000:]

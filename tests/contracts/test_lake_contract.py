@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from orchestration.ports.lake import InvalidPath, Lake, LakeError, ObjectNotFound
+from tests.support.ports import signature_mismatches
 
 
-def test_adapter_implements_port(lake):
+def test_adapter_implements_every_method_of_the_port_with_its_signature(lake):
     assert isinstance(lake, Lake)
+    assert signature_mismatches(lake, Lake) == []
 
 
 def test_write_read_exists_and_overwrite(lake):

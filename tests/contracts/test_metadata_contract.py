@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 
 from orchestration.ports.metadata import Conflict, DocumentNotFound, MetadataError, MetadataStore, PreconditionFailed
+from tests.support.ports import signature_mismatches
 
 
 def _batch(i: int, user: str = "alice", **extra) -> dict:
     return {"id": f"b{i}", "user_id": user, "status": "received", "n": i, **extra}
 
 
-def test_adapter_implements_port(metadata_store):
+def test_adapter_implements_every_method_of_the_port_with_its_signature(metadata_store):
     assert isinstance(metadata_store, MetadataStore)
+    assert signature_mismatches(metadata_store, MetadataStore) == []
 
 
 def test_upsert_then_point_read_returns_document_with_etag(metadata_store):

@@ -7,10 +7,12 @@ import multiprocessing
 import pytest
 
 from orchestration.ports.queue import MAX_DELIVERY_COUNT_EXCEEDED, BatchQueue, MessageLockLost
+from tests.support.ports import signature_mismatches
 
 
-def test_adapter_implements_port(make_queue):
+def test_adapter_implements_every_method_of_the_port_with_its_signature(make_queue):
     assert isinstance(make_queue(), BatchQueue)
+    assert signature_mismatches(make_queue(), BatchQueue) == []
 
 
 def test_send_receive_complete(make_queue):

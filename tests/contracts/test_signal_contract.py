@@ -1,10 +1,12 @@
 """Contract of the Signal port (Event Grid notifications), run against every adapter."""
 
 from orchestration.ports.signal import Signal
+from tests.support.ports import signature_mismatches
 
 
-def test_adapter_implements_port(signal):
+def test_adapter_implements_every_method_of_the_port_with_its_signature(signal):
     assert isinstance(signal, Signal)
+    assert signature_mismatches(signal, Signal) == []
 
 
 def test_drain_counts_and_consumes_notifications(signal):
