@@ -150,7 +150,8 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
 def test_readme_command_runs_the_sample_batch(stack_env):
     """README command 1 (after its set-up part), in each profile."""
     proc = DevStack(stack_env, "--exit-after-sample")
-    proc.stop(timeout=240)  # it exits by itself after the sample batch; stop() waits for that
+    proc.wait(timeout=240)  # it exits by itself after the sample batch
+    proc.stop()
     out = proc.output
     assert proc.returncode == 0, out
     assert "batch complete: 5 processed, 2 rejected" in out
@@ -230,7 +231,7 @@ def test_a_killed_run_worker_is_detected_and_the_batch_completes_by_retry(tmp_pa
                     worker = _worker_pid(instance, started[0].dagster_run.run_id)
                 time.sleep(0.1)
         assert worker, "the run worker was not seen processing"
-        # Run workers are forked from the code server's preloaded forkserver (code_server.py), not spawned.
+        # Run workers are forked from the code server's preloaded forkserver (dagster_tuning), not spawned.
         ppid = int(open(f"/proc/{worker}/stat").read().rsplit(")", 1)[1].split()[1])
         assert b"forkserver" in open(f"/proc/{ppid}/cmdline", "rb").read()
         os.kill(worker, signal.SIGKILL)
@@ -376,3 +377,56 @@ def test_ctrl_c_with_a_batch_in_flight_and_a_restart_complete_the_batch_once(tmp
         for p in (proc, second):
             if p is not None and p.poll() is None:
                 p.stop(timeout=60)
+
+
+SENSOR_TICKS = """
+query {
+  sensorOrError(sensorSelector: {repositoryLocationName: "imgpipe", repositoryName: "__repository__",
+                                 sensorName: "batch_sensor"}) {
+    ... on Sensor { sensorState { ticks(limit: 12) { timestamp } } }
+  }
+}"""
+
+
+def _sensor_tick_gap(settings) -> float:
+    """The median time between the batch sensor's last ticks, as the Dagster UI's sensor page lists them."""
+    import statistics
+
+    from orchestration.operate import graphql
+
+    ticks = graphql(settings, SENSOR_TICKS, {})["sensorOrError"]["sensorState"]["ticks"]
+    stamps = sorted(t["timestamp"] for t in ticks)
+    assert len(stamps) >= 3, ticks
+    return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+
+
+@pytest.mark.parametrize("tuning", ["on", "off"])
+def test_the_stack_runs_a_batch_with_and_without_the_dev_tuning(tmp_path, tuning):
+    """IMGPIPE_DEV_TUNING=off is the plain stack: Dagster's own `dagster api grpc` and `dagster-daemon run`, no
+    patch anywhere, and a batch still goes through. What the sensor tuning changes is seen from outside: the
+    batch sensor's ticks, as the UI lists them, come every second instead of every five."""
+    env = local_env(tmp_path, IMGPIPE_DEV_TUNING=tuning)
+    proc = DevStack(env, "--no-sample")
+    try:
+        proc.ready()
+        settings = settings_from(env)
+        services = wiring.services(settings)
+        commands = " | ".join(cmdline(p) for p in proc.children())
+        assert ("dagster_tuning" in commands) == (tuning == "on"), commands
+        if tuning == "off":
+            assert "api grpc" in commands and "dagster-daemon run" in commands, commands
+            assert any("IMGPIPE_DEV_TUNING=off" in line for line in proc.lines), proc.output
+        files = make_sample_batch(tmp_path / "in")
+        batch = upload_batch(services, [IntakeItem.from_path(p) for p in files], user_id="erin").batch_id
+        deadline = time.monotonic() + 180
+        while batch_status(services, batch, "erin")["status"] != "completed" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        status = batch_status(services, batch, "erin")
+        assert status["status"] == "completed", status
+        assert sum(i["outcome"] == "processed" for i in status["images"]) == 5
+        time.sleep(12)  # a few more ticks
+        gap = _sensor_tick_gap(settings)
+        assert (gap < 2.5) if tuning == "on" else (gap >= 4.5), f"median gap between sensor ticks {gap:.2f} s"
+    finally:
+        proc.stop(timeout=90)
+    assert proc.returncode == 0, proc.output[-3000:]
