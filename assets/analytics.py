@@ -9,7 +9,7 @@ processing ms, near-duplicate count, processing version. A daily schedule materi
 partition; a backfill in the UI rebuilds any range (each day overwrites its own file).
 
 In Azure, BI tools read the same folder from ADLS Gen2 (or mirror Cosmos DB into Microsoft Fabric; see
-the README's "Operating imgpipe").
+docs/operations.md).
 """
 
 

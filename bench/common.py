@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.stack import DevStack  # noqa: E402  (the tests' harness: one way to run the stack)
 
 
 def write_results(results: dict, out: str | Path) -> Path:
@@ -23,42 +23,15 @@ def write_results(results: dict, out: str | Path) -> Path:
 
 
 @contextmanager
-def local_stack(env: dict, log_path: Path, stop_timeout: float = 120.0) -> Iterator[subprocess.Popen]:
-    """``imgpipe dev --no-sample`` for the length of a benchmark; yields once it is ready.
-
-    Everything the stack prints goes to ``log_path``, read by a thread for as long as the stack runs: a pipe
-    that nobody reads fills up (64 KiB) and the stack then blocks on its next line — its supervisor, its
-    watchdog and its Ctrl-C handling with it. On exit the stack gets SIGINT (its documented stop) and
-    the benchmark waits for it; if it has not stopped in ``stop_timeout`` its process group is killed, so
-    a benchmark never leaves a stack behind.
-    """
+def local_stack(env: dict, log_path: Path, stop_timeout: float = 120.0) -> Iterator[DevStack]:
+    """``imgpipe dev --no-sample`` for the length of a benchmark (the tests' harness: its output is read all
+    along, into ``log_path``); yields once it is ready, stops it with Ctrl-C (its process group is killed if
+    it hangs), so a benchmark never leaves a stack behind."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "dev", "--no-sample"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    ready = threading.Event()
-
-    def drain() -> None:
-        with open(log_path, "a") as log:
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                if "Press Ctrl-C" in line:
-                    ready.set()
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    stack = DevStack(env, "--no-sample", log_path=log_path)
     try:
-        while not ready.wait(0.5):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the local stack exited with code {proc.returncode}; see {log_path}")
-        yield proc
+        stack.ready(timeout=300)
+        yield stack
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=stop_timeout)
-        except subprocess.TimeoutExpired:
-            print(f"the local stack did not stop in {stop_timeout:.0f} s; killing it (see {log_path})", flush=True)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        reader.join(timeout=10)
+        if stack.stop(timeout=stop_timeout) not in (0, None):
+            print(f"the local stack stopped with code {stack.returncode} (see {log_path})", flush=True)

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import local_stack, write_results  # noqa: E402
+from tests.support.procs import cmdline, descendants  # noqa: E402
 from orchestration import wiring  # noqa: E402
 from orchestration.devtools import processes  # noqa: E402
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo  # noqa: E402
@@ -41,26 +42,19 @@ from orchestration.devtools.dev_settings import load_dev_settings
 from orchestration.wiring import build_reader  # noqa: E402
 
 
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
 def _tree_rss_mb(root_pid: int) -> float:
     """Resident memory of a process and all its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    total = 0
+    for pid in [root_pid, *descendants(root_pid)]:
         try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            ppid, pages = int(fields[1]), int(fields[21])
+            total += int(_stat(pid)[21])
         except (OSError, IndexError, ValueError):
             continue
-        children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = pages
-    total, todo = 0, [root_pid]
-    while todo:
-        pid = todo.pop()
-        total += rss.get(pid, 0)
-        todo.extend(children.get(pid, []))
     return total * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
@@ -82,28 +76,12 @@ def _role(cmdline: str) -> str:
 def _tree_cpu(root_pid: int) -> dict[int, tuple[str, float]]:
     """CPU seconds (user + system, with the reaped children's) of every process under ``root_pid``."""
     tick = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    out = {}
+    for pid in [root_pid, *descendants(root_pid)]:
         try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            out[pid] = (_role(cmdline(pid)), sum(int(f) for f in _stat(pid)[11:15]) / tick)  # utime stime cutime cstime
+        except (OSError, IndexError, ValueError):
             continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        cpu[int(entry)] = sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
-    out, todo = {}, [root_pid]
-    while todo:
-        pid = todo.pop()
-        try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            cmd = ""
-        if pid in cpu:
-            out[pid] = (_role(cmd), cpu[pid])
-        todo.extend(children.get(pid, []))
     return out
 
 

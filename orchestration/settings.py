@@ -1,5 +1,6 @@
 """All configuration, in one place: ``Settings``, read from ``IMGPIPE_*`` environment variables (the table
-in README.md "Configuration" lists every field; a test keeps the two in step).
+in docs/configuration.md lists every field; a test keeps the two in step). The local stack's own settings
+(ports, dev users) are ``orchestration.devtools.dev_settings.DevSettings``, a subclass.
 
 - Every environment variable the code reads is a field here; nothing else reads ``os.environ``.
 - The image core's defaults are written once, in ``assets.core.config``; the fields below take their
@@ -93,7 +94,7 @@ class Settings(BaseSettings):
     kafka_username: str = Field("", description="SASL user (kafka_security=sasl_ssl).")
     kafka_password: SecretStr = Field(SecretStr(""), description="SASL password (kafka_security=sasl_ssl).")
 
-    # Azure (profiles 'emulated' and 'azure'); see README "Profiles"
+    # Azure (profiles 'emulated' and 'azure'); see docs/configuration.md "What each profile needs"
     storage_connection_string: SecretStr = Field(SecretStr(""), description="Storage account (lake + signal queue) "
                                                  "connection string; emulators only.")
     storage_account_url: str = Field("", description="https://<account>.blob.core.windows.net (DefaultAzureCredential).")

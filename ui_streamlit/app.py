@@ -3,7 +3,7 @@
     streamlit run ui_streamlit/app.py     (`imgpipe dev` starts it with a local OIDC provider)
 
 Sign-in is Streamlit's own OIDC (st.login): Microsoft Entra ID in Azure, a local mock provider on a
-laptop — the same code either way (settings in .streamlit/secrets.toml, see README)."""
+laptop — the same code either way (settings in .streamlit/secrets.toml, see docs/web-app.md)."""
 
 import streamlit as st
 

@@ -59,7 +59,7 @@ class CoreConfig:
     webp_quality: int = 80
     # WebP encoder effort. Measured on a 12 MP photo → 2048/1024/256 (bench/core_speed.py): method 4
     # costs ~2x method 2 for a few % smaller files. We take 4, libwebp's own default, which keeps
-    # parity with pyvips in the benchmark; see the README's benchmark section.
+    # parity with pyvips in the benchmark; see docs/benchmarks.md.
     webp_method: int = 4
     avif_quality: int = 60
     avif_speed: int = 8

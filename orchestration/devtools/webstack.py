@@ -1,6 +1,6 @@
 """The web app's part of the local stack: a local OIDC provider (oidc-provider-mock) and `streamlit run`,
 both child processes tracked by PID. In Azure the same app signs in against Microsoft Entra ID: only its
-secrets file differs (README, "Web app")."""
+secrets file differs (docs/web-app.md)."""
 
 from __future__ import annotations
 
