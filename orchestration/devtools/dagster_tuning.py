@@ -38,7 +38,9 @@ _applied: dict[str, list[str]] = {}
 
 def selected() -> set[str]:
     """The patches ``IMGPIPE_DEV_TUNING`` asks for: all (unset, ``on``), none (``off``) or the ones named."""
-    value = os.environ.get(ENV, "on").strip().lower()
+    from orchestration.devtools.dev_settings import DevSettings
+
+    value = DevSettings().dev_tuning.strip().lower()
     if value in ("", "on", "1", "true"):
         return set(PATCHES)
     if value in ("off", "0", "false", "none"):

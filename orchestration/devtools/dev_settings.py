@@ -26,6 +26,8 @@ class DevSettings(Settings):
                                      "carries the operator role.")
     tools_dir: Path = Field(default_factory=_default_tools_dir, description="Where `imgpipe dev --profile "
                             "emulated` and CI install Azurite and cosmosdb-server (npm).")
+    dev_tuning: str = Field("on", description="The local stack's Dagster tuning (devtools/dagster_tuning.py): "
+                            "on, off, or a comma-separated list of its patches.")
 
     @field_validator("dev_users", "dev_operators", mode="before")
     @classmethod
