@@ -1,6 +1,6 @@
 """Each patch of the local stack's Dagster tuning (orchestration/devtools/dagster_tuning.py) on and off.
 
-    python bench/tuning.py [--images 64] [--sizes 1 4 16] [--runs 5] [--configs on off -queue_loop ...]
+    python bench/tuning.py [--images 64] [--sizes 1 4 16] [--runs 5] [--configs on off no-queue_loop ...]
 
 For each configuration — everything on, everything off, and everything but one patch — runs bench/load.py
 (the small-batch curve against one large batch) and bench/latency.py (upload -> first event of a 1-image
@@ -28,8 +28,8 @@ from orchestration.devtools.dagster_tuning import PATCHES  # noqa: E402
 def tuning_value(config: str) -> str:
     if config in ("on", "off"):
         return config
-    if config.startswith("-"):
-        return ",".join(p for p in PATCHES if p != config[1:]) or "off"
+    if config.startswith("no-"):  # everything but this patch
+        return ",".join(p for p in PATCHES if p != config[3:]) or "off"
     return config
 
 
@@ -39,7 +39,7 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--large", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5, help="1-image batches timed by bench/latency.py")
-    parser.add_argument("--configs", nargs="+", default=["on", "off", *(f"-{p}" for p in PATCHES)])
+    parser.add_argument("--configs", nargs="+", default=["on", "off", *(f"no-{p}" for p in PATCHES)])
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "tuning.json"))
     args = parser.parse_args()
     out_dir = Path(args.out).parent / "tuning"
