@@ -30,8 +30,6 @@ PATCHES = {
     "queue_loop": ("daemon",),
     "run_worker_fork": ("code_server",),
     "sqlite": ("daemon", "code_server", "run_worker"),
-    "run_worker_warm": ("run_worker",),
-    "image_worker_server": ("code_server",),
 }
 _applied: dict[str, list[str]] = {}
 
@@ -170,31 +168,6 @@ def start_forkserver() -> bool:
         return False
 
 
-def _run_worker_warm() -> bool:
-    """In the forkserver: build the repository, open the instance and load Pillow's plugins once (public
-    calls only), so every run worker forked from it starts with them."""
-    from dagster import DagsterInstance
-    from PIL import Image
-
-    from orchestration.definitions import defs
-
-    try:
-        defs.get_repository_def().get_all_jobs()
-        Image.init()
-        DagsterInstance.get().dispose()  # the storage classes a run worker opens (raises without DAGSTER_HOME)
-        return True
-    except Exception as exc:  # noqa: BLE001 - the run then does it itself
-        _say(f"run worker warm-up skipped ({type(exc).__name__}: {exc})")
-        return False
-
-
-def _image_worker_server() -> bool:
-    """Batch runs fork their image workers from one long-lived server instead of a forkserver of their own."""
-    from orchestration.devtools.image_workers import start_image_worker_server
-
-    return start_image_worker_server() is not None
-
-
 def _sqlite() -> bool:
     """Dagster's SQLite storage opened the cheaper way: alembic's ~90 migration scripts parsed once per
     process (not at every instance opened), and its ``NullPool`` engines reused (not one per connection)."""
@@ -242,7 +215,7 @@ def _sqlite() -> bool:
 
 
 _PATCH_FUNCS = {"sensor_loop": _sensor_loop, "queue_loop": _queue_loop, "run_worker_fork": _run_worker_fork,
-                "sqlite": _sqlite, "run_worker_warm": _run_worker_warm, "image_worker_server": _image_worker_server}
+                "sqlite": _sqlite}
 
 
 # --- how the stack starts Dagster's processes -----------------------------------------------------------------

@@ -229,43 +229,50 @@ def start_broker(settings: DevSettings, supervisor: Supervisor) -> bool:
     return own
 
 
+def start_webserver(settings: DevSettings, workspace: Path, on_start) -> subprocess.Popen:
+    """Dagster's webserver (the UI and its GraphQL API); returns once it answers."""
+    log_path = settings.log_dir / "dagster.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagster_webserver", "-w", str(workspace), "-h", "127.0.0.1",
+         "-p", str(settings.webserver_port)],
+        env=stack_env(settings), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+        start_new_session=True, preexec_fn=die_with_parent(),
+    )
+    on_start(proc)
+    log(f"Dagster webserver pid {proc.pid}, log {log_path}; waiting for it (about 10 s) ...")
+    _wait_http(f"{settings.dagster_ui_url}/server_info", 120, proc, log_path)
+    return proc
+
+
+def start_daemon(settings: DevSettings, workspace: Path, on_start) -> subprocess.Popen:
+    """Dagster's daemon: sensors (the batch sensor among them), the run queue, run retries, run monitoring."""
+    log_path = settings.log_dir / "dagster.log"
+    proc = subprocess.Popen(
+        dagster_tuning.command("daemon", ["-w", str(workspace)]),
+        env=stack_env(settings), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+        start_new_session=True, preexec_fn=die_with_parent(),
+    )
+    on_start(proc)
+    log(f"Dagster daemon pid {proc.pid} (sensors, run queue, retries, run monitoring), log {log_path}")
+    return proc
+
+
 def start_dagster(settings: DevSettings, supervisor: Supervisor) -> None:
     """The code server, the webserver and the daemon; returns once the UI answers."""
-    dagster_log = settings.log_dir / "dagster.log"
     code_port = processes.free_port()
     workspace = write_workspace(settings.dagster_home, code_port)
     if not dagster_tuning.enabled():
         log(f"{dagster_tuning.ENV}=off (or another Dagster than {dagster_tuning.WRITTEN_FOR}): "
             "Dagster's own processes, untuned")
+    code_log = settings.log_dir / "code-server.log"
     supervisor.launch(Child("code server", lambda on_start: start_code_server(
-        code_port, stack_env(settings), settings.log_dir / "code-server.log", on_start=on_start),
+        code_port, stack_env(settings), code_log, on_start=on_start),
         stop=stop_dagster))  # SIGINT, then its whole process group (forkserver, run workers)
-    log(f"code server on 127.0.0.1:{code_port}, log {settings.log_dir / 'code-server.log'}")
-
-    def start_webserver(on_start) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dagster_webserver", "-w", str(workspace),
-             "-h", "127.0.0.1", "-p", str(settings.webserver_port)],
-            env=stack_env(settings), stdout=open(dagster_log, "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=die_with_parent(),
-        )
-        on_start(proc)
-        log(f"Dagster webserver pid {proc.pid}, log {dagster_log}; waiting for it (about 10 s) ...")
-        _wait_http(f"{settings.dagster_ui_url}/server_info", 120, proc, dagster_log)
-        return proc
-
-    def start_daemon(on_start) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            dagster_tuning.command("daemon", ["-w", str(workspace)]),
-            env=stack_env(settings), stdout=open(dagster_log, "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=die_with_parent(),
-        )
-        on_start(proc)
-        log(f"Dagster daemon pid {proc.pid} (sensors, run queue, retries, run monitoring), log {dagster_log}")
-        return proc
-
-    supervisor.launch(Child("Dagster webserver", start_webserver, stop=stop_dagster))
-    supervisor.launch(Child("Dagster daemon", start_daemon, stop=stop_dagster))
+    log(f"code server on 127.0.0.1:{code_port}, log {code_log}")
+    supervisor.launch(Child("Dagster webserver", lambda on_start: start_webserver(settings, workspace, on_start),
+                            stop=stop_dagster))
+    supervisor.launch(Child("Dagster daemon", lambda on_start: start_daemon(settings, workspace, on_start),
+                            stop=stop_dagster))
     log(f"Dagster UI ready at {settings.dagster_ui_url}")
 
 
