@@ -116,7 +116,7 @@ def renditions(
                     context.log.warning(f"results not streamed per image (result_events will send them): {exc}")
 
     report = steps.process_batch(lake_client, manifest, workers=workers, config=processing.config,
-                                 on_outcome=progress)
+                                      on_outcome=progress, server=processing.server)
     if streamed and streaming:
         try:
             results.flush()

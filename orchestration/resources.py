@@ -71,7 +71,7 @@ class ProcessingResource(_PortResource):
 
     def create_resource(self, context: InitResourceContext) -> Processing:
         s = self._settings()
-        return Processing(workers=s.effective_workers, config=s.core_config())
+        return Processing(workers=s.effective_workers, config=s.core_config(), server=s.image_worker_server)
 
 
 RESOURCES: dict[str, type[_PortResource]] = {

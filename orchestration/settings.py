@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     image_timeout_seconds: float = Field(_LIMITS.timeout_seconds, gt=0, description="Time limit per image.")
     worker_memory_mb: int = Field(_LIMITS.memory_limit_mb, ge=256, description="Address-space cap of an image "
                                   "worker process.")
+    image_worker_server: str = Field("", description="Unix socket of an image worker server "
+                                     "(assets/core/worker_server.py) that batch runs fork their image workers "
+                                     "from; set by the local stack's code server for its run workers. Empty: "
+                                     "each run starts its own.")
     output_formats: Annotated[tuple[OutputFormat, ...], NoDecode] = Field(
         DEFAULT_RENDITIONS[0].formats, min_length=1, description="Formats of every rendition (JPEG, WEBP, AVIF, PNG).")
     webp_method: int = Field(_CORE.webp_method, ge=0, le=6, description="WebP encoder effort.")

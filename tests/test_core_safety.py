@@ -182,18 +182,35 @@ def test_blurhash_matches_the_reference_implementation(seed):
 
 # -- the worker pool: time and memory limits ----------------------------------------------------------
 
-def test_pool_stops_an_image_that_runs_over_its_time_limit():
+@pytest.fixture(scope="module")
+def image_worker_server():
+    """The image worker server the local stack's code server runs (assets/core/worker_server.py)."""
+    from orchestration.devtools.image_workers import ImageWorkerServer
+
+    server = ImageWorkerServer()
+    assert server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["own forkserver", "worker server"])
+def workers_from(request, image_worker_server):
+    """Every pool test runs with the run's own forkserver and with workers forked by the worker server."""
+    return None if request.param == "own forkserver" else image_worker_server.path
+
+
+def test_pool_stops_an_image_that_runs_over_its_time_limit(workers_from):
     slow = jpeg_bytes(synthetic_photo(4000, 3000, 0, "slow"))
-    with WorkerPool(1, CoreConfig(limits=Limits(timeout_seconds=0.05))) as pool:
+    with WorkerPool(1, CoreConfig(limits=Limits(timeout_seconds=0.05)), server=workers_from) as pool:
         outcomes = {o.key: o for o in pool.map([("slow", lambda: slow), ("next", lambda: b"not an image")])}
         assert pool.restarts == 1
     assert outcomes["slow"].rejection.code == "timeout" and outcomes["slow"].seconds < 2
     assert outcomes["next"].rejection.code == "unsupported_type"  # the fresh worker carries on
 
 
-def test_pool_survives_a_worker_that_dies():
+def test_pool_survives_a_worker_that_dies(workers_from):
     data = jpeg_bytes(synthetic_photo(200, 100, 0, "x"))
-    with WorkerPool(1) as pool:
+    with WorkerPool(1, server=workers_from) as pool:
         def load_and_kill():
             os.kill(pool.pids[0], signal.SIGKILL)
             time.sleep(0.1)
@@ -205,19 +222,19 @@ def test_pool_survives_a_worker_that_dies():
     assert outcomes["b"].image is not None
 
 
-def test_pool_memory_limit_turns_into_a_rejection():
+def test_pool_memory_limit_turns_into_a_rejection(workers_from):
     huge = _png(Image.new("1", (12_000, 12_000), 1))  # 144 MP, a few hundred KB compressed
     config = CoreConfig(limits=Limits(max_pixels=200_000_000, memory_limit_mb=400, timeout_seconds=60))
-    with WorkerPool(1, config) as pool:
+    with WorkerPool(1, config, server=workers_from) as pool:
         [outcome] = list(pool.map([("huge", lambda: huge)]))
     assert outcome.rejection is not None and outcome.rejection.code in {"too_large_to_decode", "decoder_crashed"}
 
 
-def test_pool_results_match_in_process_results():
+def test_pool_results_match_in_process_results(workers_from):
     datas = {f"k{i}": jpeg_bytes(synthetic_photo(300 + i * 10, 200, i * 40, str(i))) for i in range(4)}
-    with WorkerPool(2) as pool:
+    with WorkerPool(2, server=workers_from) as pool:
         got = {o.key: o.image for o in pool.map([(k, lambda d=d: d) for k, d in datas.items()])}
-        assert pool.source == "a forkserver of this run's own", pool.source
+        assert ("worker server" in pool.source) == (workers_from is not None), pool.source
     for key, data in datas.items():
         assert got[key].facts["phash"] == process_image(data).facts["phash"]
         assert got[key].facts["sha256"] == process_image(data).facts["sha256"]
@@ -236,11 +253,80 @@ def test_avif_in_and_optional_avif_out():
     assert Image.open(io.BytesIO(avif[1].data)).size == (256, 192)
 
 
-def test_an_image_worker_imports_nothing_on_its_first_images(tmp_path):
-    """A pool's forkserver has already imported what processing needs (assets/core/warm.py): a worker's first
-    image used to import ~45 modules (Pillow's plugins, numpy's), ~0.05 CPU-s per worker."""
+def test_served_workers_are_the_servers_forks_and_exit_with_their_run(image_worker_server):
+    """The workers of a pool with a server are forked by it (not started by the run), each pool gets
+    fresh ones, and they are gone when the pool closes."""
+    data = jpeg_bytes(synthetic_photo(200, 100, 0, "x"))
+    with WorkerPool(2, server=image_worker_server.path) as pool:
+        first = pool.pids
+        parents = {int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]) for pid in first}
+        assert parents == {image_worker_server.proc.pid}
+        assert [o.image is not None for o in pool.map([("a", lambda: data)])] == [True]
+    with WorkerPool(2, server=image_worker_server.path) as pool:
+        assert not set(pool.pids) & set(first)
+    deadline = time.monotonic() + 5
+    while any(os.path.exists(f"/proc/{pid}") for pid in first) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in first if os.path.exists(f"/proc/{pid}")]
+
+
+def test_a_pool_whose_worker_server_is_gone_starts_its_own_workers(tmp_path):
+    data = jpeg_bytes(synthetic_photo(200, 100, 0, "x"))
+    with WorkerPool(1, server=str(tmp_path / "no-such-socket")) as pool:
+        assert "forkserver of this run's own" in pool.source and "FileNotFoundError" in pool.source
+        assert [o.image is not None for o in pool.map([("a", lambda: data)])] == [True]
+
+
+def test_the_code_servers_worker_server_is_restarted_when_it_dies():
+    from orchestration.devtools.image_workers import ImageWorkerServer
+
+    server = ImageWorkerServer()
+    assert server.start()
+    import threading
+
+    threading.Thread(target=server.watch, daemon=True).start()
+    try:
+        first = server.proc.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (server.proc.pid == first or not os.path.exists(server.path)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.proc.pid != first
+        with WorkerPool(1, server=server.path) as pool:
+            assert "worker server" in pool.source
+            assert [o.image is not None for o in pool.map([("a", lambda: jpeg_bytes(synthetic_photo(64, 64, 0, "y")))])]
+    finally:
+        server.stop()
+    assert not os.path.exists(server.dir)
+
+
+def test_a_killed_worker_servers_directory_is_removed_by_the_next_one():
+    """kill -9 leaves the server's private directory behind (it cannot clean up); the next code server's
+    worker server removes it, and leaves a running one's alone."""
+    from orchestration.devtools.image_workers import ImageWorkerServer
+
+    killed, running = ImageWorkerServer(), ImageWorkerServer()
+    try:
+        assert killed.start() and running.start()
+        killed.proc.kill()
+        killed.proc.wait()
+        assert os.path.exists(killed.dir)
+        fresh = ImageWorkerServer()
+        fresh.stop()
+        assert not os.path.exists(killed.dir)
+        assert os.path.exists(running.path)
+    finally:
+        killed.stop()
+        running.stop()
+
+
+@pytest.mark.parametrize("forked_from", ["assets.core.worker_server", "the pool's own forkserver"])
+def test_an_image_worker_imports_nothing_on_its_first_images(tmp_path, forked_from):
+    """What a worker is forked from has already imported what processing needs (assets/core/warm.py): a
+    worker's first image used to import ~45 modules (Pillow's plugins, numpy's), ~0.05 CPU-s per worker."""
     import subprocess
 
+    from assets.core.pool import FORKSERVER_PRELOAD
     from tests.support.procs import probe
 
     inputs = {  # made here, so the child imports nothing to make them
@@ -252,14 +338,15 @@ def test_an_image_worker_imports_nothing_on_its_first_images(tmp_path):
     }
     for name, data in inputs.items():
         (tmp_path / name).write_bytes(data)
-    out = subprocess.run(probe("first_images", str(tmp_path)), capture_output=True, text=True, timeout=120)
+    preload = ["assets.core.worker_server"] if forked_from == "assets.core.worker_server" else FORKSERVER_PRELOAD
+    out = subprocess.run(probe("first_images", str(tmp_path), *preload), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"{len(inputs)} []", out.stdout
 
 
 def test_warming_up_is_never_what_stops_a_worker_from_starting(monkeypatch):
-    """The warm-up uses only the encoders this Pillow has, and a failure in it leaves the forkserver that
-    imports it starting cold instead of not at all."""
+    """The warm-up uses only the encoders this Pillow has, and a failure in it leaves the server or the
+    forkserver that imports it starting cold instead of not at all."""
     from assets.core import warm
 
     assert {"JPEG", "PNG", "WEBP"} <= set(warm.WARMED)

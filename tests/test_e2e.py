@@ -119,12 +119,13 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
                 time.sleep(0.5)
                 run = instance.get_run_by_id(run.run_id)
             assert run.status == DagsterRunStatus.SUCCESS
-            # The renditions say where the image workers came from: a forkserver of the run's own.
+            # Its image workers were forked by the code server's image worker server, not by a forkserver
+            # the run started (assets/core/worker_server.py), and the renditions say so.
             from dagster import AssetKey
 
             materialization = instance.get_latest_materialization_event(AssetKey("renditions")).asset_materialization
             assert materialization.partition == upload.batch_id
-            assert materialization.metadata["image_workers_from"].value == "a forkserver of this run's own"
+            assert materialization.metadata["image_workers_from"].value.startswith("the image worker server")
         # The sensor completes the queue message on its first tick after the run exists (a tick every
         # 1 s under the dev tuning, 5 s with Dagster's own loop).
         deadline = time.monotonic() + 20

@@ -104,6 +104,30 @@ def test_image_workers_start_without_secrets(tmp_path):
     assert "parent sekrit-cosmos-key" in proc.stdout  # the run process keeps its own
 
 
+def test_image_workers_from_the_worker_server_start_without_secrets(tmp_path):
+    """The same for the workers the local stack's image worker server forks: it is started from an
+    environment with secrets (the code server's) and hands its workers none of them."""
+    env = {**os.environ, "IMGPIPE_COSMOS_KEY": "sekrit-cosmos-key", "AZURE_CLIENT_SECRET": "sekrit-cosmos-key-too"}
+    proc = subprocess.run(probe("worker_environments", "--server"), env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "from the image worker server" in proc.stdout, proc.stdout
+    assert "workers 3 False True" in proc.stdout  # two workers and the server: no secret, a usable environment
+    assert "mode gone" in proc.stdout  # its socket and private directory are removed when it stops
+
+
+def test_the_worker_servers_socket_is_owner_only():
+    from orchestration.devtools.image_workers import ImageWorkerServer
+
+    server = ImageWorkerServer()
+    assert server.start()
+    try:
+        assert os.stat(server.dir).st_mode & 0o777 == 0o700
+        assert os.stat(server.path).st_mode & 0o777 == 0o600
+    finally:
+        server.stop()
+
+
 def test_local_state_is_owner_only(tmp_path):
     data = tmp_path / "data"
     services = wiring.services(load_settings(data_dir=data))

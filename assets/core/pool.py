@@ -21,7 +21,7 @@ import types
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Client, Connection, wait
 from typing import Callable, Iterable, Iterator
 
 from assets.core.config import CoreConfig
@@ -120,10 +120,65 @@ def _worker_environment():
 # What a pool's own forkserver imports before it forks a worker: the image core, warmed up (see there).
 FORKSERVER_PRELOAD = ["assets.core.warm"]
 
+# What the worker server (assets/core/worker_server.py) sends once a worker it forked has exited: a 2-tuple,
+# where a worker's replies are 3-tuples.
+EXITED = "exited"
+
+
+class _ServedProcess:
+    """The few ``multiprocessing.Process`` members the pool uses, for a worker forked by the worker server:
+    not our child, so its exit code comes as a message on its connection."""
+
+    sentinel = None
+
+    def __init__(self, pid: int, conn: Connection):
+        self.pid, self._conn, self.exitcode = pid, conn, None
+
+    def is_alive(self) -> bool:
+        if self.exitcode is not None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            pass
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.exitcode is None:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0 or not self._conn.poll(left):
+                    return
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                return
+            if len(msg) == 2 and msg[0] == EXITED:
+                self.exitcode = msg[1]
+
+
 class _Worker:
-    def __init__(self, ctx, config: CoreConfig):
+    def __init__(self, ctx, config: CoreConfig, server: str | None = None):
         self.key: str | None = None
         self.started = 0.0
+        if server:
+            # Forked by the worker server: connect, hand it the config, and learn the worker's pid.
+            self.conn = Client(server, family="AF_UNIX")
+            try:
+                self.conn.send(config)
+                if not self.conn.poll(10):
+                    raise OSError("the image worker server did not answer within 10 s")
+                self.proc = _ServedProcess(self.conn.recv(), self.conn)
+            except BaseException:
+                self.conn.close()
+                raise
+            return
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, config), daemon=True, name="imgpipe-image-worker")
         with _worker_environment():
@@ -148,21 +203,33 @@ class _Worker:
 class WorkerPool:
     """``with WorkerPool(workers, config) as pool: for outcome in pool.map(tasks): ...``
 
-    Workers are forked from a forkserver of the pool's own that has the image core imported and warmed up
-    (``FORKSERVER_PRELOAD``), with the workers' minimal environment (``WORKER_ENV_KEEP``)."""
+    ``server``: the Unix socket of a running worker server (``assets/core/worker_server.py``) to fork the
+    workers from, instead of a forkserver of this pool's own. If it cannot be reached the pool starts its
+    own, and ``source`` says why."""
 
-    def __init__(self, workers: int, config: CoreConfig = CoreConfig(), *, start_method: str | None = None):
+    def __init__(self, workers: int, config: CoreConfig = CoreConfig(), *, start_method: str | None = None,
+                 server: str | None = None):
         self.config = config
         self.size = max(1, workers)
         method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         self._ctx = mp.get_context(method)
         if method == "forkserver":
             self._ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
-        self.source = f"a {method} of this run's own"
+        self._server = server or None
+        self.source = f"the image worker server at {server}" if server else f"a {method} of this run's own"
         self._workers: list[_Worker] = []
         self.restarts = 0
 
     def __enter__(self) -> "WorkerPool":
+        if self._server:
+            try:
+                self._workers = [_Worker(self._ctx, self.config, self._server) for _ in range(self.size)]
+                return self
+            except (OSError, EOFError) as exc:
+                for w in self._workers:
+                    w.stop(kill=True)
+                self._workers, self._server = [], None
+                self.source = f"a forkserver of this run's own (the image worker server: {type(exc).__name__}: {exc})"
         self._workers = [_Worker(self._ctx, self.config) for _ in range(self.size)]
         return self
 
@@ -174,7 +241,12 @@ class WorkerPool:
     def _replace(self, worker: _Worker) -> _Worker:
         worker.stop(kill=True)
         self.restarts += 1
-        fresh = _Worker(self._ctx, self.config)
+        try:
+            fresh = _Worker(self._ctx, self.config, self._server)
+        except (OSError, EOFError) as exc:  # the worker server went away: carry on without it
+            self._server = None
+            self.source = f"a forkserver of this run's own (the image worker server: {type(exc).__name__}: {exc})"
+            fresh = _Worker(self._ctx, self.config)
         self._workers[self._workers.index(worker)] = fresh
         return fresh
 
@@ -208,13 +280,19 @@ class WorkerPool:
                 return
             now = time.monotonic()
             next_deadline = min(w.started + timeout for w in busy)
-            ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=max(0.0, next_deadline - now))
+            sentinels = [w.proc.sentinel for w in busy if w.proc.sentinel is not None]
+            ready = wait([w.conn for w in busy] + sentinels, timeout=max(0.0, next_deadline - now))
             now = time.monotonic()
             for w in list(busy):
                 if w.conn in ready:
                     try:
                         msg = w.conn.recv()
                     except (EOFError, OSError):
+                        yield self._crashed(w, now)
+                        feed(self._replace(w))
+                        continue
+                    if len(msg) == 2 and msg[0] == EXITED:  # a served worker died (the server says how)
+                        w.proc.exitcode = msg[1]
                         yield self._crashed(w, now)
                         feed(self._replace(w))
                         continue

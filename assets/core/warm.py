@@ -7,8 +7,9 @@ compiled regular expressions are in the parent's memory before any fork. A forke
 with them instead of paying for them on its first image.
 
 Measured (a 2-MP JPEG, this 2-core machine): a worker's first image took 0.18 CPU-s against 0.13 s for
-the next, about 0.05 CPU-s of imports per worker; each 4-image batch run forks two workers. A pool's
-forkserver (``assets.core.pool.FORKSERVER_PRELOAD``) imports this module before it forks.
+the next, about 0.05 CPU-s of imports per worker; each 4-image batch run forks two workers. The worker
+server (``assets.core.worker_server``) and a pool's own forkserver (``assets.core.pool``) both import this
+module before they fork.
 
 Nothing here reads a file, the environment or a credential; the photo is drawn in memory.
 """

@@ -30,6 +30,7 @@ PATCHES = {
     "queue_loop": ("daemon",),
     "run_worker_fork": ("code_server",),
     "sqlite": ("daemon", "code_server", "run_worker"),
+    "image_worker_server": ("code_server",),
 }
 _applied: dict[str, list[str]] = {}
 
@@ -168,6 +169,13 @@ def start_forkserver() -> bool:
         return False
 
 
+def _image_worker_server() -> bool:
+    """Batch runs fork their image workers from one long-lived server instead of a forkserver of their own."""
+    from orchestration.devtools.image_workers import start_image_worker_server
+
+    return start_image_worker_server() is not None
+
+
 def _sqlite() -> bool:
     """Dagster's SQLite storage opened the cheaper way: alembic's ~90 migration scripts parsed once per
     process (not at every instance opened), and its ``NullPool`` engines reused (not one per connection)."""
@@ -215,7 +223,7 @@ def _sqlite() -> bool:
 
 
 _PATCH_FUNCS = {"sensor_loop": _sensor_loop, "queue_loop": _queue_loop, "run_worker_fork": _run_worker_fork,
-                "sqlite": _sqlite}
+                "sqlite": _sqlite, "image_worker_server": _image_worker_server}
 
 
 # --- how the stack starts Dagster's processes -----------------------------------------------------------------

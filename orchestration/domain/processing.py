@@ -83,10 +83,12 @@ def _store_renditions(lake: Lake, batch_id: str, image: ManifestImage, outcome: 
 @dataclass(frozen=True)
 class Processing:
     """How a run processes images, as the ``processing`` resource hands it to the assets: the number of
-    worker processes and the image core's configuration (both built from Settings)."""
+    worker processes, the image core's configuration and where workers come from (all built from Settings;
+    ``server``: an image worker server's socket, empty for a forkserver of the run's own)."""
 
     workers: int
     config: CoreConfig
+    server: str = ""
 
 
 CONTENT_TYPES = {"JPEG": "image/jpeg", "WEBP": "image/webp", "AVIF": "image/avif", "PNG": "image/png"}
@@ -101,11 +103,12 @@ class BatchReport:
 
 
 def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: CoreConfig = CoreConfig(),
-                  on_outcome: Callable[[dict], None] | None = None) -> BatchReport:
+                  on_outcome: Callable[[dict], None] | None = None, server: str = "") -> BatchReport:
     """All images of the batch through the worker pool (time and memory limits per image). The parent
     reads an image's bytes only when a worker is free, and writes each result to the lake as it arrives,
     so memory is bounded by the number of workers, not by the batch size. ``on_outcome`` hears of each
-    image as soon as it is done (progress for people watching). Writes outcomes.json."""
+    image as soon as it is done (progress for people watching). ``server``: an image worker server to fork
+    the workers from (``Processing.server``). Writes outcomes.json."""
     by_id = {img.image_id: img for img in manifest.images}
     outcomes: dict[str, dict] = {}
     version, libraries = processing_version(config), library_versions()
@@ -121,7 +124,7 @@ def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: 
             tasks.append((img.image_id, lambda path=img.lake_path: lake.read(path)))
     peak, restarts, workers_from = 0.0, 0, ""
     if tasks:
-        with WorkerPool(min(workers, len(tasks)), config) as pool:
+        with WorkerPool(min(workers, len(tasks)), config, server=server or None) as pool:
             for outcome in pool.map(tasks):
                 outcomes[outcome.key] = _store_renditions(lake, manifest.batch_id, by_id[outcome.key], outcome)
                 outcomes[outcome.key]["processing_version"] = version

@@ -1,13 +1,12 @@
-"""Imports what a pool's forkserver preloads (``assets.core.pool.FORKSERVER_PRELOAD``), then pushes every file in
-the directory argv[1] through ``process_image``; prints how many and the modules that processing imported."""
+"""Imports what a worker is forked from (argv[2:]: a pool's forkserver preload, or the image worker server),
+then pushes every file in the directory argv[1] through ``process_image``; prints how many and the modules
+that processing imported."""
 
 import importlib
 import pathlib
 import sys
 
-from assets.core.pool import FORKSERVER_PRELOAD
-
-for name in FORKSERVER_PRELOAD:
+for name in sys.argv[2:]:
     importlib.import_module(name)
 from assets.core import process_image  # noqa: E402
 
