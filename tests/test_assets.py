@@ -17,6 +17,7 @@ from orchestration.resources import resources_from_settings
 from orchestration.devtools.sample import make_sample_batch
 from orchestration.domain.status import batch_status
 from orchestration import wiring
+from tests.support.results import BrokerDown
 
 
 @pytest.fixture
@@ -42,8 +43,8 @@ def _run(instance, settings, batch_id, **resource_overrides):
 
 
 def _dead_kafka(settings):
-    """The results resource of a stack whose Kafka is down (nothing listens on port 1)."""
-    return resources_from_settings(settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"}))["results"]
+    """The results port of a stack whose Kafka is down."""
+    return BrokerDown()
 
 
 def _events(settings, batch_id):
