@@ -1,16 +1,10 @@
 """The only place that touches Dagster's internals: laptop-speed tuning of the local stack's Dagster processes.
 
-Nothing here runs in production (AKS runs the Helm chart's plain Dagster; the code location never imports this
-module). On the local stack, ``imgpipe dev`` starts its code server and daemon through this module's ``main``,
-which calls ``apply(role)`` once before handing over to Dagster's own command. ``apply``:
-
-- applies nothing, and prints one line saying so, when ``IMGPIPE_DEV_TUNING=off`` or when the installed Dagster
-  is not ``WRITTEN_FOR`` (every patch below depends on private attributes of that release);
-- otherwise applies the patches of the role, or only those named in ``IMGPIPE_DEV_TUNING`` (a comma-separated
-  list of ``PATCHES``; used by the benchmarks to measure each one on and off).
-
-With the tuning off, ``imgpipe dev`` starts Dagster's own CLIs (``command``): the same stack, slower.
-Why each patch is kept, with the on/off figures: docs/local-stack.md.
+Never in production (the code location never imports it). ``imgpipe dev`` starts its code server and daemon
+through ``main``, which calls ``apply(role)`` once, then Dagster's own command. ``apply`` applies nothing, and
+says so in one line, when ``IMGPIPE_DEV_TUNING=off`` or the installed Dagster is not ``WRITTEN_FOR``; otherwise
+the role's patches, or only those ``IMGPIPE_DEV_TUNING`` names (comma-separated; bench/tuning.py measures each
+on and off). Off, the stack runs Dagster's own CLIs (``command``). Why each patch is kept: docs/local-stack.md.
 """
 
 from __future__ import annotations
@@ -31,6 +25,7 @@ PATCHES = {
     "run_worker_fork": ("code_server",),
     "sqlite": ("daemon", "code_server", "run_worker"),
     "image_worker_server": ("code_server",),
+    "run_worker_preload": ("run_worker",),
 }
 _applied: dict[str, list[str]] = {}
 
@@ -176,6 +171,42 @@ def _image_worker_server() -> bool:
     return start_image_worker_server() is not None
 
 
+# What a run worker would import after the fork (Dagster's instance, storage and executor modules and what they
+# load lazily, the adapters); a module a Dagster upgrade moved is skipped.
+RUN_WORKER_MODULES = (
+    "dagster._core.instance.factory", "dagster._core.storage.sqlite_storage", "dagster._core.workspace.context",
+    "dagster._core.storage.local_compute_log_manager", "dagster._core.run_coordinator.queued_run_coordinator",
+    "dagster._core.launcher.default_run_launcher", "dagster._scheduler.scheduler", "dagster._daemon.controller",
+    "dagster._core.executor.in_process", "dagster._core.execution.asset_backfill", "dagster._core.storage.root",
+    "dagster._core.execution.plan.resume_retry", "dagster._core.secrets.env_file", "dagster._core.utility_ops",
+    "dagster._core.execution.plan.active", "dagster._core.storage.migration.utils", "dagster._utils.test",
+    "dagster._core.system_config.composite_descent", "dagster._core.workspace.autodiscovery",
+    "dagster._core.definitions.repository_definition.repository_data_builder", "sqlalchemy.dialects.sqlite",
+    "alembic.command", "alembic.config", "alembic.runtime.migration", "alembic.script", "watchdog.observers",
+    "upath.implementations.local", "fsspec.implementations.local", "rich.console", "rich.traceback", "structlog",
+    "tqdm", "orchestration.adapters.kafka.producer", "orchestration.adapters.local.lake",
+    "orchestration.adapters.local.metadata", "orchestration.adapters.azure.lake", "orchestration.adapters.azure.cosmos",
+)
+
+
+def _run_worker_preload() -> bool:
+    """Run workers start with what each would otherwise import after the fork, and the repository built."""
+    import importlib
+
+    from PIL import Image
+
+    from orchestration.definitions import defs
+
+    for name in RUN_WORKER_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    Image.init()  # every format plugin (Image.open would import them in each run)
+    defs.get_repository_def().get_all_jobs()
+    return True
+
+
 def _sqlite() -> bool:
     """Dagster's SQLite storage opened the cheaper way: alembic's ~90 migration scripts parsed once per
     process (not at every instance opened), and its ``NullPool`` engines reused (not one per connection)."""
@@ -223,7 +254,7 @@ def _sqlite() -> bool:
 
 
 _PATCH_FUNCS = {"sensor_loop": _sensor_loop, "queue_loop": _queue_loop, "run_worker_fork": _run_worker_fork,
-                "sqlite": _sqlite, "image_worker_server": _image_worker_server}
+                "sqlite": _sqlite, "image_worker_server": _image_worker_server, "run_worker_preload": _run_worker_preload}
 
 
 # --- how the stack starts Dagster's processes -----------------------------------------------------------------
