@@ -1,6 +1,6 @@
 """Throughput of many small batches against one large batch, through the real local stack, as a curve.
 
-    python bench/load.py [--sizes 1 4 16 64] [--images 128] [--large 200] [--out bench/results/load.json]
+    python bench/load.py [--sizes 1 4 16 64] [--images 200] [--large 200] [--out bench/results/load.json]
 
 Starts `imgpipe dev --no-sample` (Kafka broker, code server, Dagster webserver + daemon) in a fresh data dir,
 then, in that one stack:
@@ -224,7 +224,7 @@ TARGETS = {16: 0.8, 4: 0.5}  # images per batch -> the least ratio to one large 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64], help="images per batch")
-    parser.add_argument("--images", type=int, default=128, help="images per point of the curve")
+    parser.add_argument("--images", type=int, default=200, help="images per point of the curve")
     parser.add_argument("--large", type=int, default=200, help="images in the one large batch (the baseline)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
     args = parser.parse_args()
