@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from assets.core.config import DEFAULT_RENDITIONS, CoreConfig, Limits, RenditionSpec
@@ -62,14 +62,15 @@ def _csv(value):
     return tuple(value)
 
 
-CommaList = Annotated[tuple[str, ...], NoDecode]
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_csv)]  # IMGPIPE_X="a, b" -> ("a", "b")
+AbsolutePath = Annotated[Path, AfterValidator(lambda path: path.expanduser().resolve())]
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGPIPE_", extra="ignore", frozen=True)
 
     profile: Profile = Field("local", description="Which adapters: local | emulated | azure.")
-    data_dir: Path = Field(default_factory=_default_data_dir, description="Root of all local state.")
+    data_dir: AbsolutePath = Field(default_factory=_default_data_dir, description="Root of all local state.")
 
     # Intake limits
     max_file_bytes: int = Field(_LIMITS.max_file_bytes, gt=0, description="Larger uploads are refused (and the core "
@@ -178,16 +179,6 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"keep_exif {unknown}: allowed are {sorted(COPYABLE_EXIF)}")
         return names
-
-    @field_validator("oidc_issuers", mode="before")
-    @classmethod
-    def _list(cls, value):
-        return _csv(value)
-
-    @field_validator("data_dir")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
 
     # -- derived paths and objects (nothing here is a second default) ----------------------------
 

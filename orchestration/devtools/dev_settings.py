@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from orchestration.settings import CommaList, Settings, _csv, load_settings
+from orchestration.settings import AbsolutePath, CommaList, Settings, load_settings
 
 
 def _default_tools_dir() -> Path:
@@ -24,20 +24,10 @@ class DevSettings(Settings):
                                  description="Users the local OIDC provider offers (e-mail = subject).")
     dev_operators: CommaList = Field(("ops@example.com",), description="Those of the dev users whose token "
                                      "carries the operator role.")
-    tools_dir: Path = Field(default_factory=_default_tools_dir, description="Where `imgpipe dev --profile "
+    tools_dir: AbsolutePath = Field(default_factory=_default_tools_dir, description="Where `imgpipe dev --profile "
                             "emulated` and CI install Azurite and cosmosdb-server (npm).")
     dev_tuning: str = Field("on", description="The local stack's Dagster tuning (devtools/dagster_tuning.py): "
                             "on, off, or a comma-separated list of its patches.")
-
-    @field_validator("dev_users", "dev_operators", mode="before")
-    @classmethod
-    def _dev_list(cls, value):
-        return _csv(value)
-
-    @field_validator("tools_dir")
-    @classmethod
-    def _absolute_tools(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
 
     @model_validator(mode="before")
     @classmethod
