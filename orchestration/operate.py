@@ -57,6 +57,11 @@ def select_batches(services: Services, batch_ids: Iterable[str] = (), *, since: 
     return sorted(chosen)
 
 
+KNOWN_PARTITIONS = """
+query ($path: [String!]!) {
+  assetNodeOrError(assetKey: {path: $path}) { ... on AssetNode { partitionKeys } }
+}"""
+
 ADD_PARTITION = """
 mutation ($repo: RepositorySelector!, $name: String!, $key: String!) {
   addDynamicPartition(repositorySelector: $repo, partitionsDefName: $name, partitionKey: $key) {
@@ -107,7 +112,7 @@ def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = 
     """One asset backfill of the batch assets for ``batch_ids``, submitted through the Dagster webserver's
     GraphQL API (``launchPartitionBackfill``, as the UI's "Materialize" dialog does); returns its id (the UI
     shows it under Backfills; ``dagster/backfill`` tags its runs). A batch that never reached a run has no
-    partition yet: it is added first (``addDynamicPartition``)."""
+    partition yet: the missing ones are added first (``addDynamicPartition``)."""
     from orchestration.definitions import defs
     from orchestration.partitions import batches_partitions
 
@@ -116,7 +121,9 @@ def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = 
     graph = defs.resolve_asset_graph()
     keys = [{"path": list(k.path)} for k in graph.get_all_asset_keys()
             if graph.get(k).partitions_def == batches_partitions]
-    for batch_id in batch_ids:
+    known = set(graphql(settings, KNOWN_PARTITIONS, {"path": keys[0]["path"]})["assetNodeOrError"]
+                .get("partitionKeys") or ())
+    for batch_id in [b for b in batch_ids if b not in known]:
         added = graphql(settings, ADD_PARTITION, {"repo": REPOSITORY, "name": batches_partitions.name,
                                                   "key": batch_id})["addDynamicPartition"]
         if added["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):

@@ -32,15 +32,8 @@ pytestmark = pytest.mark.stack
 def stack_env(request, tmp_path):
     """The stack's environment for each profile. 'emulated' runs the Azure adapters against Azurite and
     cosmosdb-server (started by `.ci/run` or the session fixtures, by PID)."""
-    kafka_port, web_port = processes.free_port(), processes.free_port()
-    env = {
-        **os.environ,
-        "IMGPIPE_PROFILE": request.param,
-        "IMGPIPE_DATA_DIR": str(tmp_path / "data"),
-        "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}",
-        "IMGPIPE_WEBSERVER_PORT": str(web_port),
-        "IMGPIPE_WEB": "false",  # the web app has its own browser tests (tests/test_ui_browser.py)
-    }
+    env = local_env(tmp_path, IMGPIPE_PROFILE=request.param)  # no web app: it has its own browser tests
+    kafka_port = env["IMGPIPE_KAFKA_BOOTSTRAP"].rpartition(":")[2]
     if request.param == "emulated":
         from orchestration.devtools.emulators import COSMOS_DEV_KEY
 

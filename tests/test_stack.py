@@ -14,7 +14,7 @@ import pytest
 from orchestration.devtools import kafka_broker
 from orchestration.devtools import processes
 from orchestration.devtools.supervisor import MAX_RESTARTS, Child, Supervisor, supervise_once
-from tests.support.procs import alive, cmdline, descendants
+from tests.support.procs import alive, cmdline, descendants, kill_all
 from tests.support.stack import DevStack
 
 SLEEP = ["60"]
@@ -247,11 +247,7 @@ def test_the_stack_stops_with_its_children_however_it_was_started(tmp_path, how)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        for p in children:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(children)
 
 
 @pytest.mark.stack
@@ -291,8 +287,4 @@ def test_the_stacks_children_stop_when_imgpipe_dev_is_killed_outright(tmp_path):
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-        for p in children:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(children)
