@@ -61,10 +61,10 @@ def test_on_another_dagster_version_nothing_is_applied_and_one_line_says_so():
     assert f"written for Dagster {WRITTEN_FOR}, found 1.99.0" in line
 
 
-def test_importing_the_code_location_as_production_does_applies_nothing():
+def test_importing_the_code_location_as_production_does_applies_nothing(tmp_path):
     """AKS imports orchestration.definitions in its code server and run pods: no tuning module is loaded
     and every internal the tuning could touch is Dagster's own."""
-    state, _ = _state("code-location", IMGPIPE_DATA_DIR=str(ROOT / ".tmp_probe"))
+    state, _ = _state("code-location", IMGPIPE_DATA_DIR=str(tmp_path))
     assert state["devtools_imported"] == [] and _changed(state) == PRISTINE
 
 
