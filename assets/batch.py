@@ -3,13 +3,16 @@
     raw_images ──► renditions ──► image_documents ──► result_events
     (lake: raw/)   (lake: processed/)  (metadata store)   (Kafka)
 
-Each asset writes to outside storage through a port and returns a MaterializeResult with metadata, so
+Each asset writes to outside storage through a port and yields a MaterializeResult with metadata, so
 any step can be re-executed on its own (from the UI, a backfill or "re-execute from failure") and reads
-what the previous step left in the lake or the metadata store. The work itself lives in
+what the previous step left in the lake or the metadata store. Deleted wins
+(``orchestration.domain.batches``): a step that finds its batch deleted stops, trashes what the run wrote
+and yields nothing, so the steps after it are skipped and the run ends without writing more. The work itself lives in
 ``orchestration.domain.processing``; images change only in ``assets.core``.
 """
 
 
+import functools
 from datetime import datetime, timezone
 
 from dagster import (
@@ -24,6 +27,8 @@ from dagster import (
 )
 
 from orchestration.domain import processing as steps  # the Dagster-free work of each asset
+from orchestration.domain import retention
+from orchestration.domain.batches import DELETED, BatchDeleted, change_batch, ensure_live, set_batch, write_image
 from orchestration.domain.processing import Processing
 from assets.core import processing_version
 from orchestration.partitions import batches_partitions
@@ -47,23 +52,44 @@ _GROUP = "batch"
 PROCESSING_CODE_VERSION = processing_version(load_settings().core_config())
 
 
+def stops_when_deleted(step):
+    """Deleted wins, for a batch asset (a generator): when the step fails because its batch was deleted —
+    a writer refused (``BatchDeleted``) or an upload it was reading went to the trash — it trashes what the
+    run wrote after the delete and ends without output, so the steps after it are skipped and the run
+    neither fails nor retries. Any other failure is the step's own."""
+
+    @functools.wraps(step)
+    def guarded(context: AssetExecutionContext, *args, **kwargs):
+        try:
+            yield from step(context, *args, **kwargs)
+        except Exception:
+            store, lake = kwargs["metadata"], kwargs["lake"]
+            found = list(store.query("batches", {"batch_id": context.partition_key}, limit=1))
+            if not found or found[0].get("status") != DELETED:
+                raise
+            swept = retention.sweep(lake, store, found[0])
+            context.log.warning(f"batch {context.partition_key} was deleted at {found[0].get('deleted_at')}: "
+                                f"stopping; moved to the trash what this run wrote since: {swept}")
+
+    return guarded
+
+
 @asset(
     partitions_def=batches_partitions,
     group_name=_GROUP,
     code_version="1",
     kinds={"adls"},
+    output_required=False,
     description="The batch's uploaded files as intake stored them in the lake (claim check), checked "
     "against the manifest's sha256.",
 )
-def raw_images(context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort) -> MaterializeResult:
+@stops_when_deleted
+def raw_images(context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort):
     batch_id = context.partition_key
-    store, lake_client = metadata, lake
-    manifest = steps.load_manifest(lake_client, batch_id)
-    stored = [img for img in manifest.images if img.lake_path and lake_client.exists(img.lake_path)]
-    doc = store.read("batches", batch_id, manifest.user_id) or {}
-    if doc:
-        store.upsert("batches", {**doc, "status": "processing", "dagster_run_id": context.run.run_id})
-    return MaterializeResult(
+    manifest = steps.load_manifest(lake, batch_id)
+    stored = [img for img in manifest.images if img.lake_path and lake.exists(img.lake_path)]
+    set_batch(metadata, batch_id, manifest.user_id, status="processing", dagster_run_id=context.run.run_id)
+    yield MaterializeResult(
         metadata={
             "user_id": manifest.user_id,
             "images": len(manifest.images),
@@ -81,17 +107,19 @@ def raw_images(context: AssetExecutionContext, lake: LakePort, metadata: Metadat
     group_name=_GROUP,
     code_version=PROCESSING_CODE_VERSION,
     kinds={"pillow", "adls"},
+    output_required=False,
     description="Resized renditions of every image (auto-oriented, sRGB, metadata stripped); a bad image "
     "becomes a rejection with a reason and never fails the batch.",
 )
+@stops_when_deleted
 def renditions(
     context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort, processing: ProcessingParam,
     results: ResultsPort,
-) -> MaterializeResult:
+):
     lake_client, store = lake, metadata
     manifest = steps.load_manifest(lake_client, context.partition_key)
     workers = processing.workers
-    batch_doc = store.read("batches", manifest.batch_id, manifest.user_id)
+    batch_doc = ensure_live(store, manifest.batch_id, manifest.user_id)
     # The stored documents (one query), whose history each new document carries forward.
     previous = {d["id"]: d for d in store.query("images", partition_key=manifest.batch_id)}
     streamed: list[str] = []
@@ -101,10 +129,11 @@ def renditions(
         # Each image's document and event as soon as it is done, so the user's page shows each result
         # while the batch is still running; image_documents rewrites the documents complete
         # (near-duplicates) by the same ids. Streaming is best effort: with the broker down the images
-        # are still processed, and result_events (retried with the run) sends whatever was not acknowledged.
+        # are still processed, and result_events sends whatever was not acknowledged. A deleted batch
+        # raises BatchDeleted here, which stops the pool.
         nonlocal streaming
         doc = steps.image_documents(manifest, [outcome], context.run.run_id, previous)[0]
-        store.upsert("images", doc)
+        write_image(store, doc)
         if streaming:
             # (not again what the broker acknowledged in an earlier attempt)
             for event in steps.unsent([steps.image_event(manifest, doc)], batch_doc):
@@ -115,20 +144,23 @@ def renditions(
                     streaming = False
                     context.log.warning(f"results not streamed per image (result_events will send them): {exc}")
 
-    report = steps.process_batch(lake_client, manifest, workers=workers, config=processing.config,
-                                      on_outcome=progress, server=processing.server)
-    if streamed and streaming:
-        try:
-            results.flush()
-            steps.record_sent(store, manifest, streamed)
-        except Exception as exc:  # noqa: BLE001
-            context.log.warning(f"per-image events not acknowledged (result_events will send them): {exc}")
+    try:
+        report = steps.process_batch(lake_client, manifest, workers=workers, config=processing.config,
+                                     on_outcome=progress, server=processing.server)
+    finally:  # (also when the step fails: a retry then does not send these again)
+        if streamed and streaming:
+            try:
+                results.flush()
+            except Exception as exc:  # noqa: BLE001
+                context.log.warning(f"per-image events not acknowledged (result_events will send them): {exc}")
+            else:
+                steps.record_sent(store, manifest, streamed)
     outcomes = report.outcomes
     rejected = [o for o in outcomes if o["outcome"] == "rejected"]
     for o in rejected:
         context.log.warning(f"{o['name']} ({o['image_id']}) rejected: {o['code']}: {o['reason']}")
     times = sorted(o["processing_ms"] for o in outcomes if o["outcome"] == "processed") or [0.0]
-    return MaterializeResult(
+    yield MaterializeResult(
         metadata={
             "processed": len(outcomes) - len(rejected),
             "rejected": len(rejected),
@@ -151,40 +183,30 @@ def renditions(
     group_name=_GROUP,
     code_version="1",
     kinds={"cosmosdb"},
+    output_required=False,
     description="One document per image (facts, renditions, outcome, lineage) and the batch document, "
     "upserted by id so a re-run overwrites.",
 )
-def image_documents(
-    context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort
-) -> MaterializeResult:
+@stops_when_deleted
+def image_documents(context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort):
     lake_client, store = lake, metadata
     manifest = steps.load_manifest(lake_client, context.partition_key)
+    ensure_live(store, manifest.batch_id, manifest.user_id)
     stored = {d["id"]: d for d in store.query("images", partition_key=manifest.batch_id)}
     docs = steps.image_documents(manifest, steps.load_outcomes(lake_client, manifest.batch_id),
-                                      context.run.run_id, stored)
+                                 context.run.run_id, stored)
     steps.find_near_duplicates(store, manifest, docs)
-    for doc in docs:
-        store.upsert("images", doc)
     summary = steps.summarize(docs)
-    batch_doc = store.read("batches", manifest.batch_id, manifest.user_id) or {}
-    # Still 'processing': the batch is 'completed' once result_events has told the user.
-    store.upsert(
-        "batches",
-        {
-            **batch_doc,
-            "id": manifest.batch_id,
-            "batch_id": manifest.batch_id,
-            "user_id": manifest.user_id,
-            "status": "processing",
-            "error": None,
-            "dagster_run_id": context.run.run_id,
-            "processing_version": PROCESSING_CODE_VERSION,
-            "runs": steps.add_run(batch_doc.get("runs"), context.run.run_id, PROCESSING_CODE_VERSION),
-            **summary,
-        },
-    )
+    run_id = context.run.run_id
+    for doc in docs:
+        write_image(store, doc)
+    # Still 'processing': the batch is 'completed' once its checks have passed (result_events).
+    change_batch(store, manifest.batch_id, manifest.user_id, lambda batch_doc: {
+        **batch_doc, "status": "processing", "error": None, "dagster_run_id": run_id,
+        "processing_version": PROCESSING_CODE_VERSION,
+        "runs": steps.add_run(batch_doc.get("runs"), run_id, PROCESSING_CODE_VERSION), **summary})
     duplicates = sum(1 for d in docs if d.get("near_duplicates"))
-    return MaterializeResult(metadata={**summary, "images_with_near_duplicates": duplicates})
+    yield MaterializeResult(metadata={**summary, "images_with_near_duplicates": duplicates})
 
 
 @asset(
@@ -193,40 +215,34 @@ def image_documents(
     group_name=_GROUP,
     code_version="1",
     kinds={"kafka"},
-    description="Events on the results topic, keyed by user: one per image, then batch.completed; "
-    "marks the batch document 'completed'.",
+    output_required=False,
+    description="Marks the batch 'completed', then sends the events of its images and batch.completed on the "
+    "results topic, keyed by user. A broker outage does not fail the batch: what is not acknowledged is "
+    "kept as pending and the events sensor sends it when the broker is back.",
 )
-def result_events(
-    context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort, results: ResultsPort
-) -> MaterializeResult:
+@stops_when_deleted
+def result_events(context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort, results: ResultsPort):
     lake_client, store = lake, metadata
     manifest = steps.load_manifest(lake_client, context.partition_key)
-    docs = sorted(store.query("images", partition_key=manifest.batch_id), key=lambda d: d["image_id"])
-    *image_events, completed_event = steps.result_events(manifest, docs)
-    # Only what the broker has not acknowledged before (streamed by renditions, or sent by an earlier
-    # attempt of this step) goes out; the rest would reach consumers twice.
-    batch_doc = store.read("batches", manifest.batch_id, manifest.user_id) or {}
-    missing = steps.unsent(image_events, batch_doc)
-    # The producer is the process's shared client (closed when the run worker exits), not ours to close.
-    for event in missing:
-        results.publish(manifest.user_id, event)
-    results.flush()
-    steps.record_sent(store, manifest, [e["event_id"] for e in missing])
-    # Mark the batch completed before announcing it, so a consumer reacting to batch.completed
-    # reads the final state. If the announcement fails the run fails, and the failure sensor marks
-    # the batch 'failed' (then 'retrying') until a re-execution completes it.
-    batch_doc = store.read("batches", manifest.batch_id, manifest.user_id) or {}
-    store.upsert("batches", {**batch_doc, "status": "completed", "error": None,
-                             "completed_at": datetime.now(timezone.utc).isoformat()})
-    sent_completed = not steps.unsent([completed_event], batch_doc)
-    if not sent_completed:
-        results.publish(manifest.user_id, completed_event)
-        results.flush()
-        steps.record_sent(store, manifest, [completed_event["event_id"]])
-    return MaterializeResult(metadata={"events": len(image_events) + 1,
-                                       "events_sent_now": len(missing) + (not sent_completed),
-                                       "topic": getattr(results, "topic", ""),
-                                       "key": manifest.user_id})
+    now = datetime.now(timezone.utc).isoformat()
+    # The batch is completed before it is announced, so a consumer reacting to batch.completed reads the
+    # final state; delivering the events does not decide the batch's fate.
+    change_batch(store, manifest.batch_id, manifest.user_id, lambda doc: {
+        **doc, "status": "completed", "error": None, "completed_at": now, steps.EVENTS_PENDING: True,
+        "events_pending_since": doc.get("events_pending_since") or now, "events_attempts": 0,
+        "events_last_attempt": None})
+    try:
+        sent, error = steps.deliver_events(store, results, manifest), None
+    except BatchDeleted:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any broker failure: kept as pending, the events sensor retries
+        sent, error = 0, f"{type(exc).__name__}: {exc}"[:1000]
+        context.log.warning(f"events of batch {manifest.batch_id} not delivered (kept; the events sensor "
+                            f"sends them when the broker is back): {error}")
+        set_batch(store, manifest.batch_id, manifest.user_id, events_error=error)
+    yield MaterializeResult(metadata={"events_sent_now": sent, "delivered": error is None,
+                                      "delivery_error": error or "",
+                                      "topic": getattr(results, "topic", ""), "key": manifest.user_id})
 
 
 # -- asset checks ---------------------------------------------------------------------------------

@@ -90,6 +90,12 @@ def cmd_status(args) -> int:
     print(f"batch {status['batch_id']} (user {status['user_id']}): {status['status']}")
     if status.get("error"):
         print(f"  error: {status['error']}")
+    events = status.get("events") or {}
+    if events.get("state") == "pending":
+        print(f"  events: waiting for the broker since {str(events.get('since'))[:19]} "
+              f"({events['attempts']} retries so far; sent as soon as it answers): {events.get('error') or ''}")
+    elif events.get("state") == "given up":
+        print(f"  events: not delivered ({events.get('error')})")
     for img in status["images"]:
         if img["outcome"] == "processed":
             sizes: dict[str, list[str]] = {}
@@ -243,8 +249,10 @@ def cmd_restore(args) -> int:
     except retention.RetentionError as exc:
         print(f"imgpipe: {exc}", file=sys.stderr)
         return 2
-    print(f"restored {args.batch_id} ({doc['status']})")
-    return 0
+    print(f"restored {args.batch_id}: {retention.restore_outcome(doc)}")
+    for path in doc["missing"][:20]:
+        print(f"  not restored: {path}")
+    return 3 if doc["missing"] else 0
 
 
 def cmd_deleted(args) -> int:

@@ -24,6 +24,8 @@ from assets.batch import batch_asset_checks, batch_assets
 from orchestration.resources import resources_from_settings
 from orchestration.settings import check_profile, load_settings
 from sensors.batch_sensor import build_batch_sensor, build_failure_sensor
+from sensors.deletion_sensor import build_deletion_sensor
+from sensors.events_sensor import build_events_sensor
 from sensors.housekeeping import housekeeping_job, housekeeping_schedule
 from sensors.reconcile_sensor import build_reconcile_sensor
 
@@ -42,7 +44,8 @@ defs = Definitions(
     jobs=[process_batch_job, housekeeping_job, bi_export_job],
     schedules=[housekeeping_schedule, bi_export_schedule],
     sensors=[build_batch_sensor(process_batch_job, settings=settings), build_failure_sensor(process_batch_job),
-             build_reconcile_sensor(settings=settings)],
+             build_reconcile_sensor(settings=settings), build_deletion_sensor(settings=settings),
+             build_events_sensor(settings=settings)],
     resources=resources_from_settings(settings),
     # Backfills and UI materialisations run the implicit asset job: in one process too (see above).
     executor=in_process_executor,

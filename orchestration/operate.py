@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Iterable
 
+from orchestration.adapters import dagster_webserver as webserver
 from orchestration.domain.manifest import manifest_path
 from orchestration.domain.services import Services
 from orchestration.settings import Settings
@@ -89,23 +90,10 @@ REPOSITORY = {"repositoryLocationName": "imgpipe", "repositoryName": "__reposito
 
 def graphql(settings: Settings, query: str, variables: dict, *, timeout: float = 60.0) -> dict:
     """One request to the Dagster webserver's GraphQL API (the interface the UI itself uses)."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    url = f"{dagster_ui_url(settings)}/graphql"
-    request = urllib.request.Request(url, data=json.dumps({"query": query, "variables": variables}).encode(),
-                                     headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            body = json.loads(resp.read())
-    except (OSError, ValueError) as exc:
-        raise OperateError(f"the Dagster webserver at {dagster_ui_url(settings)} did not answer "
-                           f"({type(exc).__name__}: {exc}); is the stack running (imgpipe dev), or "
-                           "IMGPIPE_DAGSTER_UI_URL set?") from None
-    if body.get("errors"):
-        raise OperateError(f"the Dagster webserver refused the request: {body['errors'][0].get('message')}")
-    return body["data"]
+        return webserver.graphql(dagster_ui_url(settings), query, variables, timeout=timeout)
+    except webserver.WebserverError as exc:
+        raise OperateError(str(exc)) from None
 
 
 def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = "") -> str:

@@ -116,6 +116,10 @@ class Settings(BaseSettings):
                                            "is handed to the queue again.")
     reconcile_max_attempts: int = Field(5, ge=1, description="Re-sends before such a batch ends 'failed' with the "
                                         "reason.")
+    # Events sensor (sensors/events_sensor.py)
+    events_retry_max_hours: float = Field(24.0, gt=0, description="How long the events of a completed batch are "
+                                          "retried while the broker is unreachable before they are given up "
+                                          "(`imgpipe status` shows the state).")
 
     # Recovery
     run_max_retries: int = Field(2, ge=0, description="Automatic re-executions (from failure) of a failed batch run "
@@ -163,8 +167,8 @@ class Settings(BaseSettings):
                                    "per-user limit on the imgpipe/user_id tag; others' batches go first).")
 
     dagster_ui_url: str = Field("http://127.0.0.1:3000", description="The Dagster webserver's address: run links in "
-                                "`imgpipe lineage`, backfills of `imgpipe reprocess` (its GraphQL API). `imgpipe dev` "
-                                "sets it to its own.")
+                                "`imgpipe lineage`, backfills of `imgpipe reprocess` and the termination of a deleted "
+                                "batch's runs (its GraphQL API). `imgpipe dev` sets it to its own.")
 
     @field_validator("output_formats", mode="before")
     @classmethod

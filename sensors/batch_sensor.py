@@ -64,10 +64,10 @@ from dagster import (
 )
 from pydantic import ValidationError
 
+from orchestration.domain.batches import DELETED, BatchDeleted, change_batch, parse_run_key, set_batch
 from orchestration.domain.manifest import BatchManifest
 from orchestration.partitions import batches_partitions
 from orchestration.ports.metadata import MetadataStore
-from orchestration.ports.metadata import update as update_document
 from orchestration.ports.queue import BatchQueue, MessageLockLost, ReceivedMessage
 from orchestration.ports.signal import Signal
 from orchestration.settings import load_settings
@@ -111,12 +111,10 @@ def _mark_invalid(store: MetadataStore, body: bytes, description: str) -> None:
     """Best effort: if the broken message still names a batch we know, record why it will not run."""
     try:
         raw = json.loads(body)
-        batch_id, user_id = raw["batch_id"], raw["user_id"]
-        doc = store.read("batches", str(batch_id), str(user_id))
-    except Exception:
+        set_batch(store, str(raw["batch_id"]), str(raw["user_id"]), status="invalid",
+                  error=f"{INVALID_MANIFEST}: {description}")
+    except Exception:  # not JSON, no such batch, deleted (deleted wins): nothing to record
         return
-    if doc:
-        store.upsert("batches", {**doc, "status": "invalid", "error": f"{INVALID_MANIFEST}: {description}"})
 
 
 def evaluate_batch_sensor(
@@ -156,7 +154,8 @@ def evaluate_batch_sensor(
     for msg in received:
         try:
             manifest = BatchManifest.model_validate_json(msg.body)
-            if manifest.batch_id != msg.message_id:
+            batch_id, _generation = parse_run_key(msg.message_id)
+            if manifest.batch_id != batch_id:
                 raise ValueError(f"manifest batch_id {manifest.batch_id!r} != message_id {msg.message_id!r}")
         except (ValidationError, ValueError) as exc:
             description = str(exc)[:4000]
@@ -164,13 +163,18 @@ def evaluate_batch_sensor(
             q.dead_letter(msg, reason=INVALID_MANIFEST, description=description)
             _mark_invalid(metadata, msg.body, description)
             continue
-        if _run_exists(context, manifest.batch_id):  # redelivery after a crash: the run is there
+        if _run_exists(context, msg.message_id):  # redelivery after a crash: the run is there
+            q.complete(msg)
+            continue
+        doc = metadata.read("batches", manifest.batch_id, manifest.user_id)
+        if doc is not None and doc.get("status") == DELETED:  # deleted while queued: nothing is launched
+            context.log.info(f"{msg.message_id}: batch deleted at {doc.get('deleted_at')}; no run")
             q.complete(msg)
             continue
         new_partitions.append(manifest.batch_id)
         run_requests.append(
             RunRequest(
-                run_key=manifest.batch_id,
+                run_key=msg.message_id,  # the batch id (a restored batch's next generation: <id>~n)
                 partition_key=manifest.batch_id,
                 tags={"imgpipe/user_id": manifest.user_id, "imgpipe/images": str(len(manifest.images))},
             )
@@ -245,11 +249,15 @@ def build_failure_sensor(job):
         def mark(doc: dict) -> dict | None:
             # A sensor tick can come after the retry already completed the batch, or while it completes it:
             # never undo a completion. The write is conditional on the document read here (its etag), so a
-            # completion that lands between this read and the write makes it read and decide again.
+            # completion that lands between this read and the write makes it read and decide again; and a
+            # deleted batch stays deleted (deleted wins).
             if doc.get("status") == "completed":
                 return None
             return {**doc, **change, "dagster_run_id": run.run_id}
 
-        update_document(store, "batches", batch_id, user_id, mark)
+        try:
+            change_batch(store, batch_id, user_id, mark)
+        except BatchDeleted:
+            context.log.info(f"batch {batch_id} is deleted; its failed run changes nothing")
 
     return batch_failure_sensor

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 from dagster import DefaultSensorStatus, ResourceParam, RunsFilter, SensorEvaluationContext, SkipReason, sensor
 
+from orchestration.domain.batches import BatchDeleted, change_batch, run_key
 from orchestration.domain.manifest import manifest_path
 from orchestration.ports.lake import Lake, ObjectNotFound
 from orchestration.ports.metadata import MetadataStore
@@ -45,29 +46,42 @@ def reconcile(context: SensorEvaluationContext, metadata: MetadataStore, lake: L
         if _age_seconds(last, now) < after_seconds:
             counts["waiting"] += 1
             continue
-        if context.instance.get_run_records(filters=RunsFilter(tags={RUN_KEY_TAG: batch_id}), limit=1):
+        key = run_key(batch_id, int(doc.get("generation") or 0))
+        if context.instance.get_run_records(filters=RunsFilter(tags={RUN_KEY_TAG: key}), limit=1):
             continue  # it has a run; the run moves the document on
         attempts = int(doc.get("requeue_attempts") or 0)
         reason = doc.get("queue_error") or "no run was started for it"
-        if attempts >= max_attempts:
-            metadata.upsert("batches", {**doc, "status": "failed",
-                                        "error": f"never reached a run after {attempts} re-sends to the queue: {reason}"})
-            context.log.warning(f"batch {batch_id}: failed after {attempts} re-sends ({reason})")
-            counts["failed"] += 1
-            continue
+        user_id = doc["user_id"]
+
+        def still_received(fields: dict):
+            # Conditional on the version read, and only while the batch is still waiting: a run that
+            # started meanwhile, or a delete (deleted wins), is never overwritten.
+            return lambda d: {**d, **fields} if d.get("status") == "received" else None
+
         try:
-            body = lake.read(manifest_path(batch_id))
-        except ObjectNotFound:
-            metadata.upsert("batches", {**doc, "status": "failed", "error": "its manifest is missing from the lake"})
-            counts["failed"] += 1
+            if attempts >= max_attempts:
+                change_batch(metadata, batch_id, user_id, still_received({
+                    "status": "failed", "error": f"never reached a run after {attempts} re-sends to the queue: {reason}"}))
+                context.log.warning(f"batch {batch_id}: failed after {attempts} re-sends ({reason})")
+                counts["failed"] += 1
+                continue
+            try:
+                body = lake.read(manifest_path(batch_id))
+            except ObjectNotFound:
+                change_batch(metadata, batch_id, user_id, still_received({
+                    "status": "failed", "error": "its manifest is missing from the lake"}))
+                counts["failed"] += 1
+                continue
+            stamp = datetime.fromtimestamp(now, timezone.utc).isoformat()
+            try:
+                queue.send(body, message_id=key, application_properties={"user_id": user_id})
+                fields = {"queue_error": None}
+            except Exception as exc:  # still failing: counted, tried again later
+                fields = {"queue_error": f"{type(exc).__name__}: {exc}"[:1000]}
+            change_batch(metadata, batch_id, user_id,
+                         still_received({**fields, "requeue_attempts": attempts + 1, "requeued_at": stamp}))
+        except BatchDeleted:
             continue
-        stamp = datetime.fromtimestamp(now, timezone.utc).isoformat()
-        try:
-            queue.send(body, message_id=batch_id, application_properties={"user_id": doc["user_id"]})
-            update = {"queue_error": None}
-        except Exception as exc:  # still failing: counted, tried again later
-            update = {"queue_error": f"{type(exc).__name__}: {exc}"[:1000]}
-        metadata.upsert("batches", {**doc, **update, "requeue_attempts": attempts + 1, "requeued_at": stamp})
         context.log.info(f"batch {batch_id}: handed to the queue again (attempt {attempts + 1}/{max_attempts})")
         counts["requeued"] += 1
     return counts

@@ -17,7 +17,6 @@ from orchestration.resources import resources_from_settings
 from orchestration.devtools.sample import make_sample_batch
 from orchestration.domain.status import batch_status
 from orchestration import wiring
-from tests.support.results import BrokerDown
 
 
 @pytest.fixture
@@ -40,11 +39,6 @@ def _run(instance, settings, batch_id, **resource_overrides):
         [*batch_assets, *batch_asset_checks], partition_key=batch_id, instance=instance, resources=resources,
         raise_on_error=False,
     )
-
-
-def _dead_kafka(settings):
-    """The results port of a stack whose Kafka is down."""
-    return BrokerDown()
 
 
 def _events(settings, batch_id):
@@ -115,13 +109,28 @@ def test_reexecution_leaves_no_duplicates(instance, settings, uploaded):
     assert len(ids) == len(set(ids)) == 8, sorted(ids)
 
 
+class _LakeFailingOn:
+    """The real lake, except that writing a path ending in ``suffix`` fails (a storage outage mid-run)."""
+
+    def __init__(self, lake, suffix):
+        self._lake, self._suffix = lake, suffix
+
+    def write(self, path, data, **kwargs):
+        if path.endswith(self._suffix):
+            raise OSError(f"storage unavailable writing {path}")
+        return self._lake.write(path, data, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._lake, name)
+
+
 def test_failed_run_can_be_reexecuted(instance, settings, uploaded):
     services, upload = uploaded
     batch = upload.batch_id
-    broken = _run(instance, settings, batch, results=_dead_kafka(settings))
+    broken = _run(instance, settings, batch, lake=_LakeFailingOn(services.lake, "outcomes.json"))
     assert not broken.success
     failed_steps = [e.step_key for e in broken.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert failed_steps == ["result_events"]
+    assert failed_steps == ["renditions"]
     assert len(list(services.metadata.query("images", partition_key=batch))) == 7  # earlier steps landed
     again = _run(instance, settings, batch)
     assert again.success
@@ -178,7 +187,7 @@ def test_failed_run_marks_the_batch_failed_through_the_failure_sensor(settings, 
     batch = upload.batch_id
     with instance_for_test() as instance:
         instance.add_dynamic_partitions(batches_partitions.name, [batch])
-        resources = {**resources_from_settings(settings), "results": _dead_kafka(settings)}
+        resources = {**resources_from_settings(settings), "lake": _LakeFailingOn(services.lake, "outcomes.json")}
         result = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
                              resources=resources, raise_on_error=False, tags={"imgpipe/user_id": "alice"})
         assert not result.success

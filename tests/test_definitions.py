@@ -46,4 +46,5 @@ def test_asset_graph_snapshot():
     assert checks == {"renditions_exist_and_decode", "every_image_accounted_for"}
     job = defs.resolve_job_def("process_batch")
     assert job.executor_def.name == "in_process"
-    assert {s.name for s in defs.sensors} == {"batch_sensor", "batch_failure_sensor", "intake_reconciler"}
+    assert {s.name for s in defs.sensors} == {"batch_sensor", "batch_failure_sensor", "intake_reconciler",
+                                              "deletion_sensor", "events_sensor"}

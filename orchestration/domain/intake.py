@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from assets.core.sniff import SUPPORTED_IMAGE_TYPES, sniff_type
+from orchestration.domain.batches import set_batch
 from orchestration.domain.manifest import (
     META_KEY_PATTERN,
     USER_ID_PATTERN,
@@ -299,9 +300,9 @@ def upload_batch(
         # it to one run even if this send did reach the queue after all.
         result.queued, result.queue_error = False, f"{type(exc).__name__}: {exc}"
         try:
-            services.metadata.upsert("batches", {**doc, "queue_error": result.queue_error[:1000]})
+            set_batch(services.metadata, batch_id, user_id, queue_error=result.queue_error[:1000])
         except Exception:
-            pass  # the reconciler finds the batch by its 'received' status either way
+            pass  # deleted meanwhile, or the store is busy: the reconciler finds a 'received' batch either way
     return result
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 from assets.core import PROCESSING_VERSION, CoreConfig, hamming, library_versions, processing_version
 from assets.core.pool import Outcome, WorkerPool
 from assets.core.sniff import webp_dimensions
+from orchestration.domain.batches import change_batch, ensure_live
 from orchestration.domain.manifest import BatchManifest, ManifestImage, manifest_path, outcomes_path, rendition_path
 from orchestration.ports.lake import Lake
 from orchestration.ports.metadata import MetadataStore
@@ -295,14 +296,43 @@ def unsent(events: Iterable[dict], batch_doc: dict | None) -> list[dict]:
     return [e for e in events if e["event_id"] not in sent]
 
 
-def record_sent(store: MetadataStore, manifest: BatchManifest, event_ids: Iterable[str]) -> None:
-    """Add ``event_ids`` (acknowledged by the broker) to the batch document's sent list."""
-    ids = list(event_ids)
-    if not ids:
+def record_sent(store: MetadataStore, manifest: BatchManifest, event_ids: Iterable[str], **fields) -> None:
+    """Add ``event_ids`` (acknowledged by the broker) to the batch document's sent list, and set ``fields``:
+    one conditional write (etag), deleted wins (``BatchDeleted``)."""
+    ids = set(event_ids)
+    if not ids and not fields:
         return
-    doc = store.read("batches", manifest.batch_id, manifest.user_id) or {
-        "id": manifest.batch_id, "batch_id": manifest.batch_id, "user_id": manifest.user_id}
-    store.upsert("batches", {**doc, SENT_FIELD: sorted(set(doc.get(SENT_FIELD) or ()) | set(ids))})
+    change_batch(store, manifest.batch_id, manifest.user_id,
+                 lambda doc: {**doc, **fields, SENT_FIELD: sorted(set(doc.get(SENT_FIELD) or ()) | ids)})
+
+
+# The delivery state of a completed batch's events, kept on its document (``imgpipe status`` shows it):
+# ``events_pending`` while some event awaits the broker, with ``events_error``, ``events_attempts`` and
+# ``events_pending_since``; the events sensor (sensors/events_sensor.py) sends them when the broker is back.
+EVENTS_PENDING = "events_pending"
+
+
+def deliver_events(store: MetadataStore, results: ResultStream, manifest: BatchManifest, *,
+                   timeout_seconds: float = 30.0) -> int:
+    """Send every event of the batch the broker has not acknowledged yet (image events, then
+    batch.completed), rebuilt from the stored documents; on success clear the pending state. Raises the
+    broker's error (the caller records it). Returns the events sent now."""
+    docs = sorted((d for d in store.query("images", partition_key=manifest.batch_id) if not d.get("deleted")),
+                  key=lambda d: d["image_id"])
+    *image_events, completed_event = result_events(manifest, docs)
+    batch_doc = ensure_live(store, manifest.batch_id, manifest.user_id) or {}
+    missing = unsent(image_events, batch_doc)
+    for event in missing:
+        results.publish(manifest.user_id, event)
+    results.flush(timeout_seconds)
+    record_sent(store, manifest, [e["event_id"] for e in missing])
+    announce = bool(unsent([completed_event], batch_doc))
+    if announce:
+        results.publish(manifest.user_id, completed_event)
+        results.flush(timeout_seconds)
+    record_sent(store, manifest, [completed_event["event_id"]] if announce else [],
+                **{EVENTS_PENDING: False, "events_error": None, "events_pending_since": None})
+    return len(missing) + announce
 
 
 def replay_events(store: MetadataStore, lake: Lake, results: ResultStream, *, since: datetime) -> int:

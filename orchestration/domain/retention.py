@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from orchestration.domain.batches import DELETED, FINISHED, run_key, trash_image
+from orchestration.domain.manifest import manifest_path, raw_path
 from orchestration.domain.services import Services
 from orchestration.ports.lake import Lake, ObjectNotFound
-from orchestration.ports.metadata import MetadataStore
+from orchestration.ports.metadata import MetadataStore, update
 
 PREFIXES = ("raw/{batch}/", "processed/{batch}/")
 
@@ -47,35 +49,77 @@ def _batch_doc(services: Services, batch_id: str, user_id: str | None) -> dict:
 
 def delete_batch(services: Services, batch_id: str, user_id: str | None, *, deleted_by: str,
                  now: datetime | None = None) -> dict:
-    """Delete a batch (``user_id`` None: an operator, any user's batch). Returns the batch document."""
+    """Delete a batch (``user_id`` None: an operator, any user's batch). Returns the batch document.
+
+    Deleted wins: the batch document is marked first (conditionally on the version read, so it neither
+    loses nor undoes a concurrent write), and from then on every other writer stops (see
+    ``orchestration.domain.batches``). A batch still queued or running is marked ``cleanup_pending``: the
+    deletion sensor stops its runs and sweeps into the trash whatever they wrote after this moment."""
     now = _now(now)
     doc = _batch_doc(services, batch_id, user_id)
-    if doc.get("status") == "deleted":
-        return doc
     period = services.settings.lake_soft_delete_days
-    ttl = int(timedelta(days=period).total_seconds())
-    marked = {**doc, "status": "deleted", "status_before_delete": doc.get("status"),
-              "deleted_at": now.isoformat(), "deleted_by": deleted_by,
-              "restorable_until": (now + timedelta(days=period)).isoformat(), "ttl": ttl}
+
+    def mark(current: dict) -> dict | None:
+        if current.get("status") == DELETED:
+            return None
+        return {**current, "status": DELETED, "status_before_delete": current.get("status"),
+                "deleted_at": now.isoformat(), "deleted_by": deleted_by,
+                "restorable_until": (now + timedelta(days=period)).isoformat(),
+                "ttl": int(timedelta(days=period).total_seconds()),
+                "cleanup_pending": current.get("status") not in FINISHED}
+
     # The batch document first: from this moment pages no longer show it, whatever happens next.
-    services.metadata.upsert("batches", marked)
-    for image in services.metadata.query("images", partition_key=batch_id):
-        services.metadata.upsert("images", {**image, "deleted": True, "ttl": ttl})
+    marked = update(services.metadata, "batches", batch_id, doc["user_id"], mark)
+    if marked is None:  # already deleted (or gone)
+        return services.metadata.read("batches", batch_id, doc["user_id"]) or doc
+    sweep(services.lake, services.metadata, marked, now=now)
+    return marked
+
+
+def sweep(lake: Lake, metadata: MetadataStore, batch_doc: dict, *, now: datetime | None = None) -> dict:
+    """Put into the trash everything of a deleted batch that is still live: image documents without the
+    deleted mark (expiring with the batch's restore period) and lake objects under its prefixes (soft
+    deletes). Idempotent; ``delete_batch`` runs it, and the deletion sensor again once the batch's runs
+    have stopped, for what they wrote meanwhile. Returns counts."""
+    now = _now(now)
+    counts = {"documents": 0, "lake_objects": 0}
+    batch_id = batch_doc["batch_id"]
+    for image in metadata.query("images", partition_key=batch_id):
+        if not image.get("deleted"):
+            trash_image(metadata, image["id"], batch_doc, now)
+            counts["documents"] += 1
     for prefix in PREFIXES:
-        for path in list(services.lake.list(prefix.format(batch=batch_id))):
+        for path in list(lake.list(prefix.format(batch=batch_id))):
             try:
-                services.lake.delete(path)
+                lake.delete(path)
+                counts["lake_objects"] += 1
             except ObjectNotFound:
                 pass  # deleted concurrently
-    return marked
+    return counts
+
+
+def expected_objects(metadata: MetadataStore, batch_doc: dict) -> list[str]:
+    """The lake paths a complete batch has: its manifest and stored uploads (as the batch document lists
+    them, so they are known even when the manifest itself is gone), and every rendition its image
+    documents record."""
+    batch_id = batch_doc["batch_id"]
+    paths = [manifest_path(batch_id)]
+    paths += [raw_path(batch_id, img["image_id"]) for img in batch_doc.get("images") or () if not img.get("refused")]
+    for image in metadata.query("images", partition_key=batch_id):
+        paths += [r["path"] for r in image.get("renditions") or ()]
+    return paths
 
 
 def restore_batch(services: Services, batch_id: str, user_id: str | None, *,
                   now: datetime | None = None) -> dict:
-    """Undo ``delete_batch`` inside the restore period. Returns the restored batch document."""
+    """Undo ``delete_batch`` inside the restore period. Returns the restored batch document, with
+    ``missing``: the lake objects that could not be brought back (none when all came back).
+
+    A batch deleted before its run finished goes back on the queue under a new run key (its next
+    generation) and is processed to the end like a new upload."""
     now = _now(now)
     doc = _batch_doc(services, batch_id, user_id)
-    if doc.get("status") != "deleted":
+    if doc.get("status") != DELETED:
         raise RetentionError(f"batch {batch_id} is not deleted")
     if datetime.fromisoformat(doc["restorable_until"]) <= now:
         raise RetentionError(f"batch {batch_id} was deleted on {doc['deleted_at'][:10]}; its restore period "
@@ -89,15 +133,59 @@ def restore_batch(services: Services, batch_id: str, user_id: str | None, *,
                 newest[obj.path] = obj.deletion_id
         for path, deletion_id in newest.items():
             if not services.lake.exists(path):
-                services.lake.restore(path, deletion_id)
+                try:
+                    services.lake.restore(path, deletion_id)
+                except ObjectNotFound:
+                    pass  # purged meanwhile: reported as missing below
     for image in services.metadata.query("images", partition_key=batch_id):
-        services.metadata.upsert("images", {k: v for k, v in image.items() if k not in ("deleted", "ttl")})
-    restored = {k: v for k, v in doc.items()
-                if k not in ("ttl", "deleted_at", "deleted_by", "restorable_until", "status_before_delete")}
-    restored["status"] = doc.get("status_before_delete") or "completed"
-    restored["restored_at"] = now.isoformat()
-    services.metadata.upsert("batches", restored)
-    return restored
+        update(services.metadata, "images", image["id"], batch_id,
+               lambda d: {k: v for k, v in d.items() if k not in ("deleted", "ttl")})
+    missing = [p for p in expected_objects(services.metadata, doc) if not services.lake.exists(p)]
+    before = doc.get("status_before_delete") or "completed"
+    requeue = before not in FINISHED
+    generation = int(doc.get("generation") or 0) + (1 if requeue else 0)
+    if requeue and manifest_path(batch_id) in missing:
+        status, error = "failed", "restored, but its uploaded files could not be restored; upload it again"
+    else:
+        status, error = ("received" if requeue else before), doc.get("error")
+
+    def back(current: dict) -> dict | None:
+        if current.get("status") != DELETED:
+            return None  # restored concurrently
+        restored = {k: v for k, v in current.items()
+                    if k not in ("ttl", "deleted_at", "deleted_by", "restorable_until", "status_before_delete",
+                                 "cleanup_pending")}
+        restored.update(status=status, error=error, restored_at=now.isoformat(), generation=generation,
+                        missing_after_restore=missing[:100])
+        if requeue:
+            restored.update(requeued_at=now.isoformat(), requeue_attempts=0, queue_error=None)
+        return restored
+
+    restored = update(services.metadata, "batches", batch_id, doc["user_id"], back)
+    if restored is None:
+        raise RetentionError(f"batch {batch_id} is not deleted")
+    if requeue and status == "received":
+        key = run_key(batch_id, generation)
+        try:
+            services.queue.send(services.lake.read(manifest_path(batch_id)), message_id=key,
+                                application_properties={"user_id": doc["user_id"]})
+        except Exception as exc:  # noqa: BLE001 - the intake reconciler sends it again
+            update(services.metadata, "batches", batch_id, doc["user_id"],
+                   lambda d: {**d, "queue_error": f"{type(exc).__name__}: {exc}"[:1000]})
+    return {**restored, "missing": missing}
+
+
+def restore_outcome(doc: dict) -> str:
+    """What a restore did, in one sentence for the person who asked (``restore_batch``'s result)."""
+    if doc["status"] == "received":
+        said = "it had not finished, so it is back in the queue and will be processed"
+    elif doc["status"] == "failed" and doc.get("error", "").startswith("restored, but"):
+        said = doc["error"]
+    else:
+        said = f"status {doc['status']}"
+    if doc["missing"]:
+        said += f"; {len(doc['missing'])} file(s) could not be restored (past the lake's retention)"
+    return said
 
 
 def recently_deleted(services: Services, user_id: str | None, *, now: datetime | None = None) -> list[dict]:

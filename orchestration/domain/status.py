@@ -65,5 +65,22 @@ def batch_status(services: Services, batch_id: str, user_id: str | None = None) 
         "created_at": doc.get("created_at"),
         "metadata": doc.get("metadata", {}),
         "dagster_run_id": doc.get("dagster_run_id"),
+        "events": events_state(doc),
         "images": images,
     }
+
+
+def events_state(doc: dict) -> dict:
+    """Where the batch's events stand: ``delivered``, ``pending`` (the broker has not acknowledged them yet;
+    the events sensor keeps trying), ``given up`` (after IMGPIPE_EVENTS_RETRY_MAX_HOURS), or ``not yet``
+    (the batch has not completed)."""
+    if doc.get("events_pending"):
+        state = "pending"
+    elif doc.get("status") != "completed":
+        state = "not yet"
+    elif (doc.get("events_error") or "").startswith("given up"):
+        state = "given up"
+    else:
+        state = "delivered"
+    return {"state": state, "since": doc.get("events_pending_since"), "attempts": int(doc.get("events_attempts") or 0),
+            "error": doc.get("events_error") if state in ("pending", "given up") else None}

@@ -97,17 +97,18 @@ def _delete(batch_id: str) -> None:
 
 def _restore(batch_id: str, owner: str | None) -> None:
     try:
-        retention.restore_batch(svc, batch_id, owner)
+        doc = retention.restore_batch(svc, batch_id, owner)
     except retention.RetentionError as exc:
         st.session_state["results-flash"] = ("error", str(exc))
         return
     _forget(batch_id)
-    st.session_state["results-flash"] = ("success", f"Restored {batch_id}.")
+    st.session_state["results-flash"] = ("warning" if doc["missing"] else "success",
+                                         f"Restored {batch_id}: {retention.restore_outcome(doc)}.")
 
 
 flash = st.session_state.pop("results-flash", None)
 if flash:
-    (st.success if flash[0] == "success" else st.error)(data.plain(flash[1]))
+    {"success": st.success, "warning": st.warning}.get(flash[0], st.error)(data.plain(flash[1]))
 
 
 # What the page has read from the store, per session and user. A refresh re-reads only what an event

@@ -97,7 +97,9 @@ class LocalLake:
         deletion_id = f"{int(deleted_at.timestamp() * 1_000_000):020d}-{uuid.uuid4().hex[:8]}"
         slot = self.root / _TRASH / deletion_id
         slot.mkdir(parents=True, exist_ok=True)
-        record = {"path": path, "deleted_at": deleted_at.isoformat()}
+        # The expiry is fixed at deletion, by the retention in force then (as Azure's soft delete does).
+        record = {"path": path, "deleted_at": deleted_at.isoformat(),
+                  "expires_at": (deleted_at + self.retention).isoformat()}
         (slot / "record.json").write_text(json.dumps(record))
         target = slot / "object" / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +132,8 @@ class LocalLake:
                         path=record["path"],
                         deletion_id=slot.name,
                         deleted_at=deleted_at,
-                        expires_at=deleted_at + self.retention,
+                        expires_at=(datetime.fromisoformat(record["expires_at"]) if "expires_at" in record
+                                    else deleted_at + self.retention),
                     ),
                 )
             )
