@@ -253,6 +253,28 @@ class Settings(BaseSettings):
         return env
 
 
+def web_server_options(settings: Settings) -> dict[str, str]:
+    """The Streamlit server options of the web app, the same in every launcher (`imgpipe dev`,
+    deploy/k8s/webapp.yaml, the image test; tests/test_web_limits.py compares them):
+    - ``server.maxUploadSize``: Streamlit refuses a larger file itself (MB per file, from
+      IMGPIPE_MAX_FILE_BYTES), before the page sees it, whoever sends it; its default is 200 MB against
+      the pod's 1 GiB;
+    - ``client.showErrorDetails = none``: no traceback (server paths, internal addresses) reaches a
+      person; pages catch their own failures (ui_streamlit/guard.py) and the details go to the log;
+    - ``client.toolbarMode = viewer``: no developer menus ("Deploy", rerun settings) for users;
+    - ``runner.magicEnabled = false``: see orchestration/devtools/webstack.py;
+    - XSRF protection on, no usage statistics, headless."""
+    return {
+        "server.headless": "true",
+        "browser.gatherUsageStats": "false",
+        "server.enableXsrfProtection": "true",
+        "server.maxUploadSize": str(max(1, -(-settings.max_file_bytes // (1024 * 1024)))),
+        "client.showErrorDetails": "none",
+        "client.toolbarMode": "viewer",
+        "runner.magicEnabled": "false",
+    }
+
+
 def env_var(field_name: str) -> str:
     return f"IMGPIPE_{field_name.upper()}"
 

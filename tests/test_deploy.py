@@ -401,9 +401,11 @@ def test_the_image_builds_serves_the_code_location_and_the_web_app():
         assert ok is not None and ok.returncode == 0, _docker("logs", name, check=False).stderr[-3000:]
 
         web = f"imgpipe-web-{web_port}"
+        from tests.test_web_limits import manifest_web_args  # started as the AKS Deployment starts it
+
+        args = [a for a in manifest_web_args() if not a.startswith(("--server.port=", "--server.address="))]
         _docker(*common, "--name", web, tag, "streamlit", "run", "ui_streamlit/app.py", f"--server.port={web_port}",
-                "--server.address=127.0.0.1", "--server.headless=true", "--browser.gatherUsageStats=false",
-                "--runner.magicEnabled=false")
+                "--server.address=127.0.0.1", *args)
         names_run.append(web)
         import urllib.request
 

@@ -236,3 +236,79 @@ def test_batches_survive_random_kills(tmp_path):
                             f"topic: {missing[:3]}")
     assert problems == [], "\n".join(problems)
     assert end_states["completed"] >= len(batches) // 2  # recovery really worked for most
+
+
+def test_a_two_minute_broker_outage_and_a_store_lock_fail_no_batch(tmp_path):
+    """The broker frozen (SIGSTOP: connections hang, nothing answers) for over two minutes while batches run:
+    every batch completes on time with its events kept as pending (`imgpipe status` says so), and once the
+    broker answers again the events sensor delivers every event. Then the metadata store is locked for 40 s
+    (longer than SQLite's 30 s busy timeout) while a batch runs: it still completes (its run retried)."""
+    import sqlite3
+
+    from orchestration.domain.status import batch_status
+    from tests.support.stack import local_env, settings_from
+
+    env = local_env(tmp_path, IMGPIPE_WORKERS="1", IMGPIPE_RUN_MAX_RETRIES="3")
+    settings = settings_from(env)
+    photos = [jpeg_bytes(synthetic_photo(800, 600, i * 40, str(i))) for i in range(3)]
+    stack = DevStack(env, "--no-sample").ready()
+    services = wiring.services(settings)
+    broker: list[int] = []
+
+    def upload(n: int, user: str) -> str:
+        return upload_batch(services, [IntakeItem.from_bytes(f"{i}.jpg", photos[i]) for i in range(n)],
+                            user_id=user).batch_id
+
+    def wait_all(batch_ids, done, timeout: float) -> dict[str, dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            states = {b: batch_status(services, b) for b in batch_ids}
+            if all(done(s) for s in states.values()) or time.monotonic() > deadline:
+                return states
+            time.sleep(2)
+
+    try:
+        broker = [p for p in descendants(stack.pid) if "tansu" in cmdline(p)]
+        assert broker, "no broker in the stack"
+        for pid in broker:
+            os.kill(pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        batches = [upload(3, "ann"), upload(2, "bob"), upload(1, "cyd")]
+        during = wait_all(batches, lambda s: s["status"] == "completed", 110)
+        assert {b: s["status"] for b, s in during.items()} == {b: "completed" for b in batches}, \
+            {b: (s["status"], s["error"]) for b, s in during.items()}
+        assert all(s["events"]["state"] == "pending" for s in during.values()), [s["events"] for s in during.values()]
+        time.sleep(max(0.0, 125 - (time.monotonic() - frozen_at)))  # at least two minutes frozen
+        for pid in broker:
+            os.kill(pid, signal.SIGCONT)
+        outage = time.monotonic() - frozen_at
+
+        # A store lock longer than the busy timeout, while a batch runs.
+        locked = upload(3, "dee")
+        time.sleep(1.5)
+        conn = sqlite3.connect(settings.metadata_db, isolation_level=None, timeout=30)
+        conn.execute("BEGIN EXCLUSIVE")
+        time.sleep(40)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+        everything = [*batches, locked]
+        after = wait_all(everything, lambda s: s["status"] == "completed" and s["events"]["state"] == "delivered", 300)
+        delivered = _topic_event_ids(settings)
+    finally:
+        for pid in broker:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        stack.stop(timeout=60)
+        _kill_leftovers(tmp_path)
+
+    print(f"\nbroker frozen for {outage:.0f} s, store locked for 40 s: "
+          + ", ".join(f"{b}: {s['status']}, events {s['events']['state']} after {s['events']['attempts']} retries"
+                      for b, s in after.items()))
+    assert {b: (s["status"], s["events"]["state"]) for b, s in after.items()} == \
+        {b: ("completed", "delivered") for b in everything}
+    for b in everything:
+        missing = [i for i in _expected_event_ids(services, b) if not delivered[i]]
+        assert not missing, f"{b}: events never delivered: {missing}"

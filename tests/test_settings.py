@@ -287,7 +287,7 @@ def test_secrets_appear_nowhere_in_a_run(tmp_path, kafka_bootstrap, kafka_topic,
         seen += [serialize_value(r.event_log_entry) for r in instance.get_records_for_run(result.run_id, limit=10_000).records]
         seen += [caplog.text, *capfd.readouterr()]
         blob = "\n".join(seen)
-        assert '"events"' in blob and upload.batch_id in blob  # the run's metadata really is in what we read
+        assert '"events_sent_now"' in blob and upload.batch_id in blob  # the run's metadata really is in what we read
         assert cosmos_key not in blob and account_key not in blob
     finally:
         wiring.CLIENTS.close_all()

@@ -209,8 +209,51 @@ def test_results_page_says_when_kafka_is_down(env, monkeypatch):
     st.cache_resource.clear()
     upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS))
     at = _app(ALICE_PLUS, "views/results.py")
-    assert any("Kafka" in w.value and "not reachable" in w.value for w in at.warning)
+    assert any("Live updates are paused" in w.value for w in at.warning)
+    shown = " ".join(str(e.value) for e in [*at.warning, *at.error, *at.caption, *at.markdown])
+    assert "127.0.0.1:1" not in shown and "Kafka" not in shown  # the address and the error stay in the log
     assert any("0/1 images" in c.value for c in at.caption)  # stored state still shown
+
+
+def test_a_busy_store_gives_a_short_message_and_a_retry_never_a_traceback(env, settings, monkeypatch):
+    """The store locked (SQLite's 'database is locked' after its busy timeout): each part of the page that
+    reads it says so in a sentence with a Retry button; no exception text, no server path; the rest of the
+    page (navigation, sign-out) renders; Retry after the lock shows the batches."""
+    import sqlite3
+
+    from orchestration.adapters.local.metadata import SqliteMetadataStore
+
+    batch = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS),
+                         metadata={"title": "Locked"}).batch_id
+    real_query = SqliteMetadataStore.query
+
+    def locked(self, *args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(SqliteMetadataStore, "query", locked)
+    at = _app(ALICE_PLUS, "views/results.py")
+    assert not at.exception
+    texts = " ".join(str(e.value) for e in [*at.warning, *at.error, *at.markdown, *at.caption])
+    assert "cannot be shown right now" in texts and "Your batches" in texts
+    assert "OperationalError" not in texts and "database is locked" not in texts and "/" + "work" not in texts
+    assert any(b.label == "Sign out" for b in at.sidebar.button)  # the rest of the page is there
+    stats = _app(ALICE_PLUS, "views/stats.py")
+    assert not stats.exception and any("Statistics cannot be shown" in w.value for w in stats.warning)
+
+    monkeypatch.setattr(SqliteMetadataStore, "query", real_query)  # the lock is gone
+    _button(at, "Retry").click().run()
+    assert not at.exception and any("Locked" in e.label for e in at.expander), batch
+
+
+def test_a_missing_rendition_shows_a_placeholder(env, settings):
+    batch = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS)).batch_id
+    _process(settings, batch)
+    for path in list(env.lake.list(f"processed/{batch}/")):
+        if "/thumb." in path:
+            env.lake.delete(path)
+    at = _app(ALICE_PLUS, "views/results.py")
+    assert not at.exception
+    assert any("preview unavailable" in i.value for i in at.info)
 
 
 def test_stats_everyone_only_with_the_operator_role(env, settings):

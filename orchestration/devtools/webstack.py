@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from orchestration.devtools.processes import wait_for_port
-from orchestration.settings import Settings
+from orchestration.settings import Settings, web_server_options
 from orchestration.devtools.processes import die_with_parent
 
 CLIENT_ID = "imgpipe-web"
@@ -73,30 +73,19 @@ def start_oidc(settings: Settings, log_path: Path, *, on_start=None) -> subproce
     return proc
 
 
-def max_upload_mb(settings: Settings) -> int:
-    """Streamlit's ``server.maxUploadSize`` (MB per file) for IMGPIPE_MAX_FILE_BYTES, rounded up."""
-    return max(1, -(-settings.max_file_bytes // (1024 * 1024)))
-
-
 def app_path() -> Path:
     # Found, not imported: the developer tooling starts the web app as a process and depends on none of its code.
     return Path(importlib.util.find_spec("ui_streamlit").origin).parent / "app.py"
 
 
 def web_command(settings: Settings, secrets_file: Path) -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", str(app_path()), "--server.headless", "true",
-            "--server.address", "127.0.0.1", "--server.port", str(settings.web_port),
-            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-            # Streamlit refuses larger uploads itself (per file, in MB), before the page sees them, and
-            # whoever sends them (a session that has not signed in included).
-            "--server.maxUploadSize", str(max_upload_mb(settings)),
-            "--server.enableXsrfProtection", "true",
-            # No "magic" (bare expressions written to the page): it runs ast.parse on each page's source, and
-            # CPython 3.11's AST conversion is not thread-safe (python/cpython#106905: "SystemError: AST
-            # constructor recursion depth mismatch" when another thread parses at the same moment, e.g. a
-            # traceback being formatted). Plain compile() takes no such path. deploy/k8s/webapp.yaml agrees.
-            "--runner.magicEnabled", "false",
-            "--secrets.files", str(secrets_file)]
+    # The server options every launcher shares (orchestration.settings.web_server_options). Among them, no
+    # "magic" (bare expressions written to the page): it runs ast.parse on each page's source, and CPython
+    # 3.11's AST conversion is not thread-safe (python/cpython#106905: "SystemError: AST constructor recursion
+    # depth mismatch" when another thread parses at the same moment, e.g. a traceback being formatted).
+    options = {**web_server_options(settings), "server.address": "127.0.0.1", "server.port": str(settings.web_port),
+               "server.fileWatcherType": "none", "secrets.files": str(secrets_file)}
+    return [sys.executable, "-m", "streamlit", "run", str(app_path()), *(f"--{k}={v}" for k, v in options.items())]
 
 
 def start_web(settings: Settings, env: dict[str, str], secrets_file: Path, log_path: Path, *,

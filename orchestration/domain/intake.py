@@ -290,7 +290,8 @@ def upload_batch(
         services.lake.write(manifest_path(batch_id), body, content_type="application/json")
         services.metadata.upsert("batches", doc)
     except Exception as exc:  # a busy or unreachable store: the user is told, the CLI shows no traceback
-        raise IntakeError(f"could not record batch {batch_id} ({type(exc).__name__}: {exc}); nothing was queued "
+        raise IntakeError(f"could not record batch {batch_id}: the metadata store is busy or unreachable "
+                          f"({type(exc).__name__}); nothing was queued "
                           f"— try again") from exc
     try:
         result.sent = services.queue.send(body, message_id=batch_id, application_properties={"user_id": user_id})

@@ -5,7 +5,7 @@ import time
 
 import streamlit as st
 
-from ui_streamlit import data
+from ui_streamlit import data, guard
 from orchestration.domain import retention
 from orchestration.wiring import build_user_follower
 from ui_streamlit.session import current_is_operator, current_user, services
@@ -34,10 +34,17 @@ def _lake_bytes(path: str) -> bytes:
 
 
 def _owned_bytes(status: dict, path: str) -> bytes | None:
-    """A rendition's bytes, only if ``path`` is one of this batch's renditions. ``status`` came from
+    """A rendition's bytes, only if ``path`` is one of this batch's renditions (None when it is not, or when
+    the lake cannot give it now: the caller shows a placeholder). ``status`` came from
     ``data.batch_for_user`` for the signed-in user, so it is theirs: no further metadata reads."""
     allowed = {r["path"] for i in status["images"] for r in i["renditions"]}
-    return _lake_bytes(path) if path in allowed else None
+    if path not in allowed:
+        return None
+    try:
+        return _lake_bytes(path)
+    except Exception:  # noqa: BLE001 - missing (deleted meanwhile) or the lake is unreachable
+        guard.log.warning("rendition %s could not be read", path, exc_info=True)
+        return None
 
 
 def _gallery(status: dict) -> None:
@@ -50,8 +57,11 @@ def _gallery(status: dict) -> None:
         with cols[n % 4]:
             if img["outcome"] == "processed":
                 thumb = next((r for r in img["renditions"] if r["name"] == "thumb" and r["format"] == "JPEG"), None)
-                if thumb:
-                    st.image(_owned_bytes(status, thumb["path"]), caption=data.plain(img["name"]))
+                shown_bytes = _owned_bytes(status, thumb["path"]) if thumb else None
+                if shown_bytes:
+                    st.image(shown_bytes, caption=data.plain(img["name"]))
+                else:
+                    st.info(f"{data.plain(img['name'])}: preview unavailable", icon=":material/hide_image:")
                 with st.popover("Details and downloads"):
                     f = img.get("facts") or {}
                     st.caption(data.plain(f"{f.get('width')}×{f.get('height')} {f.get('format')} · pHash {f.get('phash')}"))
@@ -90,6 +100,11 @@ def _delete(batch_id: str) -> None:
     except retention.RetentionError as exc:
         st.session_state["results-flash"] = ("error", str(exc))
         return
+    except Exception:  # noqa: BLE001 - the store or the lake is busy: nothing changed that a retry would not redo
+        guard.log.warning("delete of %s failed", batch_id, exc_info=True)
+        st.session_state["results-flash"] = ("error", f"{batch_id} could not be deleted right now (the data store "
+                                                      "is busy or unreachable); try again in a moment.")
+        return
     _forget(batch_id)
     st.session_state["results-flash"] = ("success", f"Deleted {batch_id}. You can restore it until "
                                                     f"{doc['restorable_until'][:10]} under Recently deleted.")
@@ -100,6 +115,11 @@ def _restore(batch_id: str, owner: str | None) -> None:
         doc = retention.restore_batch(svc, batch_id, owner)
     except retention.RetentionError as exc:
         st.session_state["results-flash"] = ("error", str(exc))
+        return
+    except Exception:  # noqa: BLE001
+        guard.log.warning("restore of %s failed", batch_id, exc_info=True)
+        st.session_state["results-flash"] = ("error", f"{batch_id} could not be restored right now (the data store "
+                                                      "is busy or unreachable); try again in a moment.")
         return
     _forget(batch_id)
     st.session_state["results-flash"] = ("warning" if doc["missing"] else "success",
@@ -119,12 +139,18 @@ STALE_AFTER = 10.0
 
 @st.fragment(run_every=2)
 def live() -> None:
+    with guard.part("Your batches", key="live"):
+        _live()
+
+
+def _live() -> None:
     fresh = follower.poll()
     view = st.session_state.setdefault(f"results-view-{user}", {"ids": None, "statuses": {}, "read_at": 0.0})
     changed = {e.get("batch_id") for e in fresh}
     stale = bool(follower.error) and time.monotonic() - view["read_at"] >= STALE_AFTER
     if follower.error:
-        st.warning(follower.error + " — showing what is stored; refresh to retry.", icon=":material/cloud_off:")
+        guard.log.warning("live updates: %s", follower.error)  # the address and the exception: log only
+        st.warning(guard.live_updates_paused(), icon=":material/cloud_off:")
     elif fresh:
         st.toast(f"{len(fresh)} new result(s)")
     if selected:
@@ -177,11 +203,12 @@ def _deleted_list(docs: list[dict], *, for_operator: bool) -> None:
 
 
 # Read once per session (and after this session deletes or restores), not on every rerun.
-if f"deleted-{user}" not in st.session_state:
-    st.session_state[f"deleted-{user}"] = (
-        retention.recently_deleted(svc, user),
-        [d for d in retention.recently_deleted(svc, None) if d["user_id"] != user] if current_is_operator() else [])
-mine, everyone = st.session_state[f"deleted-{user}"]
+with guard.part("Recently deleted", key="deleted"):
+    if f"deleted-{user}" not in st.session_state:
+        st.session_state[f"deleted-{user}"] = (
+            retention.recently_deleted(svc, user),
+            [d for d in retention.recently_deleted(svc, None) if d["user_id"] != user] if current_is_operator() else [])
+mine, everyone = st.session_state.get(f"deleted-{user}", ([], []))
 with st.expander(f"Recently deleted ({len(mine)})"):
     if not mine:
         st.caption("Nothing deleted recently.")

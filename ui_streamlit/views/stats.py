@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui_streamlit import data
+from ui_streamlit import data, guard
 from ui_streamlit.session import current_is_operator, current_user, services
 
 svc = services()
@@ -15,7 +15,11 @@ def _frame(scope: str | None):
     return data.image_frame(svc, scope)
 
 
-frame = _frame(None if everyone else current_user())
+frame = None
+with guard.part("Statistics", key="stats"):
+    frame = _frame(None if everyone else current_user())
+if frame is None:
+    st.stop()
 if frame.empty:
     st.info("No processed images yet.")
     st.stop()

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from orchestration.domain.intake import IntakeError, upload_batch
-from ui_streamlit import data
+from ui_streamlit import data, guard
 from ui_streamlit.session import current_user, services
 
 svc = services()
@@ -45,6 +45,10 @@ if send:
         )
     except IntakeError as exc:
         st.error(data.plain(exc))
+    except Exception:  # noqa: BLE001 - a busy lake or store: said plainly, details in the log
+        guard.log.warning("upload failed", exc_info=True)
+        st.error("The upload could not be stored right now (the data store is busy or unreachable). Nothing was "
+                 "queued; try again in a moment.")
     else:
         bar.progress(1.0, text="Stored")
         st.session_state["selected_batch"] = result.batch_id
