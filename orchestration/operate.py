@@ -91,7 +91,7 @@ REPOSITORY = {"repositoryLocationName": "imgpipe", "repositoryName": "__reposito
 def graphql(settings: Settings, query: str, variables: dict, *, timeout: float = 60.0) -> dict:
     """One request to the Dagster webserver's GraphQL API (the interface the UI itself uses)."""
     try:
-        return webserver.graphql(dagster_ui_url(settings), query, variables, timeout=timeout)
+        return webserver.graphql(settings.dagster_api_url or dagster_ui_url(settings), query, variables, timeout=timeout)
     except webserver.WebserverError as exc:
         raise OperateError(str(exc)) from None
 

@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     dagster_ui_url: str = Field("http://127.0.0.1:3000", description="The Dagster webserver's address: run links in "
                                 "`imgpipe lineage`, backfills of `imgpipe reprocess` and the termination of a deleted "
                                 "batch's runs (its GraphQL API). `imgpipe dev` sets it to its own.")
+    dagster_api_url: str = Field("", description="Where processes reach the webserver's GraphQL API when not at "
+                                 "IMGPIPE_DAGSTER_UI_URL (on AKS: its in-cluster service; the UI's address is "
+                                 "behind sign-in). Empty: IMGPIPE_DAGSTER_UI_URL.")
 
     @field_validator("output_formats", mode="before")
     @classmethod

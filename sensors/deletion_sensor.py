@@ -70,7 +70,7 @@ def build_deletion_sensor(*, settings=None):
     )
     def deletion_sensor(context: SensorEvaluationContext, metadata: ResourceParam[MetadataStore],
                         lake: ResourceParam[Lake]):
-        counts = stop_deleted(context, metadata, lake, lambda ids: terminate_runs(settings.dagster_ui_url, ids))
+        counts = stop_deleted(context, metadata, lake, lambda ids: terminate_runs(settings.dagster_api_url or settings.dagster_ui_url, ids))
         return SkipReason(", ".join(f"{v} {k}" for k, v in counts.items()))
 
     return deletion_sensor
