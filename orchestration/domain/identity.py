@@ -7,8 +7,10 @@ The user id
 inside the id alphabet of ``USER_ID_PATTERN``). The keys are the provider's stable, non-reassignable
 identifiers of the account:
 
-- Microsoft Entra ID (the token carries ``tid`` and ``oid``): ``entra:<tenant id>`` and the object id
-  ``oid``, which is the same for the person across applications (Entra's ``sub`` is per application);
+- Microsoft Entra ID (the token carries ``tid`` and ``oid`` and its issuer is Entra's own for that
+  ``tid``): ``entra:<tenant id>`` and the object id ``oid``, which is the same for the person across
+  applications (Entra's ``sub`` is per application). From any other issuer, tid/oid are claims like any
+  other and are ignored: a second accepted provider could otherwise mint an Entra user's id;
 - any other OpenID Connect provider: the issuer URL ``iss`` and ``sub``.
 
 Two different accounts get two different ids (a collision would need a SHA-256 collision in 160 bits);
@@ -66,6 +68,15 @@ def _has_role(claims: Mapping[str, Any], claim: str, role: str) -> bool:
     return bool(role) and any(isinstance(v, str) and v == role for v in values)
 
 
+_ENTRA_ISSUERS = ("https://login.microsoftonline.com/{tid}/v2.0", "https://sts.windows.net/{tid}")
+
+
+def _is_entra_issuer_of(iss: str, tid: str) -> bool:
+    """Whether ``iss`` is Microsoft Entra ID's issuer for tenant ``tid`` (v2.0 or v1 tokens). Only then do
+    ``tid``/``oid`` name the account: any other issuer may put an Entra user's tid and oid in its tokens."""
+    return any(iss.lower() == pattern.format(tid=tid).lower() for pattern in _ENTRA_ISSUERS)
+
+
 def identify(claims: Mapping[str, Any], *, issuers: Iterable[str], operator_claim: str = "roles",
              operator_role: str = "imgpipe.operator") -> Identity:
     """The identity in an OIDC ID token's claims (as ``st.user`` holds them)."""
@@ -76,7 +87,7 @@ def identify(claims: Mapping[str, Any], *, issuers: Iterable[str], operator_clai
     if not iss or iss not in accepted:
         raise IdentityRefused("accounts from this identity provider are not accepted here")
     tid, oid = str(claims.get("tid") or ""), str(claims.get("oid") or "")
-    if tid and oid:
+    if tid and oid and _is_entra_issuer_of(iss, tid):
         uid = opaque_user_id(f"entra:{tid.lower()}", oid.lower())
     else:
         sub = str(claims.get("sub") or "")
