@@ -137,25 +137,4 @@ def test_local_state_is_owner_only(tmp_path):
         assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
 
 
-def test_web_app_bounds_every_upload_at_the_file_limit(tmp_path):
-    from orchestration.devtools.webstack import max_upload_mb, web_command
-
-    s = load_dev_settings(data_dir=tmp_path, max_file_bytes=3 * 1024 * 1024 + 1)
-    assert max_upload_mb(s) == 4
-    cmd = web_command(s, tmp_path / "secrets.toml")
-    assert cmd[cmd.index("--server.maxUploadSize") + 1] == "4"
-
-
-def test_both_web_app_launchers_run_it_without_streamlit_magic(tmp_path):
-    """`imgpipe dev` and the AKS Deployment both switch magic off (it calls ast.parse on every page compile,
-    which CPython 3.11 does not make thread-safe: python/cpython#106905)."""
-    import yaml
-
-    from orchestration.devtools.webstack import web_command
-
-    cmd = web_command(load_dev_settings(data_dir=tmp_path), tmp_path / "secrets.toml")
-    assert cmd[cmd.index("--runner.magicEnabled") + 1] == "false"
-    deployment = next(d for d in yaml.safe_load_all((Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "webapp.yaml").read_text())
-                      if d["kind"] == "Deployment")
-    (web,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert "--runner.magicEnabled=false" in web["args"]
+# The web app's upload limit and its other server options, in every launcher: tests/test_web_limits.py.

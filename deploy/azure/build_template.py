@@ -292,8 +292,12 @@ def cosmos_containers() -> list[dict]:
     for name, key in PARTITION_KEYS.items():
         # Indexed: the fields the adapter filters and sorts on (equality filters, ORDER BY created_at);
         # everything else is not indexed, which keeps writes cheap.
-        paths = {"batches": ["/user_id/?", "/batch_id/?", "/status/?", "/created_at/?"],
-                 "images": ["/batch_id/?", "/user_id/?", "/outcome/?", "/processed_day/?", "/image_id/?"]}[name]
+        # (The sensors' filters: cleanup_pending, the deletion sensor; events_pending, the events sensor. Quotas
+        # are only read by id.)
+        paths = {"batches": ["/user_id/?", "/batch_id/?", "/status/?", "/created_at/?", "/cleanup_pending/?",
+                             "/events_pending/?"],
+                 "images": ["/batch_id/?", "/user_id/?", "/outcome/?", "/processed_day/?", "/image_id/?"],
+                 "quotas": ["/user_id/?"]}[name]
         containers.append({
             "type": "Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers", "apiVersion": API["cosmos"],
             "name": f"[format('{{0}}/imgpipe/{name}', variables('cosmos'))]",

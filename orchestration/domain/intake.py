@@ -11,9 +11,9 @@ the user sees every file of the batch in its status — nothing a user sent disa
 are not kept: the name, size, sha256, sniffed type and reason are all a user needs to see why (and the
 file is still theirs).
 
-Per-user limits (``IMGPIPE_MAX_BATCHES_IN_FLIGHT``, ``IMGPIPE_MAX_BYTES_PER_DAY``) are checked before
-anything is written, for the web app and the CLI alike; a user over a limit gets ``QuotaExceeded`` naming
-it, and nothing of theirs is stored or lost.
+Per-user limits (``IMGPIPE_MAX_BATCHES_IN_FLIGHT``, ``IMGPIPE_MAX_BYTES_PER_DAY``) are checked and taken
+in one atomic step (``orchestration.domain.quota``) before anything is written, for the web app and the
+CLI alike; a user over a limit gets ``QuotaExceeded`` naming it, and nothing of theirs is stored or lost.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from assets.core.sniff import SUPPORTED_IMAGE_TYPES, sniff_type
+from orchestration.domain import quota
 from orchestration.domain.batches import set_batch
 from orchestration.domain.manifest import (
     META_KEY_PATTERN,
@@ -48,30 +49,6 @@ class IntakeError(ValueError):
 
 class QuotaExceeded(IntakeError):
     """The user is over one of the per-user limits; the message names it and when it frees up."""
-
-
-IN_FLIGHT = ("received", "processing")
-
-
-def check_quota(services: Services, user_id: str, offered_bytes: int, *, now: datetime | None = None) -> None:
-    """Raise ``QuotaExceeded`` when this batch would take the user over a per-user limit."""
-    s = services.settings
-    in_flight = sum(
-        1 for status in IN_FLIGHT
-        for _ in services.metadata.query("batches", {"user_id": user_id, "status": status}, partition_key=user_id))
-    if in_flight >= s.max_batches_in_flight:
-        raise QuotaExceeded(f"you have {in_flight} batches waiting or processing; the limit is "
-                            f"{s.max_batches_in_flight} (IMGPIPE_MAX_BATCHES_IN_FLIGHT) — upload again once some finish")
-    day = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
-    used = 0
-    for doc in services.metadata.query("batches", partition_key=user_id, order_by="created_at", descending=True):
-        if str(doc.get("created_at", ""))[:10] < day:
-            break
-        used += int(doc.get("bytes") or 0)
-    if used + offered_bytes > s.max_bytes_per_day:
-        raise QuotaExceeded(f"this batch ({offered_bytes:,} bytes) would take you to {used + offered_bytes:,} bytes "
-                            f"today; the limit is {s.max_bytes_per_day:,} bytes per day (IMGPIPE_MAX_BYTES_PER_DAY, "
-                            f"UTC) — upload again tomorrow or in smaller batches")
 
 
 @dataclass(frozen=True)
@@ -237,9 +214,26 @@ def upload_batch(
     if len(items) > settings.max_files_per_batch:
         raise IntakeError(f"{len(items)} files; a batch holds at most {settings.max_files_per_batch}")
     offered = sum(item.size for item in items if item.size <= settings.max_file_bytes)
-    check_quota(services, user_id, offered)
-
     batch_id = new_batch_id()
+    try:  # checked and taken in one step (orchestration/domain/quota.py): concurrent uploads cannot pass it
+        quota.reserve(services, user_id, batch_id, offered)
+    except quota.QuotaExceeded as exc:
+        raise QuotaExceeded(str(exc)) from None
+    try:
+        return _store_batch(services, items, batch_id, user_id, meta, progress)
+    except BaseException:
+        try:
+            if services.metadata.read("batches", batch_id, user_id) is None:  # never recorded: give it back
+                quota.release(services, user_id, batch_id)
+        except Exception:  # noqa: BLE001 - the store is away: the reservation lapses after quota.ORPHAN_AFTER
+            pass
+        raise
+
+
+def _store_batch(services: Services, items: list, batch_id: str, user_id: str, meta: dict,
+                 progress: Callable[[int, int, str], None] | None) -> UploadResult:
+    settings = services.settings
+    offered = sum(item.size for item in items if item.size <= settings.max_file_bytes)
     result = UploadResult(batch_id=batch_id)
     stored = 0
     entries: list[ManifestImage] = []

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, runtime_checkable
 # Container name -> the document field it is partitioned by.
 #  batches: by user, so "a user's batches" is a single-partition query (the web app's main view).
 #  images:  by batch, so "a batch's images" (status, result page) is a single-partition query.
-PARTITION_KEYS: dict[str, str] = {"batches": "user_id", "images": "batch_id"}
+#  quotas:  by user, one document per user (what their uploads have reserved; orchestration/domain/quota.py).
+PARTITION_KEYS: dict[str, str] = {"batches": "user_id", "images": "batch_id", "quotas": "user_id"}
 
 
 class MetadataError(Exception):

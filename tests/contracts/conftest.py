@@ -80,9 +80,6 @@ def lake(request, tmp_path, clock):
 # xfail(strict=True) for that backend: product code does not paper over a server bug, and if the
 # server gets fixed the strict xfail fails and tells us to drop the entry.
 SERVER_GAPS = {
-    ("cosmosdb-server", "test_read_missing_returns_none_not_a_crash"):
-        "cosmosdb-server answers a point read of a missing item with HTTP 500 (TypeError in "
-        "lib/handler/read-document.js) instead of 404; real Cosmos DB returns 404 -> None",
     ("cosmosdb-server", "test_a_document_with_a_ttl_expires_after_its_last_write"):
         "cosmosdb-server does not implement time to live (items with an expired ttl are still returned); "
         "Cosmos DB deletes them (documented per-item TTL with the container's default TTL -1)",
