@@ -127,11 +127,17 @@ def cmd_dev(args) -> int:
     from orchestration.settings import ConfigurationError
 
     overrides = {"profile": args.profile} if args.profile else {}
+    from orchestration.devtools.emulators import ToolsMissing
+    from orchestration.devtools.processes import StartupFailed
+
     try:
         return run_dev(_settings(DevSettings, **overrides), sample=not args.no_sample, exit_after_sample=args.exit_after_sample)
     except ConfigurationError as exc:
         print(f"imgpipe dev: {exc}", file=sys.stderr)
         return 2
+    except (StartupFailed, ToolsMissing) as exc:  # a part of the stack did not start: its reason, no traceback
+        print(f"imgpipe dev: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_dead_letters(args) -> int:

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from orchestration.devtools.processes import die_with_parent, port_in_use, port_owner, stop_process, wait_for_port
+from orchestration.devtools.processes import die_with_parent, port_in_use, port_owner, wait_started
 
 
 def tansu_binary() -> Path:
@@ -39,9 +39,5 @@ def start_broker(port: int, *, log_path: Path | None = None, on_start=None) -> s
     )
     if on_start:
         on_start(proc)
-    try:
-        wait_for_port("127.0.0.1", port)
-    except TimeoutError:
-        stop_process(proc)
-        raise
+    wait_started(proc, "the Kafka broker (Tansu)", [port], 15, log_path)
     return proc

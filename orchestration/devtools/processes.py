@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from typing import Callable
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -58,6 +59,40 @@ def wait_for_port(host: str, port: int, timeout_seconds: float = 15.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_seconds:.0f} s")
+
+
+class StartupFailed(RuntimeError):
+    """A child of the stack did not start; the message says which, why, and ends with its own log."""
+
+
+def log_tail(log_path: Path | None, lines: int = 15) -> str:
+    if log_path is None:
+        return "(no log)"
+    try:
+        text = Path(log_path).read_bytes()[-20_000:].decode("utf-8", "replace")
+    except OSError:
+        return f"(no log at {log_path})"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (its log is empty)"
+
+
+def wait_started(proc: subprocess.Popen, name: str, ports: list[int], timeout_seconds: float,
+                 log_path: Path | None = None) -> None:
+    """Until ``proc`` listens on every port of 127.0.0.1. If it exits first, stop waiting at once: raise
+    ``StartupFailed`` with the end of its own log (its reason), not a timeout 30 s later."""
+    deadline = time.monotonic() + timeout_seconds
+    waiting = list(ports)
+    while waiting:
+        if proc.poll() is not None:
+            raise StartupFailed(f"{name} exited with code {proc.returncode} while starting. The end of its log "
+                                f"({log_path}):\n{log_tail(log_path)}")
+        if port_in_use("127.0.0.1", waiting[0]):
+            waiting.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise StartupFailed(f"{name} did not listen on 127.0.0.1:{waiting[0]} within {timeout_seconds:.0f} s. "
+                                f"The end of its log ({log_path}):\n{log_tail(log_path)}")
+        time.sleep(0.1)
 
 
 def port_in_use(host: str, port: int) -> bool:

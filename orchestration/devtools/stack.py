@@ -30,7 +30,7 @@ from orchestration.devtools import dagster_tuning, kafka_broker, processes, webs
 from orchestration.devtools.banner import follow_batch, log, print_ready
 from orchestration.devtools.dagster_home import RunWatchdog, fail_orphaned_runs, prepare_dagster_home
 from orchestration.devtools.dev_settings import DevSettings
-from orchestration.devtools.processes import die_with_parent
+from orchestration.devtools.processes import StartupFailed, die_with_parent, log_tail
 from orchestration.devtools.sample import make_sample_batch
 from orchestration.devtools.supervisor import Child, Supervisor, stop_signals
 from orchestration.domain.identity import opaque_user_id
@@ -91,7 +91,8 @@ def _wait_http(url: str, timeout_seconds: float, proc: subprocess.Popen, log_fil
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the Dagster webserver exited with code {proc.returncode}; see {log_file}")
+            raise StartupFailed(f"the Dagster webserver exited with code {proc.returncode} while starting. The end of "
+                                f"its log ({log_file}):\n{log_tail(log_file)}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
@@ -99,7 +100,8 @@ def _wait_http(url: str, timeout_seconds: float, proc: subprocess.Popen, log_fil
         except OSError:
             pass
         time.sleep(0.25)
-    raise TimeoutError(f"{url} not ready after {timeout_seconds:.0f} s; see {log_file}")
+    raise StartupFailed(f"{url} not ready after {timeout_seconds:.0f} s. The end of its log ({log_file}):\n"
+                        f"{log_tail(log_file)}")
 
 
 def write_workspace(home: Path, code_port: int) -> Path:
@@ -136,11 +138,13 @@ def start_code_server(port: int, env: dict[str, str], log_path: Path, *, on_star
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the code server exited with code {proc.returncode}; see {log_path}")
+            raise StartupFailed(f"the code server exited with code {proc.returncode} while starting. The end of its "
+                                f"log ({log_path}):\n{log_tail(log_path)}")
         if code_server_serving(port):
             return proc
         time.sleep(0.3)
-    raise RuntimeError(f"the code server did not answer within {timeout_seconds:.0f} s; see {log_path}")
+    raise StartupFailed(f"the code server did not answer within {timeout_seconds:.0f} s. The end of its log "
+                        f"({log_path}):\n{log_tail(log_path)}")
 
 
 def stop_dagster(proc: subprocess.Popen, timeout_seconds: float = 30.0) -> None:

@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from orchestration.devtools.processes import wait_for_port
+from orchestration.devtools.processes import StartupFailed, log_tail, wait_started
 from orchestration.settings import Settings, web_server_options
 from orchestration.devtools.processes import die_with_parent
 
@@ -69,7 +69,7 @@ def start_oidc(settings: Settings, log_path: Path, *, on_start=None) -> subproce
                             preexec_fn=die_with_parent())
     if on_start:
         on_start(proc)
-    wait_for_port("127.0.0.1", settings.oidc_port, 30)
+    wait_started(proc, "the local sign-in provider", [settings.oidc_port], 30, log_path)
     return proc
 
 
@@ -100,12 +100,14 @@ def start_web(settings: Settings, env: dict[str, str], secrets_file: Path, log_p
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the web app exited with code {proc.returncode}; see {log_path}")
+            raise StartupFailed(f"the web app exited with code {proc.returncode} while starting. The end of its log "
+                                f"({log_path}):\n{log_tail(log_path)}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/_stcore/health", timeout=1) as r:
                 if r.status == 200:
                     return proc
         except OSError:
             time.sleep(0.2)
-    raise TimeoutError(f"the web app did not answer on port {settings.web_port}; see {log_path}")
+    raise StartupFailed(f"the web app did not answer on port {settings.web_port}. The end of its log ({log_path}):\n"
+                        f"{log_tail(log_path)}")
 

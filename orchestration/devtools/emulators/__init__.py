@@ -4,18 +4,20 @@ Azurite (Blob + Queue) and @vercel/cosmosdb-server (Cosmos DB), both from the np
 ``ensure_tools`` installs them (once) into a tools folder; ``start_azurite`` / ``start_cosmos`` start
 them on 127.0.0.1 and return the Popen, to be stopped by PID with ``processes.stop_process``.
 What they cannot do (measured here; the contract suites skip or xfail those cases by name): Azurite has no ADLS Gen2 (DFS) endpoint and no
-blob soft delete; cosmosdb-server answers a point read of a missing item with HTTP 500 and does not
-support DISTINCT VALUE, GROUP BY or transactional batches.
+blob soft delete; cosmosdb-server does not support DISTINCT VALUE, GROUP BY or transactional batches, nor time
+to live (its HTTP 500 on a point read of a missing item is put right in cosmos_server.js).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
-from orchestration.devtools.processes import die_with_parent, stop_process, wait_for_port
+from orchestration.devtools.processes import die_with_parent, wait_started
 
 AZURITE = "azurite@3.35.0"
 COSMOSDB_SERVER = "@vercel/cosmosdb-server@1.0.1"
@@ -32,23 +34,65 @@ class ToolsMissing(RuntimeError):
     pass
 
 
+# Written last, after npm finished and the install was checked: its presence means a complete install.
+STAMP = "imgpipe-tools.json"
+
+
+def _stamp() -> dict:
+    return {"packages": [AZURITE, COSMOSDB_SERVER]}
+
+
 def tools_installed(tools_dir: Path) -> bool:
-    return (tools_dir / "node_modules" / ".bin" / "azurite").exists() and (
-        tools_dir / "node_modules" / "@vercel" / "cosmosdb-server" / "package.json"
-    ).exists()
+    """A complete install of exactly these versions (an interrupted one never has the stamp)."""
+    try:
+        return json.loads((tools_dir / STAMP).read_text()) == _stamp()
+    except (OSError, ValueError):
+        return False
+
+
+def _check_install(folder: Path) -> None:
+    """Both packages and every dependency they declare are on disk (what a half-finished npm install lacks:
+    an interrupted first start once left Azurite without 'moment')."""
+    modules = folder / "node_modules"
+    for package in ("azurite", "@vercel/cosmosdb-server"):
+        try:
+            declared = json.loads((modules / package / "package.json").read_text()).get("dependencies") or {}
+        except (OSError, ValueError):
+            raise ToolsMissing(f"the npm install in {folder} is incomplete: {package} is missing") from None
+        for dep in declared:
+            if not any((base / dep / "package.json").is_file() for base in (modules / package / "node_modules", modules)):
+                raise ToolsMissing(f"the npm install in {folder} is incomplete: {package} needs {dep!r}")
 
 
 def ensure_tools(tools_dir: Path, *, log=print) -> Path:
-    """Install Azurite and cosmosdb-server with npm into ``tools_dir`` unless already there."""
+    """Install Azurite and cosmosdb-server with npm into ``tools_dir`` unless a complete install is there.
+
+    npm installs into a fresh folder beside it; only a finished and checked install is moved into place
+    (one rename), so an interrupted install (Ctrl-C, a lost network) leaves nothing half-done behind and
+    the next start installs again. An older install without the stamp is replaced the same way."""
     if tools_installed(tools_dir):
         return tools_dir
     npm = shutil.which("npm")
     if not npm or not shutil.which("node"):
         raise ToolsMissing("the emulated profile needs Node.js and npm on PATH (for Azurite and cosmosdb-server)")
-    tools_dir.mkdir(parents=True, exist_ok=True)
-    log(f"installing {AZURITE} and {COSMOSDB_SERVER} into {tools_dir} (once, ~30 s) ...")
-    subprocess.run([npm, "install", "--prefix", str(tools_dir), "--no-audit", "--no-fund", "--silent", AZURITE, COSMOSDB_SERVER],
-                   check=True, stdout=subprocess.DEVNULL)
+    tools_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{tools_dir.name}.partial-", dir=tools_dir.parent))
+    try:
+        log(f"installing {AZURITE} and {COSMOSDB_SERVER} into {tools_dir} (once, ~30 s) ...")
+        done = subprocess.run([npm, "install", "--prefix", str(partial), "--no-audit", "--no-fund", "--silent",
+                               AZURITE, COSMOSDB_SERVER], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise ToolsMissing(f"npm could not install {AZURITE} and {COSMOSDB_SERVER}: "
+                               f"{(done.stderr.strip().splitlines() or ['(no message)'])[-1]}")
+        _check_install(partial)
+        (partial / STAMP).write_text(json.dumps(_stamp()))
+        old = tools_dir.with_name(f".{tools_dir.name}.old-{os.getpid()}")
+        if tools_dir.exists():
+            os.replace(tools_dir, old)
+        os.replace(partial, tools_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return tools_dir
 
 
@@ -72,12 +116,7 @@ def start_azurite(tools_dir: Path, blob_port: int, queue_port: int, *, log_path:
     )
     if on_start:
         on_start(proc)
-    try:
-        wait_for_port("127.0.0.1", blob_port, 30)
-        wait_for_port("127.0.0.1", queue_port, 30)
-    except TimeoutError:
-        stop_process(proc)
-        raise
+    wait_started(proc, "Azurite", [blob_port, queue_port], 30, log_path)
     return proc
 
 
@@ -89,9 +128,5 @@ def start_cosmos(tools_dir: Path, port: int, *, log_path: Path | None = None, on
                             preexec_fn=die_with_parent())
     if on_start:
         on_start(proc)
-    try:
-        wait_for_port("127.0.0.1", port, 30)
-    except TimeoutError:
-        stop_process(proc)
-        raise
+    wait_started(proc, "cosmosdb-server", [port], 30, log_path)
     return proc
