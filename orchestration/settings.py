@@ -159,6 +159,9 @@ class Settings(BaseSettings):
                                 "roles).")
     operator_role: str = Field("imgpipe.operator", min_length=1, description="Role that makes an operator (sees "
                                "everyone's statistics).")
+    operator_recheck_minutes: float = Field(15.0, gt=0, description="The operator role counts only this long after "
+                                            "sign-in; then the person signs in again, so a role removed at the "
+                                            "provider stops working within this time.")
 
     # Per-user limits, checked at intake (web app and CLI alike)
     max_batches_in_flight: int = Field(20, ge=1, description="A user's batches received or processing at once.")

@@ -35,3 +35,13 @@ def test_another_accepted_issuer_cannot_claim_an_entra_users_tid_and_oid():
 def test_a_token_from_an_issuer_not_configured_is_refused():
     with pytest.raises(IdentityRefused):
         identify({"iss": OTHER, "sub": "s"}, issuers=[ENTRA])
+
+
+def test_the_operator_role_counts_only_in_a_recent_token():
+    claims = {"iss": ENTRA, "sub": "s", "tid": TID, "oid": OID, "roles": ["imgpipe.operator"], "iat": 1_000_000}
+    fresh = identify(claims, issuers=[ENTRA], operator_max_age_seconds=900, now=1_000_000 + 899)
+    assert fresh.operator and not fresh.operator_lapsed
+    stale = identify(claims, issuers=[ENTRA], operator_max_age_seconds=900, now=1_000_000 + 901)
+    assert not stale.operator and stale.operator_lapsed and stale.user_id == fresh.user_id
+    undated = identify({k: v for k, v in claims.items() if k != "iat"}, issuers=[ENTRA], operator_max_age_seconds=900)
+    assert not undated.operator

@@ -68,7 +68,7 @@ def env(monkeypatch, settings):
 def _app(who: dict | None, page: str | None = None, **query) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=30)
     if who:
-        at.user = {"is_logged_in": True, **who}
+        at.user = {"is_logged_in": True, "iat": int(time.time()), **who}  # signed in just now, unless said
     for k, v in query.items():
         at.query_params[k] = v
     at.run()
@@ -254,6 +254,17 @@ def test_a_missing_rendition_shows_a_placeholder(env, settings):
     at = _app(ALICE_PLUS, "views/results.py")
     assert not at.exception
     assert any("preview unavailable" in i.value for i in at.info)
+
+
+def test_the_operator_role_lapses_until_the_person_signs_in_again(env, settings):
+    """A token issued more than IMGPIPE_OPERATOR_RECHECK_MINUTES ago no longer makes an operator (the role may
+    have been removed at the provider since): statistics of their own only, and a note to sign in again."""
+    upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS))
+    stale = _app({**OPS, "iat": int(time.time()) - 16 * 60}, "views/stats.py")
+    assert not stale.exception and "all users" not in stale.title[0].value
+    assert any("Sign out and in again" in i.value for i in stale.sidebar.info)
+    fresh = _app(OPS, "views/stats.py")
+    assert "all users" in fresh.title[0].value
 
 
 def test_stats_everyone_only_with_the_operator_role(env, settings):

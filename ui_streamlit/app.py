@@ -16,11 +16,15 @@ if not st.user.get("is_logged_in", False):
     st.stop()
 
 from ui_streamlit.data import plain  # noqa: E402
-from ui_streamlit.session import identity  # noqa: E402
+from ui_streamlit.session import identity, settings  # noqa: E402
 
 me = identity()  # stops here, with the reason, for a token from a provider that is not accepted
 with st.sidebar:
     st.caption(f"Signed in as **{plain(me.display)}**" + (" · operator" if me.operator else ""))
+    if me.operator_lapsed:
+        st.info("Operator access is confirmed with the identity provider at each sign-in and lasts "
+                f"{settings().operator_recheck_minutes:g} minutes. Sign out and in again to use it.",
+                icon=":material/admin_panel_settings:")
     st.button("Sign out", on_click=st.logout)
 
 page = st.navigation(

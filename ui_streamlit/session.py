@@ -28,7 +28,8 @@ def identity() -> Identity:
     s = settings()
     try:
         return identify(dict(st.user.to_dict()) if hasattr(st.user, "to_dict") else dict(st.user),
-                        issuers=s.oidc_issuers, operator_claim=s.operator_claim, operator_role=s.operator_role)
+                        issuers=s.oidc_issuers, operator_claim=s.operator_claim, operator_role=s.operator_role,
+                        operator_max_age_seconds=s.operator_recheck_minutes * 60)
     except IdentityRefused as exc:
         st.error(f"You are signed in, but {exc}.", icon=":material/lock:")
         st.button("Sign out", on_click=st.logout, key="refused-sign-out")

@@ -21,7 +21,9 @@ guest. Only tokens from configured issuers are accepted (``IMGPIPE_OIDC_ISSUERS`
 Operators
 ---------
 A role claim, never an address: the token's ``IMGPIPE_OPERATOR_CLAIM`` (default ``roles``, where Entra ID
-puts app roles) must contain ``IMGPIPE_OPERATOR_ROLE`` (default ``imgpipe.operator``).
+puts app roles) must contain ``IMGPIPE_OPERATOR_ROLE`` (default ``imgpipe.operator``), in a token issued
+less than ``IMGPIPE_OPERATOR_RECHECK_MINUTES`` (15) ago: the role is re-checked at the provider by a new
+sign-in at least that often, so one removed there stops working within that time.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -44,6 +47,7 @@ class Identity:
     user_id: str     # opaque, stable, collision-free: the only thing used for authorisation
     display: str     # for display only (e-mail or name); grants nothing
     operator: bool
+    operator_lapsed: bool = False  # the token carries the role, but was issued too long ago to count
 
 
 def _norm_issuer(value: str) -> str:
@@ -78,8 +82,14 @@ def _is_entra_issuer_of(iss: str, tid: str) -> bool:
 
 
 def identify(claims: Mapping[str, Any], *, issuers: Iterable[str], operator_claim: str = "roles",
-             operator_role: str = "imgpipe.operator") -> Identity:
-    """The identity in an OIDC ID token's claims (as ``st.user`` holds them)."""
+             operator_role: str = "imgpipe.operator", operator_max_age_seconds: float | None = None,
+             now: float | None = None) -> Identity:
+    """The identity in an OIDC ID token's claims (as ``st.user`` holds them).
+
+    ``operator_max_age_seconds``: the role counts only while the token is that young (its ``iat``, issued
+    at). The web app's sign-in lasts 30 days (Streamlit's cookie) and keeps the token of the sign-in, so
+    without this a role removed at the provider would work until sign-out; with it, an operator signs in
+    again every so often and the provider says again whether the role is still theirs."""
     accepted = {_norm_issuer(i) for i in issuers if i.strip()}
     iss = _norm_issuer(str(claims.get("iss") or ""))
     if not accepted:
@@ -95,4 +105,10 @@ def identify(claims: Mapping[str, Any], *, issuers: Iterable[str], operator_clai
             raise IdentityRefused("the identity provider sent no subject (sub) for this account")
         uid = opaque_user_id(iss, sub)
     display = str(claims.get("email") or claims.get("preferred_username") or claims.get("name") or uid)
-    return Identity(uid, display[:200], _has_role(claims, operator_claim, operator_role))
+    operator = _has_role(claims, operator_claim, operator_role)
+    lapsed = False
+    if operator and operator_max_age_seconds is not None:
+        issued = claims.get("iat")
+        age = (time.time() if now is None else now) - issued if isinstance(issued, (int, float)) else None
+        lapsed = age is None or age > operator_max_age_seconds or age < -300  # (no iat, or from the future)
+    return Identity(uid, display[:200], operator and not lapsed, operator and lapsed)
