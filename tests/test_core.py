@@ -157,6 +157,23 @@ def test_decompression_bomb_header_is_rejected():
     assert err.value.code in {"bad_dimensions", "too_many_pixels", "decompression_bomb"}
 
 
+def test_a_pixel_flood_names_our_limit_not_pillows():
+    """Far over the limit, Pillow's own bomb guard (at twice our limit) fires before our check: the refusal
+    still names our limit (IMGPIPE_MAX_PIXELS), not Pillow's internal number."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5000, 5000, 8, 0, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageRejected) as err:
+        process_image(png, CoreConfig(limits=Limits(max_pixels=1_000_000)))
+    assert err.value.code == "too_many_pixels"
+    assert err.value.message == "25.0 MP exceeds 1 MP", err.value.message
+
+
 @pytest.mark.parametrize(
     "data,code",
     [

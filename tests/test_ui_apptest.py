@@ -125,6 +125,23 @@ def test_upload_shows_per_file_reasons_and_sends_through_intake(env):
     assert env.queue.active_message_count() == 1
 
 
+def test_after_an_upload_the_results_page_still_shows_every_batch(env):
+    """An upload opens its batch first on the Results page; it does not narrow the page to that batch for the
+    rest of the session."""
+    earlier = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS),
+                           metadata={"title": "Earlier"}).batch_id
+    at = _app(ALICE_PLUS, "views/results.py")
+    assert any("Earlier" in e.label for e in at.expander)
+    at.switch_page("views/upload.py").run()
+    at.file_uploader(key="files").set_value([("new.jpg", JPEG, "image/jpeg")]).run()
+    at.text_input[0].input("Newest")
+    _button(at, "Upload").click().run()
+    assert at.success
+    at.switch_page("views/results.py").run()
+    labels = [e.label for e in at.expander if not e.label.startswith("Recently deleted")]
+    assert len(labels) == 2 and "Newest" in labels[0] and "Earlier" in labels[1], (labels, earlier)
+
+
 def test_bad_metadata_is_reported_not_sent(env):
     at = _app(ALICE_PLUS)
     at.file_uploader(key="files").set_value([("good.jpg", JPEG, "image/jpeg")]).run()
@@ -297,6 +314,18 @@ def test_user_text_is_shown_as_text(env, settings):
     assert not unescaped.search(label)
     assert "\\[click me\\]\\(https" in label and "\\<img" in label  # escaped: shown as typed
     assert any("evil" in e.value for e in at.error) and not any(unescaped.search(e.value) for e in at.error)
+
+
+def test_plain_leaves_no_icon_code_no_autolink_and_no_markup_for_markdown_to_find():
+    """Streamlit makes icons of ":material/…:" and ":emoji:" codes, and GFM links bare e-mail addresses and
+    URLs, after backslash escapes are resolved; plain() breaks each pattern with an invisible word joiner, so
+    the text shows as typed (the browser test checks the rendered page)."""
+    shown = data.plain("ask ann@example.com :material/home: :smile: www.evil.example **b** <i>x</i>\nline")
+    resolved = re.sub(r"\\(.)", r"\1", shown)  # what Markdown makes of the escapes
+    assert "ann@example.com" not in resolved and "ann@\u2060example.com" in resolved
+    assert ":material/home:" not in resolved and ":smile:" not in resolved and "www." not in resolved
+    assert resolved.replace("\u2060", "") == "ask ann@example.com :material/home: :smile: www.evil.example **b** <i>x</i> line"
+    assert "\n" not in shown
 
 
 def test_a_batch_id_from_the_url_is_checked_before_any_read(env, monkeypatch):

@@ -84,7 +84,7 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files([str(good1), str(good2), str(bad)])
     page.get_by_role("button", name="Remove readme.jpg").wait_for()
     page.get_by_text(re.compile(r"readme\.jpg: not a supported image.*text/plain")).wait_for()
-    page.get_by_label("Title").fill("Weekend [click](https://evil.example)")
+    page.get_by_label("Title").fill("Weekend [click](https://evil.example) :material/home: me@evil.example")
     _shot(page, stack, "02-file-checks")
     page.get_by_role("button", name="Upload", exact=True).click()
     success = page.get_by_test_id("stAlertContentSuccess")
@@ -102,7 +102,12 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     page.get_by_text(re.compile(r"1600×1200 JPEG · pHash")).first.wait_for()
     links = page.locator("a[href*='evil.example']")
     assert links.count() == 0, [links.nth(i).evaluate("e => e.parentElement.outerHTML") for i in range(links.count())]  # the title's Markdown link is shown as text
-    page.get_by_text(re.compile(r"Weekend \[click\]\(https\u2060?://evil\.example\)")).first.wait_for()  # as typed
+    page.get_by_text(re.compile(r"Weekend \[click\]\(https\u2060?:\u2060?//evil\.example\)")).first.wait_for()  # as typed
+    # No icon and no mailto: link made of the title: its icon code and address show as typed.
+    assert page.locator("a[href^='mailto:']").count() == 0
+    icons = page.locator("[data-testid=stIconMaterial]").all_inner_texts()
+    assert "home" not in icons, icons
+    page.get_by_text(re.compile(r":\u2060?material/home:\u2060? me@\u2060?evil\.example")).first.wait_for()
     _shot(page, stack, "05-gallery-details")
 
     page.get_by_role("link", name="Stats").click()

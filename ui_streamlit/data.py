@@ -30,11 +30,19 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$])")
 _AUTOLINK = re.compile(r"(?i)(https?|ftp|mailto|www)(?=[:.])")
 
 
+# Streamlit turns ":material/name:" and ":emoji:" codes into icons, and GitHub-flavoured Markdown turns
+# "name@host.tld" into a mailto: link, *after* backslash escapes are resolved: an escaped colon or at sign
+# still forms them. A word joiner (U+2060, invisible) after every ':' and '@' breaks both patterns.
+_BREAK_AFTER = re.compile(r"([:@])")
+
+
 def plain(text: object) -> str:
-    """User-supplied text, safe to put where Streamlit renders Markdown (labels, st.error, captions): every
-    character shows as itself — no links, no images, no HTML, no formatting — and newlines become spaces."""
+    """User-supplied text, safe to put where Streamlit renders Markdown (labels, st.error, captions, progress
+    texts): every character shows as itself — no links (web or e-mail), no images, no HTML, no icons, no
+    formatting — and newlines become spaces. The one way user text reaches a page."""
     flat = _AUTOLINK.sub("\\1\u2060", " ".join(str(text).split()))
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+    return _BREAK_AFTER.sub("\\1\u2060", escaped)
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

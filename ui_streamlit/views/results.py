@@ -22,10 +22,12 @@ if st.session_state.get("follower_user") != user:  # one Kafka follower per brow
 follower = st.session_state["follower"]
 
 asked = st.query_params.get("batch")
-selected = data.valid_batch_id(asked) or st.session_state.get("selected_batch")
-if asked and not data.valid_batch_id(asked):
+selected = data.valid_batch_id(asked)  # a link to one batch (?batch=…) shows that batch alone
+if asked and not selected:
     st.info("No such batch among yours.")
     st.stop()
+if selected:
+    st.page_link("views/results.py", label="All your batches", icon=":material/photo_library:", query_params={})
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=2000)

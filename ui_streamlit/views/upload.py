@@ -41,7 +41,7 @@ if send:
         result = upload_batch(
             svc, data.items(files), user_id=current_user(), metadata=meta,
             progress=lambda done, total, name: bar.progress(done / total if total else 1.0,
-                                                            text=f"Stored {done} of {total} {name}"),
+                                                            text=f"Stored {done} of {total} {data.plain(name)}"),
         )
     except IntakeError as exc:
         st.error(data.plain(exc))
@@ -51,7 +51,9 @@ if send:
                  "queued; try again in a moment.")
     else:
         bar.progress(1.0, text="Stored")
-        st.session_state["selected_batch"] = result.batch_id
+        # The Results page reads the user's batches again (this one, the newest, opens first); it is not
+        # narrowed to this batch for the rest of the session.
+        st.session_state.pop(f"results-view-{current_user()}", None)
         if not result.queued:
             st.warning(f"Batch **{result.batch_id}** is stored, but the queue did not take it yet; it will be "
                        "handed over again automatically — no need to upload it again.")
