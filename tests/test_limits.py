@@ -102,6 +102,7 @@ def test_image_workers_start_without_secrets(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "workers 2 False True" in proc.stdout  # no secret, but still a usable environment
     assert "parent sekrit-cosmos-key" in proc.stdout  # the run process keeps its own
+    assert "no new privileges 1 1" in proc.stdout  # PR_SET_NO_NEW_PRIVS in each worker
 
 
 def test_image_workers_from_the_worker_server_start_without_secrets(tmp_path):
@@ -113,6 +114,7 @@ def test_image_workers_from_the_worker_server_start_without_secrets(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "from the image worker server" in proc.stdout, proc.stdout
     assert "workers 3 False True" in proc.stdout  # two workers and the server: no secret, a usable environment
+    assert "no new privileges 1 1" in proc.stdout
     assert "mode gone" in proc.stdout  # its socket and private directory are removed when it stops
 
 

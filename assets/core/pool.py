@@ -52,9 +52,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+PR_SET_NO_NEW_PRIVS = 38  # <linux/prctl.h>
+
+
+def no_new_privileges() -> bool:
+    """``prctl(PR_SET_NO_NEW_PRIVS, 1)``: from here on nothing this process runs can gain privileges (a setuid
+    program, file capabilities), so a decoder exploit is held to the worker's own uid and rights. Inherited by
+    children and irreversible. Linux only; returns whether it took effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _worker_main(conn: Connection, config: CoreConfig) -> None:
     import resource
     import warnings
+
+    no_new_privileges()
 
     # Decoders warn about every oddity of hostile files; the outcome (processed or rejected with a
     # reason) is what counts, and it is reported per image.
