@@ -82,6 +82,7 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     page = alice.new_page()
     _sign_in(page, stack, "alice+x@example.com")
     _shot(page, stack, "01-upload-page")
+    assert page.get_by_role("button", name="Deploy").count() == 0  # no developer menus for users
 
     page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files([str(good1), str(good2), str(bad)])
     page.get_by_role("button", name="Remove readme.jpg").wait_for()

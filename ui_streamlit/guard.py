@@ -21,7 +21,9 @@ UNAVAILABLE = "{what} cannot be shown right now: the data store is busy or unrea
 def part(what: str, *, key: str) -> Iterator[None]:
     """Run one part of a page (``what``: its name for people, "Your batches"; ``key``: unique on the page)."""
     try:
-        yield
+        # Words while a busy store makes a person wait (Streamlit shows a spinner only after half a second).
+        with st.spinner(f"Reading {what.lower()} …", show_time=True):
+            yield
     except Exception:  # noqa: BLE001 - any failure of a dependency: a short message here, details in the log
         log.warning("web page part %r failed", what, exc_info=True)
         st.warning(UNAVAILABLE.format(what=what), icon=":material/cloud_off:")
