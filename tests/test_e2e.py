@@ -423,3 +423,71 @@ def test_the_stack_runs_a_batch_with_and_without_the_dev_tuning(tmp_path, tuning
     finally:
         proc.stop(timeout=90)
     assert proc.returncode == 0, proc.output[-3000:]
+
+
+def test_deleting_a_running_and_a_queued_batch_sticks_and_restore_completes_them(tmp_path):
+    """On the real stack, with one run at a time per user: a batch deleted while its run processes it, and
+    one deleted while its run waits in the queue for that slot. Both runs end without failing (the running
+    one stops at its next write or is terminated through the webserver; the queued one is cancelled by the
+    deletion sensor, or never started), nothing they wrote stays live, no later write undoes the delete;
+    `imgpipe restore` puts each back in the queue and both complete."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
+    from orchestration.domain import retention
+
+    env = local_env(tmp_path, IMGPIPE_WORKERS="1", IMGPIPE_MAX_RUNS_PER_USER="1")
+    proc = DevStack(env, "--no-sample")
+    try:
+        proc.wait_for("Press Ctrl-C", 180)
+        settings = settings_from(env)
+        services = wiring.services(settings)
+        photos = [IntakeItem.from_bytes(f"p{i}.jpg", jpeg_bytes(synthetic_photo(2400, 1600, i * 20, str(i))))
+                  for i in range(16)]
+        running = upload_batch(services, photos, user_id="fay").batch_id
+
+        def runs(batch_id):
+            with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+                return [r.dagster_run for r in instance.get_run_records(filters=RunsFilter(tags={"dagster/partition": batch_id}))]
+
+        deadline = time.monotonic() + 120
+        while len(list(services.metadata.query("images", partition_key=running))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        queued = upload_batch(services, photos[:3], user_id="fay").batch_id  # waits for fay's one run slot
+        deadline = time.monotonic() + 30
+        while [r.status for r in runs(queued)] in ([], [DagsterRunStatus.NOT_STARTED]) and time.monotonic() < deadline:
+            time.sleep(0.2)  # (created NOT_STARTED, then submitted to the run queue)
+        assert [r.status for r in runs(queued)] == [DagsterRunStatus.QUEUED], runs(queued)
+        retention.delete_batch(services, running, "fay", deleted_by="fay")
+        retention.delete_batch(services, queued, "fay", deleted_by="fay")
+
+        finished = {DagsterRunStatus.SUCCESS, DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (
+                all(r.status in finished for b in (running, queued) for r in runs(b))
+                and not any(services.metadata.read("batches", b, "fay").get("cleanup_pending") for b in (running, queued))):
+            time.sleep(1)
+        for b in (running, queued):
+            doc = services.metadata.read("batches", b, "fay")
+            assert doc["status"] == "deleted" and not doc.get("cleanup_pending"), doc
+            assert all(r.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.CANCELED) for r in runs(b)), \
+                [(r.run_id, r.status) for r in runs(b)]
+            assert [p for prefix in (f"raw/{b}/", f"processed/{b}/") for p in services.lake.list(prefix)] == []
+            assert all(d.get("deleted") and d.get("ttl") for d in services.metadata.query("images", partition_key=b))
+        assert {d["batch_id"] for d in retention.recently_deleted(services, "fay")} == {running, queued}
+        time.sleep(8)  # later sensor ticks (failure sensor, reconciler, events sensor) leave it deleted
+        assert services.metadata.read("batches", running, "fay")["status"] == "deleted"
+
+        for b in (running, queued):
+            assert retention.restore_batch(services, b, "fay")["status"] == "received"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and any(
+                batch_status(services, b, "fay")["status"] != "completed" for b in (running, queued)):
+            time.sleep(1)
+        for b, n in ((running, 16), (queued, 3)):
+            status = batch_status(services, b, "fay")
+            assert status["status"] == "completed", (b, status["status"], status["error"])
+            assert [i["outcome"] for i in status["images"]] == ["processed"] * n
+            assert len(list(services.lake.list(f"processed/{b}/"))) == n * 6 + 1
+    finally:
+        proc.stop(timeout=60)
