@@ -443,7 +443,7 @@ def test_deleting_a_running_and_a_queued_batch_sticks_and_restore_completes_them
         settings = settings_from(env)
         services = wiring.services(settings)
         photos = [IntakeItem.from_bytes(f"p{i}.jpg", jpeg_bytes(synthetic_photo(2400, 1600, i * 20, str(i))))
-                  for i in range(16)]
+                  for i in range(24)]
         running = upload_batch(services, photos, user_id="fay").batch_id
 
         def runs(batch_id):
@@ -458,8 +458,14 @@ def test_deleting_a_running_and_a_queued_batch_sticks_and_restore_completes_them
         while [r.status for r in runs(queued)] in ([], [DagsterRunStatus.NOT_STARTED]) and time.monotonic() < deadline:
             time.sleep(0.2)  # (created NOT_STARTED, then submitted to the run queue)
         assert [r.status for r in runs(queued)] == [DagsterRunStatus.QUEUED], runs(queued)
-        retention.delete_batch(services, running, "fay", deleted_by="fay")
+        # The queued one first: the deletion sensor has its run cancelled through the webserver's GraphQL API.
         retention.delete_batch(services, queued, "fay", deleted_by="fay")
+        deadline = time.monotonic() + 60
+        while [r.status for r in runs(queued)] != [DagsterRunStatus.CANCELED] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert [r.status for r in runs(queued)] == [DagsterRunStatus.CANCELED]
+        assert [r.status for r in runs(running)] == [DagsterRunStatus.STARTED]  # still at work
+        retention.delete_batch(services, running, "fay", deleted_by="fay")
 
         finished = {DagsterRunStatus.SUCCESS, DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE}
         deadline = time.monotonic() + 120
@@ -484,7 +490,7 @@ def test_deleting_a_running_and_a_queued_batch_sticks_and_restore_completes_them
         while time.monotonic() < deadline and any(
                 batch_status(services, b, "fay")["status"] != "completed" for b in (running, queued)):
             time.sleep(1)
-        for b, n in ((running, 16), (queued, 3)):
+        for b, n in ((running, 24), (queued, 3)):
             status = batch_status(services, b, "fay")
             assert status["status"] == "completed", (b, status["status"], status["error"])
             assert [i["outcome"] for i in status["images"]] == ["processed"] * n
