@@ -14,7 +14,6 @@ import pytest
 from orchestration import wiring
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 from orchestration.domain.intake import IntakeItem, QuotaExceeded, upload_batch
-from orchestration.devtools.dev_settings import load_dev_settings
 from tests.support.procs import probe
 from orchestration.settings import load_settings
 

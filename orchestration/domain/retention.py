@@ -170,8 +170,8 @@ def restore_batch(services: Services, batch_id: str, user_id: str | None, *,
             services.queue.send(services.lake.read(manifest_path(batch_id)), message_id=key,
                                 application_properties={"user_id": doc["user_id"]})
         except Exception as exc:  # noqa: BLE001 - the intake reconciler sends it again
-            update(services.metadata, "batches", batch_id, doc["user_id"],
-                   lambda d: {**d, "queue_error": f"{type(exc).__name__}: {exc}"[:1000]})
+            error = f"{type(exc).__name__}: {exc}"[:1000]
+            update(services.metadata, "batches", batch_id, doc["user_id"], lambda d: {**d, "queue_error": error})
     return {**restored, "missing": missing}
 
 
