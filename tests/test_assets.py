@@ -17,6 +17,7 @@ from orchestration.resources import resources_from_settings
 from orchestration.devtools.sample import make_sample_batch
 from orchestration.domain.status import batch_status
 from orchestration import wiring
+from tests.support.results import LakeFailingOn
 
 
 @pytest.fixture
@@ -109,25 +110,10 @@ def test_reexecution_leaves_no_duplicates(instance, settings, uploaded):
     assert len(ids) == len(set(ids)) == 8, sorted(ids)
 
 
-class _LakeFailingOn:
-    """The real lake, except that writing a path ending in ``suffix`` fails (a storage outage mid-run)."""
-
-    def __init__(self, lake, suffix):
-        self._lake, self._suffix = lake, suffix
-
-    def write(self, path, data, **kwargs):
-        if path.endswith(self._suffix):
-            raise OSError(f"storage unavailable writing {path}")
-        return self._lake.write(path, data, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._lake, name)
-
-
 def test_failed_run_can_be_reexecuted(instance, settings, uploaded):
     services, upload = uploaded
     batch = upload.batch_id
-    broken = _run(instance, settings, batch, lake=_LakeFailingOn(services.lake, "outcomes.json"))
+    broken = _run(instance, settings, batch, lake=LakeFailingOn(services.lake))
     assert not broken.success
     failed_steps = [e.step_key for e in broken.all_events if e.event_type_value == "STEP_FAILURE"]
     assert failed_steps == ["renditions"]
@@ -187,7 +173,7 @@ def test_failed_run_marks_the_batch_failed_through_the_failure_sensor(settings, 
     batch = upload.batch_id
     with instance_for_test() as instance:
         instance.add_dynamic_partitions(batches_partitions.name, [batch])
-        resources = {**resources_from_settings(settings), "lake": _LakeFailingOn(services.lake, "outcomes.json")}
+        resources = {**resources_from_settings(settings), "lake": LakeFailingOn(services.lake)}
         result = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
                              resources=resources, raise_on_error=False, tags={"imgpipe/user_id": "alice"})
         assert not result.success

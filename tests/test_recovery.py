@@ -12,7 +12,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, build_r
 from dagster import instance_for_test
 from tests.support.dagster_internals import create_run_for_test
 from tests.support.procs import probe
-from tests.support.results import BrokerDown
+from tests.support.results import LakeFailingOn
 
 from assets.batch import batch_asset_checks, batch_assets
 from orchestration.devtools.dagster_home import fail_orphaned_runs, prepare_dagster_home
@@ -62,11 +62,11 @@ def test_a_failed_run_marks_the_batch_retrying_until_its_retries_are_spent(setti
     services = wiring.services(settings)
     batch = upload_batch(services, [IntakeItem.from_bytes("a.jpg", jpeg_bytes(synthetic_photo(64, 48, 0, "r")))],
                          user_id="alice").batch_id
-    dead_kafka = {**resources_from_settings(settings), "results": BrokerDown()}
+    failing = {**resources_from_settings(settings), "lake": LakeFailingOn(services.lake)}
     with instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 2}}) as instance:
         instance.add_dynamic_partitions(batches_partitions.name, [batch])
         result = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
-                             resources=dead_kafka, raise_on_error=False,
+                             resources=failing, raise_on_error=False,
                              tags={"imgpipe/user_id": "alice", "dagster/retry_number": retry_number})
         assert not result.success
         run = instance.get_run_by_id(result.run_id)
@@ -144,11 +144,11 @@ def test_a_late_failure_sensor_tick_never_undoes_a_completed_retry(settings, tmp
     services = wiring.services(settings)
     batch = upload_batch(services, [IntakeItem.from_bytes("a.jpg", jpeg_bytes(synthetic_photo(64, 48, 0, "r")))],
                          user_id="alice").batch_id
-    dead_kafka = {**resources_from_settings(settings), "results": BrokerDown()}
+    failing = {**resources_from_settings(settings), "lake": LakeFailingOn(services.lake)}
     with instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 2}}) as instance:
         instance.add_dynamic_partitions(batches_partitions.name, [batch])
         failed = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
-                             resources=dead_kafka, raise_on_error=False,
+                             resources=failing, raise_on_error=False,
                              tags={"imgpipe/user_id": "alice"})
         retry = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
                             resources=resources_from_settings(settings), tags={"imgpipe/user_id": "alice"})
@@ -194,11 +194,11 @@ def test_a_completion_between_the_failure_sensors_read_and_write_is_not_undone(s
     services = wiring.services(settings)
     batch = upload_batch(services, [IntakeItem.from_bytes("a.jpg", jpeg_bytes(synthetic_photo(64, 48, 0, "r")))],
                          user_id="alice").batch_id
-    dead_kafka = {**resources_from_settings(settings), "results": BrokerDown()}
+    failing = {**resources_from_settings(settings), "lake": LakeFailingOn(services.lake)}
     with instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 2}}) as instance:
         instance.add_dynamic_partitions(batches_partitions.name, [batch])
         failed = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
-                             resources=dead_kafka, raise_on_error=False,
+                             resources=failing, raise_on_error=False,
                              tags={"imgpipe/user_id": "alice"})
         assert services.metadata.read("batches", batch, "alice")["status"] != "completed"
 

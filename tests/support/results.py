@@ -16,3 +16,19 @@ class BrokerDown:
 
     def close(self) -> None:
         pass
+
+
+class LakeFailingOn:
+    """The real lake, except that writing a path ending in ``suffix`` fails (a storage outage mid-run): how
+    tests make a run fail in its renditions step, now that a broker outage no longer fails a run."""
+
+    def __init__(self, lake, suffix: str = "outcomes.json"):
+        self._lake, self._suffix = lake, suffix
+
+    def write(self, path, data, **kwargs):
+        if path.endswith(self._suffix):
+            raise OSError(f"storage unavailable writing {path}")
+        return self._lake.write(path, data, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._lake, name)
