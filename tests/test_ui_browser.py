@@ -98,6 +98,7 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     page.get_by_role("link", name="See its results").click()
     page.get_by_text(f"{batch_id} · completed · 3/3 images").wait_for(timeout=90_000)  # live, no reload
     page.get_by_text(re.compile(r"readme\.jpg.*rejected")).wait_for()
+    page.get_by_test_id("stImage").nth(1).wait_for()  # (a rerun's elements arrive one after another)
     assert page.get_by_test_id("stImage").count() == 2
     _shot(page, stack, "04-results-live")
     page.get_by_text("Details and downloads").first.click()
