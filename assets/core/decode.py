@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError, features
 
 from assets.core.config import CoreConfig, Limits
-from assets.core.sniff import sniff_type
+from assets.core.sniff import sniff_type, type_refusal
 
 # Decoders we allow, by sniffed type. Pillow is told to use exactly this one (Image.open(formats=...)),
 # so a file can never be routed to another, riskier decoder by its content.
@@ -30,6 +30,20 @@ PIL_DECODERS = {
 }
 if features.check("avif"):
     PIL_DECODERS["image/avif"] = "AVIF"
+
+# HEIC/HEIF through pillow-heif (libheif + libde265; why this package: docs/formats.md). Opening reads the
+# file's boxes only (sizes, number of images); pixels are decoded on load, after our checks. No thumbnails,
+# depth or auxiliary images (the primary image is the photo), one decode thread (the worker pool is the
+# parallelism), libheif's own security limits on.
+import pillow_heif  # noqa: E402
+
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False, decode_threads=1)
+pillow_heif.options.DISABLE_SECURITY_LIMITS = False
+PIL_DECODERS["image/heic"] = "HEIF"
+
+# Formats whose extra frames are other pictures, not time: a multi-page TIFF, an MPO (a 3D pair or an Ultra
+# HDR gain map after the photo), a HEIF with several images. Their primary image is processed.
+_STILL_COLLECTIONS = {"TIFF", "MPO", "HEIF"}
 
 # Exceptions Pillow's decoders raise on hostile or broken input (seen over its own Tests/images corpus, tests/test_corpus.py).
 DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
@@ -52,10 +66,33 @@ class ImageRejected(Exception):
 class Inspected:
     image: Image.Image
     mime: str
-    width: int
+    width: int           # as stored (for HEIF: as libheif presents it, its rotation already applied)
     height: int
-    frames: int
-    orientation: int
+    frames: int          # frames of an animation (1 for a still, whatever else the file holds)
+    orientation: int     # the EXIF rotation still to apply (1 for HEIF: libheif applies the file's own)
+    images: int = 1      # pictures in the file (pages, MPO images, HEIF images); the primary is processed
+    original_orientation: int = 1  # the file's orientation as recorded (the fact, the same for every format)
+    gain_map: bool = False         # an HDR gain map travels with the photo (Ultra HDR, Apple HDR)
+    nclx: tuple[int, int, int] | None = None  # colour primaries, transfer, matrix from an nclx box
+
+
+def _nclx(data: bytes) -> tuple[int, int, int] | None:
+    """The nclx colour description of a HEIF/AVIF ('colr' box of type 'nclx': primaries, transfer
+    characteristics, matrix coefficients, ISO/IEC 23091-2 code points), when the file has one."""
+    at = data.find(b"colrnclx", 0, 1 << 20)
+    if at < 0 or at + 14 > len(data):
+        return None
+    return tuple(int.from_bytes(data[at + 8 + 2 * i: at + 10 + 2 * i], "big") for i in range(3))  # type: ignore[return-value]
+
+
+def _gain_map(img: Image.Image) -> bool:
+    """Whether an HDR gain map is in the file: Ultra HDR (an MPO whose XMP uses the hdrgm namespace) or
+    Apple's HDR gain map (an auxiliary image of type urn:com:apple:photo:2020:aux:hdrgainmap)."""
+    xmp = img.info.get("xmp") or b""
+    xmp = xmp if isinstance(xmp, bytes) else str(xmp).encode()
+    if b"hdrgm" in xmp or b"HDRGainMap" in xmp:
+        return True
+    return any("hdrgainmap" in str(kind).lower() for kind in (img.info.get("aux") or {}))
 
 
 def _metadata_sizes(img: Image.Image) -> dict[str, int]:
@@ -73,6 +110,9 @@ def inspect(data: bytes, config: CoreConfig) -> Inspected:
     limits: Limits = config.limits
     if len(data) > limits.max_file_bytes:
         raise ImageRejected("file_too_large", f"{len(data):,} bytes exceeds {limits.max_file_bytes:,}")
+    refused = type_refusal(data)
+    if refused:
+        raise ImageRejected(refused[0], refused[1])
     mime = sniff_type(data[:64])
     if mime not in PIL_DECODERS:
         raise ImageRejected("unsupported_type", f"not a supported image (content looks like {mime})")
@@ -90,7 +130,8 @@ def inspect(data: bytes, config: CoreConfig) -> Inspected:
             if width * height > limits.max_pixels:
                 raise ImageRejected("too_many_pixels",
                                     f"{width}x{height} = {width * height / 1e6:.1f} MP exceeds {limits.max_pixels / 1e6:g} MP")
-            frames = int(getattr(img, "n_frames", 1) or 1)
+            images = int(getattr(img, "n_frames", 1) or 1)
+            frames = 1 if img.format in _STILL_COLLECTIONS else images
             if frames > 1 and config.animated == "reject":
                 raise ImageRejected("animated", f"animated image with {frames} frames; animations are not accepted")
             if frames > limits.max_frames:
@@ -98,8 +139,8 @@ def inspect(data: bytes, config: CoreConfig) -> Inspected:
             if frames * width * height > limits.max_animation_pixels:
                 raise ImageRejected("too_many_pixels", f"{frames} frames of {width}x{height} exceed "
                                     f"{limits.max_animation_pixels / 1e6:g} MP in all")
-            if frames > 1:
-                img.seek(0)
+            if images > 1 and img.format != "HEIF":
+                img.seek(0)  # (pillow-heif opens on the primary image, which need not be the first)
             for kind, size in _metadata_sizes(img).items():
                 if size > limits.max_metadata_bytes:
                     raise ImageRejected("metadata_too_large", f"{kind} metadata is {size:,} bytes; limit {limits.max_metadata_bytes:,}")
@@ -109,6 +150,13 @@ def inspect(data: bytes, config: CoreConfig) -> Inspected:
                 orientation = 1  # junk EXIF: ignore orientation rather than reject the picture
             if orientation not in range(1, 9):
                 orientation = 1
+            original = orientation
+            if img.format == "HEIF":
+                # libheif rotates and mirrors by the file's own transforms on decode and reports the upright
+                # size; pillow-heif keeps the recorded orientation aside. Applying EXIF again would turn twice.
+                original = int(img.info.get("original_orientation") or orientation or 1)
+                orientation = 1
+            gain_map = _gain_map(img)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -117,7 +165,8 @@ def inspect(data: bytes, config: CoreConfig) -> Inspected:
         raise ImageRejected("corrupt", f"content looks like {mime} but its header could not be read") from None
     except DECODER_ERRORS as exc:
         raise ImageRejected("corrupt", f"{mime} header could not be read: {exc}") from None
-    return Inspected(img, mime, width, height, frames, orientation)
+    nclx = _nclx(data) if mime in ("image/heic", "image/avif") and not img.info.get("icc_profile") else None
+    return Inspected(img, mime, width, height, frames, orientation, images, original, gain_map, nclx)
 
 
 def _too_many_pixels(exc: Exception, max_pixels: int) -> ImageRejected:
@@ -188,10 +237,51 @@ def normalize_mode(img: Image.Image) -> Image.Image:
 _SRGB = ImageCms.createProfile("sRGB")
 
 
-def to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
-    """Convert to sRGB RGB/RGBA using the embedded ICC profile (if any and not sRGB already)."""
+# Linear-light RGB of other primaries to linear sRGB (BT.709 primaries, D65), from the primaries' chromaticities
+# (ISO/IEC 23091-2 colour primaries code points): 12 = Display P3 (SMPTE EG 432-1), 9 = BT.2020/2100.
+_TO_SRGB = {
+    12: ((1.2249401, -0.2249404, 0.0), (-0.0420569, 1.0420571, 0.0), (-0.0196376, -0.0786361, 1.0982735)),
+    9: ((1.6604910, -0.5876411, -0.0728499), (-0.1245505, 1.1328999, -0.0083494), (-0.0181508, -0.1005789, 1.1187297)),
+}
+
+
+def _srgb_decode(v):
+    import numpy as np
+
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def _srgb_encode(v):
+    import numpy as np
+
+    v = np.clip(v, 0.0, 1.0)
+    return np.where(v <= 0.0031308, v * 12.92, 1.055 * v ** (1 / 2.4) - 0.055)
+
+
+def nclx_to_srgb(img: Image.Image, nclx: tuple[int, int, int]) -> Image.Image:
+    """Pixels described by an nclx box (no ICC profile) in sRGB: Display P3 and BT.2020 primaries are
+    converted in linear light (the sRGB curve for transfer 13, BT.1886's gamma 2.4 for the BT.709-family
+    curves 1/6/14/15); colours sRGB cannot show are clipped. sRGB/BT.709 primaries (1, 2 = unspecified) stay
+    as they are, and so do HDR curves (PQ 16, HLG 18), which the SDR renditions show without tone mapping."""
+    import numpy as np
+
+    primaries, transfer, _ = nclx
+    matrix = _TO_SRGB.get(primaries)
+    if matrix is None or transfer not in (1, 6, 13, 14, 15) or img.mode != "RGB":
+        return img
+    rgb = np.asarray(img, dtype=np.float32) / 255.0
+    linear = _srgb_decode(rgb) if transfer == 13 else rgb ** 2.4
+    out = _srgb_encode(linear @ np.asarray(matrix, dtype=np.float32).T)
+    return Image.fromarray(np.round(out * 255.0).astype(np.uint8), "RGB")
+
+
+def to_srgb(img: Image.Image, icc: bytes | None, nclx: tuple[int, int, int] | None = None) -> Image.Image:
+    """Convert to sRGB RGB/RGBA using the embedded ICC profile (if any and not sRGB already), or else the
+    nclx colour description of a HEIF/AVIF."""
     alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
     base = img.convert("RGB") if img.mode in ("RGBA", "LA") else img
+    if not icc and nclx:
+        base = nclx_to_srgb(base.convert("RGB"), nclx)
     if icc:
         try:
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))

@@ -26,7 +26,7 @@ from assets.core.decode import DECODER_ERRORS, ImageRejected, decode, has_alpha,
 # documents, outcomes and events — and the Dagster code_version of the renditions asset, so partitions
 # made otherwise show as changed in the UI — is this plus a digest of the configuration that shapes the
 # output (``processing_version``): turning on AVIF or changing the kept EXIF tags is a change too.
-PROCESSING_VERSION = "2"
+PROCESSING_VERSION = "3"  # 3: HEIC/HEIF, nclx colour, multi-image files from their primary image
 
 
 def library_versions() -> dict[str, str | None]:
@@ -39,8 +39,22 @@ def library_versions() -> dict[str, str | None]:
         except (ValueError, KeyError):
             return None
 
+    heif = heif_versions()
     return {"pillow": pillow, "libjpeg_turbo": version("libjpeg_turbo"), "libwebp": version("webp"),
-            "libavif": version("avif")}
+            "libavif": version("avif"), "pillow_heif": heif["pillow_heif"], "libheif": heif["libheif"],
+            "libde265": heif["libde265"]}
+
+
+def heif_versions() -> dict[str, str | None]:
+    """The HEIF stack pillow-heif bundles: its own version, libheif's and libde265's (read from the library)."""
+    import re
+
+    import pillow_heif
+
+    info = pillow_heif.libheif_info()
+    de265 = re.search(r"version (\d+(?:\.\d+)+)", str((info.get("decoders") or {}).get("libde265", "")))
+    return {"pillow_heif": pillow_heif.__version__, "libheif": info.get("libheif"),
+            "libde265": de265.group(1) if de265 else None}
 
 
 def processing_version(config: CoreConfig) -> str:
@@ -130,10 +144,13 @@ def process_image(data: bytes, config: CoreConfig = CoreConfig()) -> ProcessedIm
         "mode": source.mode,
         "original_width": inspected.width,
         "original_height": inspected.height,
-        "orientation": inspected.orientation,
+        "orientation": inspected.original_orientation,  # as the file records it, for every format
         "frames": inspected.frames,
+        "images": inspected.images,
+        "gain_map": inspected.gain_map,
         "has_alpha": has_alpha(source),
         "icc_profile": bool(icc),
+        "nclx": list(inspected.nclx) if inspected.nclx else None,
         "exif": exif_subset,
     }
     # Displayed (upright) size: EXIF orientations 5-8 swap the stored width and height.
@@ -149,7 +166,7 @@ def process_image(data: bytes, config: CoreConfig = CoreConfig()) -> ProcessedIm
             size = fit_long_edge(*upright, spec.long_edge)
             if previous is None:
                 resized = img if img.size == size else img.resize(size, Image.Resampling.LANCZOS)
-                resized = to_srgb(resized, icc)  # colour conversion on the smaller image: cheaper
+                resized = to_srgb(resized, icc, inspected.nclx)  # colour conversion on the smaller image: cheaper
             else:  # cascade: each smaller rendition is made from the previous one
                 resized = _shrink(previous, size)
             for fmt in spec.formats:

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from assets.core.sniff import SUPPORTED_IMAGE_TYPES, sniff_type
+from assets.core.sniff import sniff_type, type_refusal
 from orchestration.domain import quota
 from orchestration.domain.batches import set_batch
 from orchestration.domain.manifest import (
@@ -183,17 +183,12 @@ def check_size(size: int, max_bytes: int) -> Refusal | None:
 
 
 def check_content(data: bytes) -> Refusal | None:
-    """Intake's content check (the web app runs the same one before sending)."""
+    """Intake's content check (the web app runs the same one before sending): the type from the bytes, with a
+    reason that says what a refused file is (camera RAW, video, JPEG XL, …) and what to do."""
     if not data:
         return Refusal(code="empty_file", reason="the file is empty")
-    mime = sniff_type(data[:64])
-    if mime not in SUPPORTED_IMAGE_TYPES:
-        return Refusal(
-            code="unsupported_type",
-            reason=f"not a supported image: its content looks like {mime} "
-            f"(supported: {', '.join(sorted(t.split('/')[1] for t in SUPPORTED_IMAGE_TYPES))})",
-        )
-    return None
+    refused = type_refusal(data)
+    return Refusal(code=refused[0], reason=refused[1]) if refused else None
 
 
 def upload_batch(
