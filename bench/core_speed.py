@@ -1,6 +1,6 @@
 """The image core against pyvips (libvips) on the standard job, in the same run, plus memory figures.
 
-    python bench/core_speed.py [--images 3] [--repeat 5] [--big-batch 200] [--out bench/results/core_speed.json]
+    python bench/core_speed.py [--images 3] [--repeat 5] [--big-batch 200] [--formats-only] [--out bench/results/core_speed.json]
 
 Standard job: one 12 MP (4032x3024) JPEG → header check → decode → auto-orient → 2048/1024/256 → each as
 JPEG q85 and WebP q80 (the same WebP method for both contenders) → pHash + channel stats.
@@ -12,7 +12,8 @@ JPEG q85 and WebP q80 (the same WebP method for both contenders) → pHash + cha
 - WebP method: size and time of methods 2..6 on the 2048 rendition (to choose the default);
 - scaling: the worker pool with 1 and 2 workers on the same images (images/s ratio);
 - memory: peak RSS of the parent and of the largest worker for a 10-image and a --big-batch batch, each
-  in a fresh process.
+  in a fresh process;
+- per source format: the same photo as JPEG, HEIC (q80, as phones) and AVIF: decode and whole-job ms.
 Medians and ratios only; nothing here asserts.
 """
 
@@ -189,12 +190,41 @@ def memory_run(lake_dir: Path, n: int, workers: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def per_format(jpeg: bytes, config: CoreConfig, repeat: int) -> list[dict]:
+    """The same 12 MP photo as a phone's JPEG, HEIC and AVIF: median ms to decode (open + load, as the core
+    opens it) and for the whole standard job, per source format."""
+    import pillow_heif  # noqa: F401 - registers the HEIF opener, as assets.core.decode does
+
+    photo = Image.open(io.BytesIO(jpeg))
+    photo.load()
+    sources = {"JPEG": jpeg}
+    for fmt, options in (("HEIF", {"quality": 80}), ("AVIF", {"quality": 70, "speed": 6})):
+        buf = io.BytesIO()
+        photo.save(buf, fmt, **options)
+        sources[fmt] = buf.getvalue()
+
+    def decode(data: bytes) -> None:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+
+    rows = []
+    for fmt, data in sources.items():
+        rows.append({"source": fmt, "bytes": len(data),
+                     "decode_ms": round(median_ms(lambda d=data: decode(d), repeat), 1),
+                     "job_ms": round(median_ms(lambda d=data: ours_job(d, config), repeat), 1)})
+    jpeg_row = rows[0]
+    for row in rows:
+        row["job_ratio_to_jpeg"] = round(row["job_ms"] / jpeg_row["job_ms"], 2)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3, help="distinct 12 MP test photos")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--big-batch", type=int, default=200)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "core_speed.json"))
+    parser.add_argument("--formats-only", action="store_true", help="only the per-source-format timings")
     args = parser.parse_args()
 
     import pyvips
@@ -203,6 +233,15 @@ def main() -> int:
     datas = [photo_like(seed) for seed in range(args.images)]
     print(f"{args.images} test photos, 4032x3024 JPEG, {statistics.mean(map(len, datas)) / 1e6:.1f} MB each; "
           f"libvips {pyvips.version(0)}.{pyvips.version(1)}, one thread per contender", flush=True)
+
+    print("per source format (the same photo as JPEG, HEIC, AVIF; one thread):", flush=True)
+    formats = per_format(datas[0], config, args.repeat)
+    for row in formats:
+        print(f"  {row['source']:5s} {row['bytes'] / 1e6:5.2f} MB: decode {row['decode_ms']:6.1f} ms, whole job "
+              f"{row['job_ms']:6.1f} ms ({row['job_ratio_to_jpeg']:.2f}x JPEG)", flush=True)
+    if args.formats_only:
+        write_results({"job": "per source format", "per_format": formats}, args.out)
+        return 0
 
     speed = []
     for i, data in enumerate(datas):
@@ -252,6 +291,7 @@ def main() -> int:
         "webp_methods": methods,
         "pool": {"one_worker_img_s": round(one, 3), "two_workers_img_s": round(two, 3), "ratio": round(two / one, 3)},
         "memory": {"small_batch": small, "big_batch": big},
+        "per_format": formats,
     }
     print(f"\nper core: ours {1000 / ours_med:.2f} img/s vs pyvips {1000 / vips_med:.2f} img/s = {vips_med / ours_med:.2f}x; "
           f"worst PSNR delta {result['psnr_worst_ours_minus_reference_db']:+.3f} dB; 2 workers {two / one:.2f}x one; "

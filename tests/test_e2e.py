@@ -497,3 +497,52 @@ def test_deleting_a_running_and_a_queued_batch_sticks_and_restore_completes_them
             assert len(list(services.lake.list(f"processed/{b}/"))) == n * 6 + 1
     finally:
         proc.stop(timeout=60)
+
+
+def test_a_batch_with_one_file_of_each_kind_phones_and_cameras_send(tmp_path):
+    """Through the real daemon: HEIC (rotated, P3 via nclx), AVIF with a generic major brand, Ultra HDR,
+    multi-page TIFF — processed; DNG, CR3, JPEG XL and a Live Photo's .MOV — refused by name."""
+    from tests.test_formats import ORANGE_IN_SRGB, ORANGE_P3, _avif, _close, _dng, _heif
+
+    photo = Image.new("RGB", (400, 200), ORANGE_P3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    heic = _heif(photo, exif=exif.tobytes(), save_nclx_profile=True, color_primaries=12, transfer_characteristics=13,
+                 matrix_coefficients=6, full_range_flag=1)
+    avif = bytearray(_avif(Image.new("RGB", (64, 48), (30, 120, 220))))
+    avif[8:12] = b"mif1"
+    ultra_hdr, tiff = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (120, 80), (240, 120, 20)).save(
+        ultra_hdr, "MPO", save_all=True, append_images=[Image.new("RGB", (60, 40), (128, 128, 128))],
+        xmp=b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description xmlns:hdrgm="http://ns.adobe.com/hdr-gain-map/1.0/" hdrgm:Version="1.0"/></x:xmpmeta>')
+    Image.new("RGB", (80, 60), (0, 160, 80)).save(tiff, "TIFF", save_all=True, append_images=[Image.new("RGB", (8, 8))])
+    files = {
+        "IMG_0001.HEIC": heic, "photo.avif": bytes(avif), "ultrahdr.jpg": ultra_hdr.getvalue(), "scan.tif": tiff.getvalue(),
+        "IMG_0002.DNG": _dng(tmp_path / "raw.dng"), "IMG_0003.CR3": b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01crx isom" + bytes(500),
+        "art.jxl": b"\xff\x0a\xfa\x7f" + bytes(500), "IMG_0001.MOV": b"\x00\x00\x00\x14ftypqt  \x00\x00\x02\x00qt  " + bytes(500),
+    }
+    env = local_env(tmp_path, IMGPIPE_ANIMATED="reject")
+    proc = DevStack(env, "--no-sample")
+    try:
+        proc.wait_for("Press Ctrl-C", 180)
+        settings = settings_from(env)
+        services = wiring.services(settings)
+        batch = upload_batch(services, [IntakeItem.from_bytes(n, d) for n, d in files.items()], user_id="gil").batch_id
+        deadline = time.monotonic() + 180
+        while batch_status(services, batch, "gil")["status"] != "completed" and time.monotonic() < deadline:
+            time.sleep(1)
+        status = batch_status(services, batch, "gil")
+    finally:
+        proc.stop(timeout=60)
+    assert status["status"] == "completed", status
+    by_name = {i["name"]: i for i in status["images"]}
+    for name in ("IMG_0001.HEIC", "photo.avif", "ultrahdr.jpg", "scan.tif"):
+        assert by_name[name]["outcome"] == "processed", by_name[name]
+    for name, code, says in (("IMG_0002.DNG", "camera_raw", "camera RAW (DNG)"), ("IMG_0003.CR3", "camera_raw", "camera RAW (CR3)"),
+                             ("art.jxl", "jpeg_xl", "JPEG XL"), ("IMG_0001.MOV", "video", "video; upload the photo")):
+        assert (by_name[name]["outcome"], by_name[name]["code"]) == ("rejected", code) and says in by_name[name]["reason"]
+    heic_doc = by_name["IMG_0001.HEIC"]
+    assert (heic_doc["facts"]["width"], heic_doc["facts"]["height"]) == (200, 400)  # upright
+    large = next(r for r in heic_doc["renditions"] if r["format"] == "JPEG" and r["width"] == 200)
+    pixel = Image.open(io.BytesIO(services.lake.read(large["path"]))).convert("RGB").getpixel((100, 200))
+    assert _close(pixel, ORANGE_IN_SRGB, 5), pixel

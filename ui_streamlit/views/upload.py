@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from assets.core.sniff import ACCEPTED_FORMATS
 from orchestration.domain.intake import IntakeError, upload_batch
 from ui_streamlit import data, guard
 from ui_streamlit.session import current_user, services
@@ -9,8 +10,8 @@ from ui_streamlit.session import current_user, services
 svc = services()
 limits = svc.settings
 st.title("Upload a batch")
-st.caption(f"Up to {limits.max_files_per_batch} images, {limits.max_file_bytes // (1024 * 1024)} MB each. "
-           "JPEG, PNG, WebP, GIF, TIFF, BMP, AVIF.")
+st.caption(f"Up to {limits.max_files_per_batch} images, {limits.max_file_bytes // (1024 * 1024)} MB each: "
+           f"{ACCEPTED_FORMATS}. Camera RAW, JPEG XL and videos are not accepted (export a JPEG or HEIC).")
 
 uploaded = st.file_uploader("Images", accept_multiple_files=True, key="files")
 files = list(uploaded or [])  # Streamlit's UploadedFile objects: read only when stored, never copied whole
