@@ -193,7 +193,7 @@ def memory_run(lake_dir: Path, n: int, workers: int) -> dict:
 def per_format(jpeg: bytes, config: CoreConfig, repeat: int) -> list[dict]:
     """The same 12 MP photo as a phone's JPEG, HEIC and AVIF: median ms to decode (open + load, as the core
     opens it) and for the whole standard job, per source format."""
-    import pillow_heif  # noqa: F401 - registers the HEIF opener, as assets.core.decode does
+    import assets.core.decode  # noqa: F401 - registers the HEIF plugin (encoder and opener), as the workers have it
 
     photo = Image.open(io.BytesIO(jpeg))
     photo.load()
