@@ -193,7 +193,9 @@ def memory_run(lake_dir: Path, n: int, workers: int) -> dict:
 def per_format(jpeg: bytes, config: CoreConfig, repeat: int) -> list[dict]:
     """The same 12 MP photo as a phone's JPEG, HEIC and AVIF: median ms to decode (open + load, as the core
     opens it) and for the whole standard job, per source format."""
-    import assets.core.decode  # noqa: F401 - registers the HEIF plugin (encoder and opener), as the workers have it
+    from assets.core.decode import PIL_DECODERS  # registers the HEIF plugin, as the image workers have it
+
+    assert "image/heic" in PIL_DECODERS
 
     photo = Image.open(io.BytesIO(jpeg))
     photo.load()
