@@ -254,3 +254,24 @@ def test_a_heic_over_the_pixel_limit_is_refused_from_its_header():
     with pytest.raises(ImageRejected) as err:
         process_image(data, CoreConfig(limits=Limits(max_pixels=1_000_000)))
     assert err.value.code == "too_many_pixels"
+
+
+def test_the_upload_pages_check_gives_the_same_reasons_as_intake(tmp_path):
+    """The page checks each file in place before sending (a memoryview of Streamlit's buffer): a DNG, whose
+    tags may lie anywhere in the file, gets the same reason there as at intake."""
+    from types import SimpleNamespace
+
+    from ui_streamlit import data
+
+    class Uploaded:
+        def __init__(self, name, content):
+            self.name, self.size, self._content = name, len(content), content
+
+        def getbuffer(self):
+            return memoryview(self._content)
+
+    dng = _dng(tmp_path / "raw.dng")
+    heic = _heif(Image.new("RGB", (32, 32), (1, 2, 3)))
+    services = SimpleNamespace(settings=SimpleNamespace(max_file_bytes=50 * 1024 * 1024))
+    checks = data.precheck([Uploaded("IMG_1.DNG", dng), Uploaded("IMG_2.HEIC", heic)], services)
+    assert [(c.ok, c.reason) for c in checks] == [(False, check_content(dng).reason), (True, None)]

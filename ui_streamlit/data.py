@@ -74,13 +74,12 @@ class FileCheck:
 
 def precheck(files: list, services: Services) -> list[FileCheck]:
     """The checks intake applies, run before sending so each file's reason shows at once. ``files`` are
-    uploaded files (``name``, ``size`` and ``getbuffer()``, as Streamlit's UploadedFile has); only the
-    first bytes are looked at, nothing is copied."""
+    uploaded files (``name``, ``size`` and ``getbuffer()``, as Streamlit's UploadedFile has); they are looked
+    at in place (the first bytes, and a TIFF's tags, which tell a camera RAW), nothing is copied."""
     s = services.settings
     out = []
     for f in files:
-        head = bytes(f.getbuffer()[:64])
-        refusal = check_size(f.size, s.max_file_bytes) or check_content(head)
+        refusal = check_size(f.size, s.max_file_bytes) or check_content(f.getbuffer())
         out.append(FileCheck(f.name, f.size, refusal is None, refusal.reason if refusal else None))
     return out
 

@@ -86,8 +86,9 @@ def _nclx(data: bytes) -> tuple[int, int, int] | None:
 
 
 def _gain_map(img: Image.Image) -> bool:
-    """Whether an HDR gain map is in the file: Ultra HDR (an MPO whose XMP uses the hdrgm namespace) or
-    Apple's HDR gain map (an auxiliary image of type urn:com:apple:photo:2020:aux:hdrgainmap)."""
+    """Whether an HDR gain map travels with the photo, from the primary image's XMP: Ultra HDR (the hdrgm
+    namespace) or Apple's HDR photos (HDRGainMap). (Auxiliary images are not opened, so Apple's gain-map
+    image itself is not looked at; the aux list is used when a decoder provides it.)"""
     xmp = img.info.get("xmp") or b""
     xmp = xmp if isinstance(xmp, bytes) else str(xmp).encode()
     if b"hdrgm" in xmp or b"HDRGainMap" in xmp:

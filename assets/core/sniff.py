@@ -148,7 +148,7 @@ def _tiff_ascii(data: bytes, entry: tuple[int, int, int], order: str) -> str:
     kind, count, value = entry
     if kind != 2 or count == 0:
         return ""
-    raw = value.to_bytes(4, order)[:count] if count <= 4 else data[value:value + min(count, 256)]
+    raw = value.to_bytes(4, order)[:count] if count <= 4 else bytes(data[value:value + min(count, 256)])
     return raw.split(b"\x00", 1)[0].decode("latin-1").strip()
 
 
@@ -156,8 +156,8 @@ def camera_raw(data: bytes) -> str | None:
     """The camera RAW format of ``data`` ("DNG", "CR2", "NEF", "CR3", "RAF", …), or None for anything else.
     DNG and the TIFF-based RAWs are TIFF files: DNG by its DNGVersion tag, CR2 by its 'CR' marker, the others
     by sensor data (a CFA or linear-raw image) in any IFD, named by the camera maker. Pillow would read only
-    their small embedded preview, so they must never reach it as a photo."""
-    mime = sniff_type(data[:64])
+    their small embedded preview, so they must never reach it as a photo. ``data`` may be a memoryview."""
+    mime = sniff_type(bytes(data[:64]))
     if mime in _RAW_BY_TYPE:
         return _RAW_BY_TYPE[mime]
     if mime != "image/tiff":
@@ -176,8 +176,9 @@ def camera_raw(data: bytes) -> str | None:
 
 def type_refusal(data: bytes) -> tuple[str, str, str] | None:
     """Why a file is refused for its type — ``(code, reason, sniffed type)`` — or None when the pipeline
-    decodes it. The reason says what the file is and what to do."""
-    mime = sniff_type(data[:64])
+    decodes it. The reason says what the file is and what to do. ``data``: the whole file (bytes or a
+    memoryview: a TIFF-based camera RAW is told apart by tags that may lie anywhere in it)."""
+    mime = sniff_type(bytes(data[:64]))
     raw = camera_raw(data)
     if raw:
         return "camera_raw", f"camera RAW ({raw}): export a JPEG or HEIC from your camera or photo app", mime
