@@ -171,6 +171,12 @@ def evaluate_batch_sensor(
             context.log.info(f"{msg.message_id}: batch deleted at {doc.get('deleted_at')}; no run")
             q.complete(msg)
             continue
+        if doc is not None and parse_run_key(msg.message_id)[1] != int(doc.get("generation") or 0):
+            # a message of an earlier generation (the batch was deleted and restored since): only the
+            # current one may start a run
+            context.log.info(f"{msg.message_id}: not the batch's current generation; no run")
+            q.complete(msg)
+            continue
         new_partitions.append(manifest.batch_id)
         run_requests.append(
             RunRequest(

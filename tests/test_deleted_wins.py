@@ -18,6 +18,7 @@ from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.domain.status import batch_status
 from orchestration.partitions import batches_partitions
 from orchestration.resources import resources_from_settings
+from orchestration.settings import load_settings
 from sensors.batch_sensor import build_failure_sensor, evaluate_batch_sensor
 from sensors.deletion_sensor import stop_deleted
 from sensors.events_sensor import deliver_pending
@@ -98,7 +99,12 @@ def test_a_batch_deleted_while_its_run_processes_stops_and_nothing_written_after
     assert _live_objects(services, batch_id) == []  # renditions written after the delete were trashed too
     assert [d["batch_id"] for d in retention.recently_deleted(services, "ann")] == [batch_id]
 
-    # Restore puts it back in the queue under its next run key; the sensor requests that run; it completes.
+    # Not while its run is being stopped; once the deletion sensor has seen it stop (and swept), restore
+    # puts it back in the queue under its next run key; the sensor requests that run; it completes.
+    with pytest.raises(retention.RetentionError, match="still stopping"):
+        retention.restore_batch(services, batch_id, "ann")
+    assert stop_deleted(build_sensor_context(instance=instance), services.metadata, services.lake,
+                        lambda ids: {})["swept"] == 1
     restored = retention.restore_batch(services, batch_id, "ann")
     assert restored["status"] == "received" and restored["generation"] == 1 and restored["missing"] == []
     ctx = build_sensor_context(instance=instance)
@@ -127,6 +133,7 @@ def test_a_batch_deleted_while_queued_gets_no_run_and_a_run_that_starts_anyway_w
     assert result.success and _steps(result, "STEP_SKIPPED") == ["image_documents", "renditions", "result_events"]
     assert list(services.metadata.query("images", partition_key=batch_id)) == []
     assert services.metadata.read("batches", batch_id, "ann")["status"] == "deleted"
+    stop_deleted(ctx, services.metadata, services.lake, lambda ids: {})
     assert retention.restore_batch(services, batch_id, "ann")["status"] == "received"
 
 
@@ -231,7 +238,33 @@ def test_restore_says_what_could_not_be_restored_and_keeps_the_retention_of_the_
     assert short.purge_expired(t0 + timedelta(days=2)) == 0
     # Past the lake's own retention (its objects purged), the batch document can still be restored: it says so.
     assert short.purge_expired(t0 + timedelta(days=8)) == N + 1
+    with instance_for_test() as instance:  # (its deletion sensor pass: no run to stop)
+        stop_deleted(build_sensor_context(instance=instance), services.metadata, short, lambda ids: {})
     restored = retention.restore_batch(Services(services.settings, short, services.metadata, services.queue),
                                        batch_id, "ann", now=t0 + timedelta(days=6))
     assert f"raw/{batch_id}/manifest.json" in restored["missing"] and len(restored["missing"]) == N + 1
     assert restored["status"] == "failed" and "could not be restored" in retention.restore_outcome(restored)
+
+
+def test_a_message_of_an_earlier_generation_starts_no_run(instance, offline_settings, batch):
+    """Deleted and restored while its first message still waited on the queue: both messages arrive, only the
+    current generation's becomes a run."""
+    services, batch_id = batch
+    retention.delete_batch(services, batch_id, "ann", deleted_by="ann")
+    stop_deleted(build_sensor_context(instance=instance), services.metadata, services.lake, lambda ids: {})
+    assert retention.restore_batch(services, batch_id, "ann")["generation"] == 1
+    tick = evaluate_batch_sensor(build_sensor_context(instance=instance), services.queue,
+                                 wiring.CLIENTS.signal(offline_settings), services.metadata, safety_poll_seconds=0)
+    assert [r.run_key for r in tick.run_requests] == [f"{batch_id}~1"]
+
+
+def test_a_restored_batch_takes_a_slot_of_the_users_quota_again(tmp_path):
+    services = wiring.services(load_settings(data_dir=tmp_path, max_batches_in_flight=1))
+    photo = IntakeItem.from_bytes("a.jpg", jpeg_bytes(synthetic_photo(64, 48, 0, "q")))
+    first = upload_batch(services, [photo], user_id="ann").batch_id
+    retention.delete_batch(services, first, "ann", deleted_by="ann")  # frees its slot...
+    with instance_for_test() as instance:
+        stop_deleted(build_sensor_context(instance=instance), services.metadata, services.lake, lambda ids: {})
+    upload_batch(services, [photo], user_id="ann")  # ...which a new upload takes
+    with pytest.raises(retention.RetentionError, match="IMGPIPE_MAX_BATCHES_IN_FLIGHT"):
+        retention.restore_batch(services, first, "ann")  # so the deleted one cannot go back in flight now

@@ -275,3 +275,18 @@ def test_the_upload_pages_check_gives_the_same_reasons_as_intake(tmp_path):
     services = SimpleNamespace(settings=SimpleNamespace(max_file_bytes=50 * 1024 * 1024))
     checks = data.precheck([Uploaded("IMG_1.DNG", dng), Uploaded("IMG_2.HEIC", heic)], services)
     assert [(c.ok, c.reason) for c in checks] == [(False, check_content(dng).reason), (True, None)]
+
+
+def test_a_heif_declaring_a_huge_coded_image_is_refused_from_its_header():
+    """A HEIF shows its size after libheif's crop; every coded size it declares (ispe) is checked too, so a
+    small crop of a huge image cannot pass."""
+    from assets.core.decode import coded_sizes
+
+    data = bytearray(_heif(Image.new("RGB", (64, 48), (5, 5, 5))))
+    assert coded_sizes(bytes(data)) == [(64, 64)]  # (coded 64x64, shown 64x48 through a crop: the mechanism)
+    at = data.find(b"ispe")
+    data[at + 8:at + 16] = (30000).to_bytes(4, "big") + (30000).to_bytes(4, "big")
+    with pytest.raises(ImageRejected) as err:
+        process_image(bytes(data), CoreConfig())
+    assert err.value.code in ("too_many_pixels", "bad_dimensions", "corrupt")
+    assert (30000, 30000) in coded_sizes(bytes(data))

@@ -85,6 +85,35 @@ def _nclx(data: bytes) -> tuple[int, int, int] | None:
     return tuple(int.from_bytes(data[at + 8 + 2 * i: at + 10 + 2 * i], "big") for i in range(3))  # type: ignore[return-value]
 
 
+def coded_sizes(data: bytes) -> list[tuple[int, int]]:
+    """Every image size a HEIF/AVIF declares in its top-level ``meta`` box (``ispe`` properties: the coded
+    sizes of the primary image, its tiles, thumbnails, auxiliary images). Pillow reports the size after
+    libheif's crop and rotation; a small crop of a huge coded image would pass a check of that size alone."""
+    at, meta = 0, None
+    for _ in range(64):  # top-level boxes: ftyp, meta, mdat, ... (meta comes early)
+        if at + 8 > len(data):
+            break
+        size, kind = int.from_bytes(data[at:at + 4], "big"), data[at + 4:at + 8]
+        if size == 1 and at + 16 <= len(data):
+            size = int.from_bytes(data[at + 8:at + 16], "big")
+        elif size == 0:
+            size = len(data) - at
+        if size < 8:
+            break
+        if kind == b"meta":
+            meta = data[at:at + size]
+            break
+        at += size
+    sizes, start = [], 0
+    while meta is not None and len(sizes) < 4096:
+        found = meta.find(b"ispe", start)
+        if found < 4 or found + 16 > len(meta):
+            break
+        sizes.append((int.from_bytes(meta[found + 8:found + 12], "big"), int.from_bytes(meta[found + 12:found + 16], "big")))
+        start = found + 4
+    return sizes
+
+
 def _gain_map(img: Image.Image) -> bool:
     """Whether an HDR gain map travels with the photo, from the primary image's XMP: Ultra HDR (the hdrgm
     namespace) or Apple's HDR photos (HDRGainMap). (Auxiliary images are not opened, so Apple's gain-map
@@ -131,6 +160,11 @@ def inspect(data: bytes, config: CoreConfig) -> Inspected:
             if width * height > limits.max_pixels:
                 raise ImageRejected("too_many_pixels",
                                     f"{width}x{height} = {width * height / 1e6:.1f} MP exceeds {limits.max_pixels / 1e6:g} MP")
+            if mime in ("image/heic", "image/avif"):
+                for coded_w, coded_h in coded_sizes(data):
+                    if max(coded_w, coded_h) > limits.max_edge or coded_w * coded_h > limits.max_pixels:
+                        raise ImageRejected("too_many_pixels", f"it declares a coded image of {coded_w}x{coded_h} px, over "
+                                            f"{limits.max_pixels / 1e6:g} MP or {limits.max_edge} px a side")
             images = int(getattr(img, "n_frames", 1) or 1)
             frames = 1 if img.format in _STILL_COLLECTIONS else images
             if frames > 1 and config.animated == "reject":

@@ -99,7 +99,9 @@ def _worker_main(conn: Connection, config: CoreConfig) -> None:
         except MemoryError:
             result = ("rejected", ImageRejected("too_large_to_decode", "processing exceeded the worker's memory limit"))
         except Exception as exc:  # a decoder bug: this image is rejected, the worker lives on
-            result = ("rejected", ImageRejected("processing_error", f"{type(exc).__name__}: {exc}"))
+            # (the decoder's own message stays out of what users see: it can name internals)
+            result = ("rejected", ImageRejected("processing_error", f"the image could not be processed "
+                                                                    f"({type(exc).__name__})"))
         del data
         try:
             conn.send((key, result, peak_rss_mb()))

@@ -226,7 +226,7 @@ def find_near_duplicates(store: MetadataStore, manifest: BatchManifest, docs: li
     user's earlier batches whose pHash is within ``DUPLICATE_MAX_DISTANCE`` bits."""
     earlier = [
         d for d in store.query("images", {"user_id": manifest.user_id, "outcome": "processed"})
-        if d["batch_id"] != manifest.batch_id and d.get("facts", {}).get("phash")
+        if d["batch_id"] != manifest.batch_id and d.get("facts", {}).get("phash") and not d.get("deleted")
     ]
     hashed = [d for d in docs if d["outcome"] == "processed" and d["facts"].get("phash")]
     for doc in hashed:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from orchestration.domain.services import Services
 from orchestration.ports.metadata import Conflict, PreconditionFailed
 
-IN_FLIGHT = ("received", "processing")
+IN_FLIGHT = ("received", "processing", "retrying")
 ORPHAN_AFTER = timedelta(minutes=15)
 
 
@@ -36,9 +36,10 @@ def _still_in_flight(services: Services, user_id: str, batch_id: str, entry: dic
 
 
 def reserve(services: Services, user_id: str, batch_id: str, offered_bytes: int, *,
-            now: datetime | None = None, attempts: int = 20) -> None:
+            now: datetime | None = None, attempts: int = 20, count_bytes: bool = True) -> None:
     """Take ``offered_bytes`` of today's allowance and one in-flight slot for ``batch_id``, or raise
-    ``QuotaExceeded`` naming the limit. Atomic against concurrent uploads of the same user."""
+    ``QuotaExceeded`` naming the limit. Atomic against concurrent uploads of the same user.
+    ``count_bytes=False``: a slot only (a restored batch goes back in the queue; its bytes were counted)."""
     s, store = services.settings, services.metadata
     now = now or datetime.now(timezone.utc)
     day = now.strftime("%Y-%m-%d")
@@ -51,6 +52,8 @@ def reserve(services: Services, user_id: str, batch_id: str, offered_bytes: int,
         if len(held) >= s.max_batches_in_flight:
             raise QuotaExceeded(f"you have {len(held)} batches waiting or processing; the limit is "
                                 f"{s.max_batches_in_flight} (IMGPIPE_MAX_BATCHES_IN_FLIGHT) — upload again once some finish")
+        if not count_bytes:
+            offered_bytes = 0
         if used + offered_bytes > s.max_bytes_per_day:
             raise QuotaExceeded(f"this batch ({offered_bytes:,} bytes) would take you to {used + offered_bytes:,} "
                                 f"bytes today; the limit is {s.max_bytes_per_day:,} bytes per day "

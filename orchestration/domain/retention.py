@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from orchestration.domain import quota
 from orchestration.domain.batches import DELETED, FINISHED, run_key, trash_image
 from orchestration.domain.manifest import manifest_path, raw_path
 from orchestration.domain.services import Services
@@ -70,8 +71,11 @@ def delete_batch(services: Services, batch_id: str, user_id: str | None, *, dele
 
     # The batch document first: from this moment pages no longer show it, whatever happens next.
     marked = update(services.metadata, "batches", batch_id, doc["user_id"], mark)
-    if marked is None:  # already deleted (or gone)
-        return services.metadata.read("batches", batch_id, doc["user_id"]) or doc
+    if marked is None:  # already deleted (or gone): finish a sweep an earlier attempt left half done
+        current = services.metadata.read("batches", batch_id, doc["user_id"]) or doc
+        if current.get("status") == DELETED:
+            sweep(services.lake, services.metadata, current, now=now)
+        return current
     sweep(services.lake, services.metadata, marked, now=now)
     return marked
 
@@ -121,6 +125,10 @@ def restore_batch(services: Services, batch_id: str, user_id: str | None, *,
     doc = _batch_doc(services, batch_id, user_id)
     if doc.get("status") != DELETED:
         raise RetentionError(f"batch {batch_id} is not deleted")
+    if doc.get("cleanup_pending"):
+        # Its run is still being stopped (the deletion sensor, within seconds): restoring now would let that
+        # run write on, next to the one the restore starts.
+        raise RetentionError(f"batch {batch_id} is still stopping its run; restore it again in a few seconds")
     if datetime.fromisoformat(doc["restorable_until"]) <= now:
         raise RetentionError(f"batch {batch_id} was deleted on {doc['deleted_at'][:10]}; its restore period "
                              f"ended on {doc['restorable_until'][:10]}")
@@ -144,14 +152,20 @@ def restore_batch(services: Services, batch_id: str, user_id: str | None, *,
     before = doc.get("status_before_delete") or "completed"
     requeue = before not in FINISHED
     generation = int(doc.get("generation") or 0) + (1 if requeue else 0)
+    if requeue:  # back in flight: it takes a slot of the user's quota again (checked and taken at once)
+        try:
+            quota.reserve(services, doc["user_id"], batch_id, int(doc.get("bytes") or 0), now=now,
+                          count_bytes=False)
+        except quota.QuotaExceeded as exc:
+            raise RetentionError(f"batch {batch_id} cannot go back in the queue now: {exc}") from None
     if requeue and manifest_path(batch_id) in missing:
         status, error = "failed", "restored, but its uploaded files could not be restored; upload it again"
     else:
         status, error = ("received" if requeue else before), doc.get("error")
 
     def back(current: dict) -> dict | None:
-        if current.get("status") != DELETED:
-            return None  # restored concurrently
+        if current.get("status") != DELETED or current.get("deleted_at") != doc.get("deleted_at"):
+            return None  # restored (or restored and deleted again) concurrently
         restored = {k: v for k, v in current.items()
                     if k not in ("ttl", "deleted_at", "deleted_by", "restorable_until", "status_before_delete",
                                  "cleanup_pending")}

@@ -113,6 +113,10 @@ def _delete(batch_id: str) -> None:
 
 
 def _restore(batch_id: str, owner: str | None) -> None:
+    if owner is None and not current_is_operator():  # (the operator role may have lapsed since the page drew)
+        st.session_state["results-flash"] = ("error", "Restoring other users' batches needs the operator role; "
+                                                      "sign in again.")
+        return
     try:
         doc = retention.restore_batch(svc, batch_id, owner)
     except retention.RetentionError as exc:
@@ -197,7 +201,7 @@ live()
 def _deleted_list(docs: list[dict], *, for_operator: bool) -> None:
     for d in docs:
         title = data.plain((d.get("metadata") or {}).get("title") or d["batch_id"])
-        who = f" · user {d['user_id']}" if for_operator else ""
+        who = f" · user {data.plain(d['user_id'])}" if for_operator else ""
         st.write(f"**{title}** ({d['batch_id']}{who}) — deleted {d['deleted_at'][:16].replace('T', ' ')}, "
                  f"restorable until {d['restorable_until'][:10]}")
         st.button("Restore", key=f"restore-{d['batch_id']}", icon=":material/restore_from_trash:",
