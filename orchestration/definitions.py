@@ -23,7 +23,7 @@ from assets.analytics import bi_export_job, bi_export_schedule, image_facts_dail
 from assets.batch import batch_asset_checks, batch_assets
 from orchestration.resources import resources_from_settings
 from orchestration.settings import check_profile, load_settings
-from sensors.batch_sensor import build_batch_sensor, build_failure_sensor
+from sensors.batch_sensor import build_batch_sensor, build_cancel_sensor, build_failure_sensor
 from sensors.deletion_sensor import build_deletion_sensor
 from sensors.events_sensor import build_events_sensor
 from sensors.housekeeping import housekeeping_job, housekeeping_schedule
@@ -44,6 +44,7 @@ defs = Definitions(
     jobs=[process_batch_job, housekeeping_job, bi_export_job],
     schedules=[housekeeping_schedule, bi_export_schedule],
     sensors=[build_batch_sensor(process_batch_job, settings=settings), build_failure_sensor(process_batch_job),
+             build_cancel_sensor(process_batch_job),
              build_reconcile_sensor(settings=settings), build_deletion_sensor(settings=settings),
              build_events_sensor(settings=settings)],
     resources=resources_from_settings(settings),

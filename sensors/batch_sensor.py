@@ -51,8 +51,10 @@ import time
 from datetime import datetime, timezone
 
 from dagster import (
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
+    RunStatusSensorContext,
     RunRequest,
     ResourceParam,
     RunsFilter,
@@ -60,6 +62,7 @@ from dagster import (
     SensorResult,
     SkipReason,
     run_failure_sensor,
+    run_status_sensor,
     sensor,
 )
 from pydantic import ValidationError
@@ -267,3 +270,43 @@ def build_failure_sensor(job):
             context.log.info(f"batch {batch_id} is deleted; its failed run changes nothing")
 
     return batch_failure_sensor
+
+
+def build_cancel_sensor(job):
+    """A batch run cancelled other than by deleting its batch (the Terminate button in the Dagster UI, say)
+    leaves the batch neither completed nor failed: it would hold its user's in-flight slot for good. This
+    ends it 'failed' with the reason, so the person sees it and `imgpipe reprocess` can run it again. A
+    deleted batch stays deleted, a completed one completed (the same conditional write as the failure
+    sensor's)."""
+
+    @run_status_sensor(
+        run_status=DagsterRunStatus.CANCELED,
+        name="batch_cancel_sensor",
+        monitored_jobs=None,
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=5,
+        description="When a batch run is cancelled (not by deleting the batch): marks the batch 'failed' with "
+        "the reason, freeing its user's slot; `imgpipe reprocess` runs it again.",
+    )
+    def batch_cancel_sensor(context: RunStatusSensorContext, metadata: ResourceParam[MetadataStore]):
+        run = context.dagster_run
+        batch_id = run.tags.get("dagster/partition")
+        user_id = run.tags.get("imgpipe/user_id")
+        if batch_id and not user_id:
+            found = list(metadata.query("batches", {"batch_id": batch_id}))
+            user_id = found[0]["user_id"] if found else None
+        if not batch_id or not user_id:
+            return
+
+        def mark(doc: dict) -> dict | None:
+            if doc.get("status") == "completed":
+                return None
+            return {**doc, "status": "failed", "dagster_run_id": run.run_id,
+                    "error": f"its run {run.run_id} was cancelled; `imgpipe reprocess {batch_id}` runs it again"}
+
+        try:
+            change_batch(metadata, batch_id, user_id, mark)
+        except BatchDeleted:
+            context.log.info(f"batch {batch_id} is deleted; its cancelled run changes nothing")
+
+    return batch_cancel_sensor

@@ -47,4 +47,4 @@ def test_asset_graph_snapshot():
     job = defs.resolve_job_def("process_batch")
     assert job.executor_def.name == "in_process"
     assert {s.name for s in defs.sensors} == {"batch_sensor", "batch_failure_sensor", "intake_reconciler",
-                                              "deletion_sensor", "events_sensor"}
+                                              "deletion_sensor", "events_sensor", "batch_cancel_sensor"}

@@ -268,3 +268,31 @@ def test_a_restored_batch_takes_a_slot_of_the_users_quota_again(tmp_path):
     upload_batch(services, [photo], user_id="ann")  # ...which a new upload takes
     with pytest.raises(retention.RetentionError, match="IMGPIPE_MAX_BATCHES_IN_FLIGHT"):
         retention.restore_batch(services, first, "ann")  # so the deleted one cannot go back in flight now
+
+
+def test_a_run_cancelled_in_the_dagster_ui_ends_its_batch_failed_and_frees_the_slot(instance, offline_settings, batch):
+    from dagster import DagsterEventType, build_run_status_sensor_context
+
+    from orchestration.definitions import process_batch_job
+    from sensors.batch_sensor import build_cancel_sensor
+
+    services, batch_id = batch
+    change_batch(services.metadata, batch_id, "ann", lambda d: {**d, "status": "processing"})
+
+    def cancel_and_tell_the_sensor():
+        run = create_run_for_test(instance, job_name="process_batch", status=DagsterRunStatus.STARTED,
+                                  tags={"dagster/partition": batch_id, "imgpipe/user_id": "ann"})
+        instance.report_run_canceled(run)
+        [event] = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.RUN_CANCELED).records
+        ctx = build_run_status_sensor_context(
+            sensor_name="batch_cancel_sensor", dagster_event=event.event_log_entry.dagster_event,
+            dagster_instance=instance, dagster_run=instance.get_run_by_id(run.run_id),
+            resources={"metadata": services.metadata})
+        build_cancel_sensor(process_batch_job)(ctx)
+
+    cancel_and_tell_the_sensor()
+    doc = services.metadata.read("batches", batch_id, "ann")
+    assert doc["status"] == "failed" and "was cancelled" in doc["error"] and "imgpipe reprocess" in doc["error"]
+    retention.delete_batch(services, batch_id, "ann", deleted_by="ann")
+    cancel_and_tell_the_sensor()  # a run of a deleted batch cancelled (by the deletion sensor): still deleted
+    assert services.metadata.read("batches", batch_id, "ann")["status"] == "deleted"
