@@ -298,8 +298,12 @@ def build_cancel_sensor(job):
         if not batch_id or not user_id:
             return
 
+        generation = parse_run_key(run.tags.get(RUN_KEY_TAG) or batch_id)[1]
+
         def mark(doc: dict) -> dict | None:
-            if doc.get("status") == "completed":
+            # (a run of an earlier generation — cancelled when its batch was deleted, read after a restore —
+            # says nothing about the batch now)
+            if doc.get("status") == "completed" or generation != int(doc.get("generation") or 0):
                 return None
             return {**doc, "status": "failed", "dagster_run_id": run.run_id,
                     "error": f"its run {run.run_id} was cancelled; `imgpipe reprocess {batch_id}` runs it again"}

@@ -293,6 +293,11 @@ def test_a_run_cancelled_in_the_dagster_ui_ends_its_batch_failed_and_frees_the_s
     cancel_and_tell_the_sensor()
     doc = services.metadata.read("batches", batch_id, "ann")
     assert doc["status"] == "failed" and "was cancelled" in doc["error"] and "imgpipe reprocess" in doc["error"]
+    change_batch(services.metadata, batch_id, "ann", lambda d: {**d, "status": "processing"})  # reprocessed
     retention.delete_batch(services, batch_id, "ann", deleted_by="ann")
     cancel_and_tell_the_sensor()  # a run of a deleted batch cancelled (by the deletion sensor): still deleted
     assert services.metadata.read("batches", batch_id, "ann")["status"] == "deleted"
+    stop_deleted(build_sensor_context(instance=instance), services.metadata, services.lake, lambda ids: {})
+    retention.restore_batch(services, batch_id, "ann")
+    cancel_and_tell_the_sensor()  # that cancellation read only after the restore: generation 0, not the current
+    assert services.metadata.read("batches", batch_id, "ann")["status"] == "received"
