@@ -45,3 +45,9 @@ def test_the_operator_role_counts_only_in_a_recent_token():
     assert not stale.operator and stale.operator_lapsed and stale.user_id == fresh.user_id
     undated = identify({k: v for k, v in claims.items() if k != "iat"}, issuers=[ENTRA], operator_max_age_seconds=900)
     assert not undated.operator
+
+
+def test_entra_issuers_of_other_clouds_and_external_id_name_the_tenants_object():
+    for iss in (f"https://login.microsoftonline.us/{TID}/v2.0", f"https://{TID}.ciamlogin.com/{TID}/v2.0"):
+        assert identify({"iss": iss, "sub": "s", "tid": TID, "oid": OID}, issuers=[iss]).user_id == \
+            opaque_user_id(f"entra:{TID}", OID)

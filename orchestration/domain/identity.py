@@ -72,7 +72,10 @@ def _has_role(claims: Mapping[str, Any], claim: str, role: str) -> bool:
     return bool(role) and any(isinstance(v, str) and v == role for v in values)
 
 
-_ENTRA_ISSUERS = ("https://login.microsoftonline.com/{tid}/v2.0", "https://sts.windows.net/{tid}")
+# Entra ID's issuers for a tenant: v2.0 and v1 tokens, the US Government and China clouds, and External ID.
+_ENTRA_ISSUERS = ("https://login.microsoftonline.com/{tid}/v2.0", "https://sts.windows.net/{tid}",
+                  "https://login.microsoftonline.us/{tid}/v2.0", "https://login.partner.microsoftonline.cn/{tid}/v2.0",
+                  "https://{tid}.ciamlogin.com/{tid}/v2.0")
 
 
 def _is_entra_issuer_of(iss: str, tid: str) -> bool:
