@@ -301,3 +301,21 @@ def test_a_run_cancelled_in_the_dagster_ui_ends_its_batch_failed_and_frees_the_s
     retention.restore_batch(services, batch_id, "ann")
     cancel_and_tell_the_sensor()  # that cancellation read only after the restore: generation 0, not the current
     assert services.metadata.read("batches", batch_id, "ann")["status"] == "received"
+
+
+def test_two_sweeps_racing_over_the_same_object_both_end_quietly(tmp_path, monkeypatch):
+    """The run's own sweep and the deletion sensor's can reach one object at once: the one that loses the race
+    hears ObjectNotFound (which a sweep skips), not FileNotFoundError (which failed the run's step)."""
+    from pathlib import Path
+
+    from orchestration.adapters.local.lake import LocalLake
+    from orchestration.ports.lake import ObjectNotFound
+
+    lake = LocalLake(tmp_path / "lake")
+    lake.write("processed/b/i1/thumb.jpg", b"x")
+    real_is_file = Path.is_file
+    lake.delete("processed/b/i1/thumb.jpg")  # the other sweep got there first...
+    monkeypatch.setattr(Path, "is_file", lambda self: True if self.name == "thumb.jpg" else real_is_file(self))
+    with pytest.raises(ObjectNotFound):  # ...after this one had looked
+        lake.delete("processed/b/i1/thumb.jpg")
+    assert len(lake.list_deleted("processed/b/")) == 1  # no empty trash entry left behind

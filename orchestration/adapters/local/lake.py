@@ -103,7 +103,11 @@ class LocalLake:
         (slot / "record.json").write_text(json.dumps(record))
         target = slot / "object" / path
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, target)
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:  # deleted by another process between the check and the move
+            shutil.rmtree(slot, ignore_errors=True)
+            raise ObjectNotFound(path) from None
         self._prune_empty_dirs(source.parent)
 
     def _prune_empty_dirs(self, directory: Path) -> None:
