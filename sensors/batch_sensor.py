@@ -226,6 +226,16 @@ def build_batch_sensor(job, *, settings=None, interval_seconds: int | None = Non
     return batch_sensor
 
 
+def _run_batch(run, store: MetadataStore) -> tuple[str | None, str | None]:
+    """(batch id, its user) of a batch run. A backfill (reprocess) run carries no user tag: the batch's owner
+    is looked up."""
+    batch_id, user_id = run.tags.get("dagster/partition"), run.tags.get("imgpipe/user_id")
+    if batch_id and not user_id:
+        found = list(store.query("batches", {"batch_id": batch_id}, limit=1))
+        user_id = found[0]["user_id"] if found else None
+    return batch_id, user_id
+
+
 def build_failure_sensor(job):
     @run_failure_sensor(
         name="batch_failure_sensor",
@@ -237,12 +247,8 @@ def build_failure_sensor(job):
     )
     def batch_failure_sensor(context: RunFailureSensorContext, metadata: ResourceParam[MetadataStore]):
         run = context.dagster_run
-        batch_id = run.tags.get("dagster/partition")
-        user_id = run.tags.get("imgpipe/user_id")
         store = metadata
-        if batch_id and not user_id:  # a backfill (reprocess) run carries no user tag: find the batch's owner
-            found = list(store.query("batches", {"batch_id": batch_id}))
-            user_id = found[0]["user_id"] if found else None
+        batch_id, user_id = _run_batch(run, store)
         if not batch_id or not user_id:
             return
         message = (context.failure_event.message or "run failed")[:2000]
@@ -290,11 +296,7 @@ def build_cancel_sensor(job):
     )
     def batch_cancel_sensor(context: RunStatusSensorContext, metadata: ResourceParam[MetadataStore]):
         run = context.dagster_run
-        batch_id = run.tags.get("dagster/partition")
-        user_id = run.tags.get("imgpipe/user_id")
-        if batch_id and not user_id:
-            found = list(metadata.query("batches", {"batch_id": batch_id}))
-            user_id = found[0]["user_id"] if found else None
+        batch_id, user_id = _run_batch(run, metadata)
         if not batch_id or not user_id:
             return
 
