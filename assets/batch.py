@@ -1,7 +1,9 @@
 """Batch assets, one dynamic partition per batch:
 
-    raw_images ──► renditions ──► image_documents ──► result_events
-    (lake: raw/)   (lake: processed/)  (metadata store)   (Kafka)
+    raw_images ──► renditions ──┬──────────────────────► image_documents ──► result_events
+    (lake: raw/)   (lake: processed/)                    (metadata store)   (Kafka)
+                                └► labels, moderation, faces ┘
+                                   (understand_images: models on a small rendition → image documents, events)
 
 Each asset writes to outside storage through a port and yields a MaterializeResult with metadata, so
 any step can be re-executed on its own (from the UI, a backfill or "re-execute from failure") and reads
@@ -19,15 +21,19 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
     MaterializeResult,
     MetadataValue,
     ResourceParam,
     asset,
     asset_check,
+    multi_asset,
 )
 
 from orchestration.domain import processing as steps  # the Dagster-free work of each asset
 from orchestration.domain import retention
+from orchestration.domain import understanding as understand
 from orchestration.domain.batches import DELETED, BatchDeleted, change_batch, ensure_live, set_batch, write_image
 from orchestration.domain.processing import Processing
 from assets.core import processing_version
@@ -35,13 +41,16 @@ from orchestration.partitions import batches_partitions
 from orchestration.ports.lake import Lake
 from orchestration.ports.metadata import MetadataStore
 from orchestration.ports.results import ResultStream
+from orchestration.ports.understanding import TASKS, ImageUnderstanding
 from orchestration.settings import load_settings
+from orchestration.wiring import understanding_models
 
 # The ports, as resources hand them over (orchestration/resources.py builds them from Settings).
 LakePort = ResourceParam[Lake]
 MetadataPort = ResourceParam[MetadataStore]
 ResultsPort = ResourceParam[ResultStream]
 ProcessingParam = ResourceParam[Processing]
+UnderstandingPort = ResourceParam[ImageUnderstanding | None]
 
 _GROUP = "batch"
 
@@ -49,7 +58,22 @@ _GROUP = "batch"
 # shapes its output, from the same settings the processing resource is built from. When either changes,
 # the Dagster UI shows every batch partition made otherwise as changed ("code version"), and a backfill
 # of the selection (or `imgpipe reprocess`) redoes them.
-PROCESSING_CODE_VERSION = processing_version(load_settings().core_config())
+_SETTINGS = load_settings()
+PROCESSING_CODE_VERSION = processing_version(_SETTINGS.core_config())
+
+# Each understanding asset's code version comes from its model (file sha256, version, thresholds) and, for
+# moderation, the policy's thresholds: a new model marks only its own asset changed in the UI, and
+# `imgpipe reprocess --asset labels` redoes just that one.
+UNDERSTANDING_MODELS = understanding_models(_SETTINGS)
+MODERATION_POLICY = understand.policy_from(_SETTINGS)
+
+
+def understanding_code_version(task: str) -> str:
+    model = UNDERSTANDING_MODELS.get(task)
+    if model is None:
+        return "off"
+    extra = f"-{MODERATION_POLICY.review}-{MODERATION_POLICY.flag}" if task == "moderation" else ""
+    return f"{model.code_version}{extra}"
 
 
 def stops_when_deleted(step):
@@ -180,9 +204,85 @@ def renditions(
     )
 
 
+_UNDERSTANDING_DESCRIPTIONS = {
+    "labels": "What each processed image shows: the top-5 labels with scores (ImageNet-1k classes locally: objects, "
+              "animals, scenes, not people; Azure AI Vision tags and a caption in Azure), on its image document.",
+    "moderation": "Moderation scores (0..1) of each processed image and the decision from the thresholds in "
+                  "Settings (allow / review / flag), recorded with the model's version; flagged images go to the "
+                  "operators' review list.",
+    "faces": "Faces found in each processed image (count and boxes; people in Azure), on its image document.",
+}
+
+
+@multi_asset(
+    name="understand_images",
+    specs=[AssetSpec(task, deps=[renditions], group_name=_GROUP, code_version=understanding_code_version(task),
+                     kinds={"onnx"} if _SETTINGS.understanding == "local" else {"azure"}, skippable=True,
+                     description=_UNDERSTANDING_DESCRIPTIONS[task]) for task in TASKS],
+    partitions_def=batches_partitions,
+    can_subset=True,
+)
+@stops_when_deleted
+def understand_images(context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort, results: ResultsPort,
+                      understanding: UnderstandingPort):
+    """One step for the three tasks selected (a reprocess of one redoes only it): one small rendition of each
+    processed image is decoded once and given to every selected model. Each image's document and
+    image.understood event go out as soon as its results are in, after its image.processed."""
+    tasks = [t for t in TASKS if AssetKey(t) in context.selected_asset_keys]
+    batch_id = context.partition_key
+    if understanding is None:
+        for task in tasks:
+            yield MaterializeResult(asset_key=task, metadata={"understanding": "off (IMGPIPE_UNDERSTANDING)"})
+        return
+    manifest = steps.load_manifest(lake, batch_id)
+    batch_doc = ensure_live(metadata, batch_id, manifest.user_id)
+    streamed: list[str] = []
+    streaming = True
+
+    def on_image(doc: dict) -> None:
+        nonlocal streaming
+        event = understand.understood_event(doc)
+        if not streaming or event is None or not steps.unsent([event], batch_doc):
+            return
+        try:
+            results.publish(manifest.user_id, event)
+            streamed.append(event["event_id"])
+        except Exception as exc:  # noqa: BLE001 - any broker failure: result_events / the events sensor send it
+            streaming = False
+            context.log.warning(f"understanding not streamed per image (result_events will send it): {exc}")
+
+    try:
+        report = understand.understand_batch(lake, metadata, understanding, batch_id, manifest.user_id, tasks,
+                                             MODERATION_POLICY, on_image=on_image)
+    finally:
+        if streamed and streaming:
+            try:
+                results.flush()
+            except Exception as exc:  # noqa: BLE001
+                context.log.warning(f"understood events not acknowledged (result_events will send them): {exc}")
+            else:
+                steps.record_sent(metadata, manifest, streamed)
+    for error in report.errors[:20]:
+        context.log.warning(error)
+    models = understanding.models()
+    for task in tasks:
+        extra = {}
+        if task == "moderation":
+            extra = {"decisions": MetadataValue.json(report.decisions), "policy": MetadataValue.json(
+                MODERATION_POLICY.as_dict())}
+        elif task == "faces":
+            extra = {"faces_found": report.faces}
+        elif task == "labels":
+            extra = {"top_labels": MetadataValue.json(dict(sorted(report.labels.items(), key=lambda kv: -kv[1])[:10]))}
+        yield MaterializeResult(asset_key=task, metadata={
+            "images": report.images, "errors": sum(1 for e in report.errors if f" {task}: " in e),
+            "model": models[task].name, "model_version": models[task].version,
+            "model_sha256": models[task].sha256 or "(service)", "model_source": models[task].source, **extra})
+
+
 @asset(
     partitions_def=batches_partitions,
-    deps=[renditions],
+    deps=[renditions, *(AssetKey(t) for t in TASKS)],
     group_name=_GROUP,
     code_version="1",
     kinds={"cosmosdb"},
@@ -285,5 +385,20 @@ def every_image_accounted_for(context, lake: LakePort, metadata: MetadataPort) -
     )
 
 
-batch_assets = [raw_images, renditions, image_documents, result_events]
-batch_asset_checks = [renditions_exist_and_decode, every_image_accounted_for]
+def _understanding_check(task: str):
+    @asset_check(asset=AssetKey(task), name=f"{task}_complete_and_in_range", blocking=False,
+                 description=f"Every processed image has a {task} result (or the reason it has none) with its "
+                 "model recorded, and every score is within 0..1 (boxes inside the image).")
+    def check(context, metadata: MetadataPort) -> AssetCheckResult:
+        if not UNDERSTANDING_MODELS:
+            return AssetCheckResult(passed=True, metadata={"understanding": "off"})
+        checked, problems = understand.check_results(metadata, context.partition_key, task)
+        return AssetCheckResult(passed=not problems, severity=AssetCheckSeverity.ERROR,
+                                metadata={"images_checked": checked, "problems": MetadataValue.json(problems[:50])})
+
+    return check
+
+
+batch_assets = [raw_images, renditions, understand_images, image_documents, result_events]
+batch_asset_checks = [renditions_exist_and_decode, every_image_accounted_for,
+                      *(_understanding_check(t) for t in TASKS)]

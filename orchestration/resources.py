@@ -65,6 +65,13 @@ class ResultsResource(_PortResource):
     port = "results"
 
 
+class UnderstandingResource(_PortResource):
+    """What each image shows: local models (onnxruntime) or Azure AI Vision + Content Safety, or None when
+    IMGPIPE_UNDERSTANDING=off."""
+
+    port = "understanding"
+
+
 class ProcessingResource(_PortResource):
     """How a run processes images: worker processes and the image core's limits and outputs (IMGPIPE_WORKERS,
     IMGPIPE_MAX_PIXELS, ...)."""
@@ -76,7 +83,7 @@ class ProcessingResource(_PortResource):
 
 RESOURCES: dict[str, type[_PortResource]] = {
     "lake": LakeResource, "metadata": MetadataResource, "queue": QueueResource, "signal": SignalResource,
-    "results": ResultsResource, "processing": ProcessingResource,
+    "results": ResultsResource, "processing": ProcessingResource, "understanding": UnderstandingResource,
 }
 
 

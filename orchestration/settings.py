@@ -39,6 +39,7 @@ Profile = Literal["local", "emulated", "azure"]
 KafkaSecurity = Literal["plaintext", "eventhubs", "sasl_ssl"]
 Animated = Literal["first_frame", "reject"]
 OutputFormat = Literal["JPEG", "WEBP", "AVIF", "PNG"]
+UnderstandingBackend = Literal["local", "azure", "off"]
 PROFILES: tuple[str, ...] = Profile.__args__  # type: ignore[attr-defined]
 
 _LIMITS = Limits()
@@ -151,6 +152,26 @@ class Settings(BaseSettings):
     keep_exif: CommaList = Field(_CORE.keep_exif, description="EXIF tags copied into renditions ('' = none).")
     include_gps: bool = Field(_CORE.include_gps, description="Record GPS position in the image facts.")
     animated: Animated = Field(_CORE.animated, description="'first_frame' or 'reject' for animated inputs.")
+
+    # Image understanding: labels, moderation, faces (docs/understanding.md)
+    understanding: UnderstandingBackend = Field("local", description="Who tells what each image shows: 'local' "
+                                                "(models on the image workers' CPUs, or CUDA), 'azure' (Azure AI "
+                                                "Vision + Content Safety) or 'off'.")
+    understanding_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the local models run: "
+                                                                 "'auto' uses a CUDA device when onnxruntime has one.")
+    moderation_review_threshold: float = Field(0.4, gt=0, le=1, description="A moderation score (0..1) at or above "
+                                               "this puts the image on the operators' review list.")
+    moderation_flag_threshold: float = Field(0.8, gt=0, le=1, description="A moderation score at or above this "
+                                             "flags the image (and lists it for review).")
+    moderation_action: Literal["blur", "withhold"] = Field("blur", description="What a flagged image does on its "
+                                                           "owner's pages: 'blur' (shown blurred behind a click) or "
+                                                           "'withhold' (not shown until an operator keeps it).")
+    face_min_score: float = Field(0.6, gt=0, lt=1, description="Least detector score for a face to count "
+                                  "(local model).")
+    vision_endpoint: str = Field("", description="https://<account>.cognitiveservices.azure.com/ of Azure AI Vision "
+                                 "(IMGPIPE_UNDERSTANDING=azure; DefaultAzureCredential).")
+    content_safety_endpoint: str = Field("", description="https://<account>.cognitiveservices.azure.com/ of Azure AI "
+                                         "Content Safety (IMGPIPE_UNDERSTANDING=azure; DefaultAzureCredential).")
 
     # Who may sign in, and who is an operator (see orchestration/domain/identity.py)
     oidc_issuers: CommaList = Field((), description="Accepted token issuers (iss), e.g. "
@@ -296,6 +317,13 @@ def check_profile(settings: Settings) -> Settings:
     if settings.profile == "azure":
         if not (settings.servicebus_connection_string.get_secret_value() or settings.servicebus_namespace):
             missing.append("IMGPIPE_SERVICEBUS_CONNECTION_STRING or IMGPIPE_SERVICEBUS_NAMESPACE (batch queue)")
+    if settings.understanding == "azure":
+        if not settings.vision_endpoint:
+            missing.append("IMGPIPE_VISION_ENDPOINT (IMGPIPE_UNDERSTANDING=azure)")
+        if not settings.content_safety_endpoint:
+            missing.append("IMGPIPE_CONTENT_SAFETY_ENDPOINT (IMGPIPE_UNDERSTANDING=azure)")
+    if settings.moderation_review_threshold > settings.moderation_flag_threshold:
+        missing.append("IMGPIPE_MODERATION_REVIEW_THRESHOLD <= IMGPIPE_MODERATION_FLAG_THRESHOLD")
     if settings.kafka_security == "eventhubs" and not settings.eventhubs_connection_string.get_secret_value():
         missing.append("IMGPIPE_EVENTHUBS_CONNECTION_STRING (IMGPIPE_KAFKA_SECURITY=eventhubs)")
     if settings.kafka_security == "sasl_ssl" and not (

@@ -8,6 +8,9 @@
 | Signal        | files           | Storage queue on Azurite         | Event Grid → Storage queue     |
 | ResultStream  | Kafka (Tansu)   | Kafka (Tansu)                    | Kafka / Event Hubs             |
 
+ImageUnderstanding follows IMGPIPE_UNDERSTANDING, not the profile: ``local`` (onnxruntime models, the default
+in every profile, none of which needs a network), ``azure`` (Azure AI Vision + Content Safety) or ``off``.
+
 In 'emulated' the local queue posts an Event Grid-shaped event to the Storage queue on every send, as
 Service Bus + Event Grid do in Azure, so the sensor reads the signal through the Azure adapter.
 
@@ -163,15 +166,48 @@ def _kafka_results(settings: Settings, clients: "Clients") -> ResultStream:
     return KafkaResultStream(kafka_bootstrap(settings), settings.kafka_topic, options=kafka_options(settings))
 
 
+def _understanding(settings: Settings, clients: "Clients") -> Any:
+    if settings.understanding == "azure":
+        from azure.identity import DefaultAzureCredential
+
+        from orchestration.adapters.azure.understanding import AzureUnderstanding
+
+        return AzureUnderstanding.from_endpoints(settings.vision_endpoint, settings.content_safety_endpoint,
+                                                 DefaultAzureCredential())
+    if settings.understanding == "off":
+        return None
+    from orchestration.adapters.local.understanding import LocalUnderstanding
+
+    return LocalUnderstanding(threads=settings.effective_workers, device=settings.understanding_device,
+                              min_face_score=settings.face_min_score)
+
+
+def understanding_models(settings: Settings) -> dict:
+    """The model behind each understanding task (``ModelInfo``), without a client or loading anything: the
+    assets' code versions. Empty when IMGPIPE_UNDERSTANDING=off."""
+    if settings.understanding == "off":
+        return {}
+    if settings.understanding == "azure":
+        from urllib.parse import urlparse
+
+        from orchestration.adapters.azure.understanding import azure_models
+
+        return azure_models(urlparse(settings.vision_endpoint).hostname or "",
+                            urlparse(settings.content_safety_endpoint).hostname or "")
+    from orchestration.adapters.local.understanding import local_models
+
+    return local_models(settings.face_min_score)
+
+
 Builder = Callable[[Settings, "Clients"], Any]
-PORTS = ("lake", "metadata", "queue", "signal", "results")
+PORTS = ("lake", "metadata", "queue", "signal", "results", "understanding")
 ADAPTERS: dict[str, dict[str, Builder]] = {
     "local": {"lake": _local_lake, "metadata": _sqlite_metadata, "queue": _sqlite_queue,
-              "signal": _file_signal, "results": _kafka_results},
+              "signal": _file_signal, "results": _kafka_results, "understanding": _understanding},
     "emulated": {"lake": _azure_lake, "metadata": _cosmos_metadata, "queue": _sqlite_queue,
-                 "signal": _storage_queue_signal, "results": _kafka_results},
+                 "signal": _storage_queue_signal, "results": _kafka_results, "understanding": _understanding},
     "azure": {"lake": _azure_lake, "metadata": _cosmos_metadata, "queue": _servicebus_queue,
-              "signal": _storage_queue_signal, "results": _kafka_results},
+              "signal": _storage_queue_signal, "results": _kafka_results, "understanding": _understanding},
 }
 
 
@@ -240,6 +276,10 @@ class Clients:
 
     def results(self, settings: Settings) -> ResultStream:
         return self.get("results", settings)
+
+    def understanding(self, settings: Settings):
+        """The ImageUnderstanding adapter, or None when IMGPIPE_UNDERSTANDING=off."""
+        return self.get("understanding", settings)
 
     def services(self, settings: Settings) -> Services:
         check_profile(settings)

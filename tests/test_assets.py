@@ -59,7 +59,9 @@ def test_batch_run_writes_renditions_documents_and_events(instance, settings, up
     assert result.success
 
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"renditions_exist_and_decode": True, "every_image_accounted_for": True}
+    assert checks == {"renditions_exist_and_decode": True, "every_image_accounted_for": True,
+                      "labels_complete_and_in_range": True, "moderation_complete_and_in_range": True,
+                      "faces_complete_and_in_range": True}
 
     status = batch_status(services, batch, "alice")
     assert status["status"] == "completed"
@@ -86,8 +88,15 @@ def test_batch_run_writes_renditions_documents_and_events(instance, settings, up
 
     events = _events(settings, batch)
     assert [e["type"] for e in events].count("batch.completed") == 1
-    per_image = [e for e in events if e["type"] != "batch.completed"]
+    per_image = [e for e in events if e["type"] in ("image.processed", "image.rejected")]
     assert sorted(e["image_id"] for e in per_image) == [f"i{i:04d}" for i in range(1, 8)]
+    # What each processed image shows follows its image.processed, one event per image.
+    understood = [e for e in events if e["type"] == "image.understood"]
+    assert sorted(e["image_id"] for e in understood) == sorted(
+        i["image_id"] for i in status["images"] if i["outcome"] == "processed")
+    processed_at = {e["image_id"]: n for n, e in enumerate(events) if e["type"] == "image.processed"}
+    assert all(events.index(e) > processed_at[e["image_id"]] for e in understood)
+    assert all(len(e["labels"]) == 5 and e["moderation"]["decision"] == "allow" for e in understood)
     assert all(e["user_id"] == "alice" for e in events)
     assert events[-1] == {**events[-1], "processed": 5, "rejected": 2, "status": "completed"}
 
@@ -106,8 +115,9 @@ def test_reexecution_leaves_no_duplicates(instance, settings, uploaded):
     assert len(list(services.metadata.query("batches", {"batch_id": batch}))) == 1
     events = _events(settings, batch)
     ids = [e["event_id"] for e in events]
-    # Acknowledged events are not sent again: the consumer sees each of the 8 once, not 16 times.
-    assert len(ids) == len(set(ids)) == 8, sorted(ids)
+    # Acknowledged events are not sent again: the consumer sees each of the 13 once (7 images, 5 understood,
+    # batch.completed), not twice.
+    assert len(ids) == len(set(ids)) == 13, sorted(ids)
 
 
 def test_failed_run_can_be_reexecuted(instance, settings, uploaded):
@@ -123,7 +133,7 @@ def test_failed_run_can_be_reexecuted(instance, settings, uploaded):
     assert len(list(services.metadata.query("images", partition_key=batch))) == 7
     events = _events(settings, batch)
     assert events[-1]["type"] == "batch.completed"
-    assert len(events) == len({e["event_id"] for e in events}) == 8
+    assert len(events) == len({e["event_id"] for e in events}) == 13  # 7 images, 5 understood, completed
 
 
 class _Recorder:
@@ -275,7 +285,7 @@ def test_a_broker_that_lost_its_log_gets_every_event_back_from_the_documents(ins
     services, upload = uploaded
     sent = _Recorder()
     assert _run(instance, settings, upload.batch_id, results=sent).success
-    assert len(sent.events) == 8
+    assert len(sent.events) == 13
     deleted = upload_batch(services, [IntakeItem.from_path(p) for p in make_sample_batch(tmp_path / "d")],
                            user_id="bob").batch_id
     assert _run(instance, settings, deleted, results=_Recorder()).success
@@ -285,7 +295,7 @@ def test_a_broker_that_lost_its_log_gets_every_event_back_from_the_documents(ins
     week_ago = datetime.now(timezone.utc) - timedelta(days=7)
 
     replayed = _Recorder()
-    assert replay_events(services.metadata, services.lake, replayed, since=week_ago) == 8
+    assert replay_events(services.metadata, services.lake, replayed, since=week_ago) == 13
     by_id = lambda events: sorted(events, key=lambda e: e["event_id"])  # noqa: E731
     assert by_id(replayed.events) == by_id(sent.events)
     assert replayed.events[-1]["type"] == "batch.completed"
@@ -296,8 +306,8 @@ def test_a_broker_that_lost_its_log_gets_every_event_back_from_the_documents(ins
     doc = services.metadata.read("batches", upload.batch_id, "alice")
     services.metadata.upsert("batches", {**doc, "status": "processing", SENT_FIELD: []})
     midway = _Recorder()
-    assert replay_events(services.metadata, services.lake, midway, since=week_ago) == 7
-    assert {e["type"] for e in midway.events} == {"image.processed", "image.rejected"}
+    assert replay_events(services.metadata, services.lake, midway, since=week_ago) == 12
+    assert {e["type"] for e in midway.events} == {"image.processed", "image.rejected", "image.understood"}
     # Batches created before the window are left out.
     assert replay_events(services.metadata, services.lake, _Recorder(),
                          since=datetime.now(timezone.utc) + timedelta(minutes=1)) == 0

@@ -30,12 +30,14 @@ def test_asset_graph_snapshot():
     Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"raw_images", "renditions", "image_documents", "result_events", "image_facts_daily"}
+    assert keys == {"raw_images", "renditions", "labels", "moderation", "faces", "image_documents", "result_events",
+                    "image_facts_daily"}
     parents = {k: {p.to_user_string() for p in graph.get(AssetKey(k)).parent_keys} for k in keys}
     assert parents == {
         "raw_images": set(),
         "renditions": {"raw_images"},
-        "image_documents": {"renditions"},
+        "labels": {"renditions"}, "moderation": {"renditions"}, "faces": {"renditions"},
+        "image_documents": {"renditions", "labels", "moderation", "faces"},
         "result_events": {"image_documents"},
         "image_facts_daily": set(),  # reads the store's documents of a day, not a batch partition
     }
@@ -43,7 +45,12 @@ def test_asset_graph_snapshot():
         assert graph.get(AssetKey(key)).partitions_def.name == "batches"
     assert type(graph.get(AssetKey("image_facts_daily")).partitions_def).__name__ == "DailyPartitionsDefinition"
     checks = {c.name for c in graph.asset_check_keys}
-    assert checks == {"renditions_exist_and_decode", "every_image_accounted_for"}
+    assert checks == {"renditions_exist_and_decode", "every_image_accounted_for", "labels_complete_and_in_range",
+                      "moderation_complete_and_in_range", "faces_complete_and_in_range"}
+    # The three understanding assets are one step that can run any subset (reprocess --asset labels).
+    understand = graph.get(AssetKey("labels"))
+    assert understand.is_executable and graph.get_execution_set_asset_and_check_keys(AssetKey("labels")) == {
+        AssetKey("labels")}
     job = defs.resolve_job_def("process_batch")
     assert job.executor_def.name == "in_process"
     assert {s.name for s in defs.sensors} == {"batch_sensor", "batch_failure_sensor", "intake_reconciler",

@@ -210,7 +210,7 @@ def test_a_broker_outage_does_not_fail_a_processed_batch_and_its_events_arrive_l
                            now=later.timestamp() + 5)["waiting"] == 1  # a pause between attempts
     assert deliver_pending(ctx, services.metadata, services.lake, back, give_up_hours=24,
                            now=later.timestamp() + 60)["delivered"] == 1
-    assert [e["type"] for e in back.events] == ["image.processed"] * N + ["batch.completed"]
+    assert [e["type"] for e in back.events] == ["image.processed"] * N + ["image.understood"] * N + ["batch.completed"]
     assert batch_status(services, batch_id, "ann")["events"]["state"] == "delivered"
     assert deliver_pending(ctx, services.metadata, services.lake, back, give_up_hours=24,
                            now=later.timestamp() + 3600) == {"delivered": 0, "failed": 0, "given_up": 0, "waiting": 0}

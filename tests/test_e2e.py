@@ -70,7 +70,7 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
 
         done = events[-1]
         assert (done["type"], done["processed"], done["rejected"]) == ("batch.completed", 5, 2)
-        assert len(events) == 8 and all(e["user_id"] == "erin" for e in events)
+        assert len(events) == 13 and all(e["user_id"] == "erin" for e in events)  # 7 images, 5 understood, done
 
         status = batch_status(services, upload.batch_id, "erin")
         assert status["status"] == "completed"

@@ -102,3 +102,21 @@ def write_image(store: MetadataStore, doc: dict) -> dict:
         trash_image(store, doc["id"], batch)
         raise BatchDeleted(doc["batch_id"])
     return stored
+
+
+def change_image(store: MetadataStore, batch_id: str, user_id: str, image_id: str,
+                 change: Callable[[dict], dict | None]) -> dict | None:
+    """``update`` of one image document (conditional on its etag), deleted wins: a trashed document is left
+    as it is (None), and, as ``write_image``, the batch is read after the write; if it was deleted meanwhile the
+    document goes to the trash and ``BatchDeleted`` is raised. Returns the stored document (None: missing
+    or declined)."""
+
+    def guarded(doc: dict) -> dict | None:
+        return None if doc.get("deleted") else change(doc)
+
+    stored = update(store, "images", image_id, batch_id, guarded)
+    batch = store.read("batches", batch_id, user_id)
+    if batch is not None and batch.get("status") == DELETED:
+        trash_image(store, image_id, batch)
+        raise BatchDeleted(batch_id)
+    return stored

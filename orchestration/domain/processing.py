@@ -19,10 +19,12 @@ from assets.core import PROCESSING_VERSION, CoreConfig, hamming, library_version
 from assets.core.pool import Outcome, WorkerPool
 from assets.core.sniff import webp_dimensions
 from orchestration.domain.batches import change_batch, ensure_live
+from orchestration.domain.understanding import understood_event
 from orchestration.domain.manifest import BatchManifest, ManifestImage, manifest_path, outcomes_path, rendition_path
 from orchestration.ports.lake import Lake
 from orchestration.ports.metadata import MetadataStore
 from orchestration.ports.results import EVENT_BATCH_COMPLETED, EVENT_IMAGE_PROCESSED, EVENT_IMAGE_REJECTED, ResultStream
+from orchestration.ports.understanding import TASKS as UNDERSTANDING_TASKS
 
 def load_manifest(lake: Lake, batch_id: str) -> BatchManifest:
     return BatchManifest.model_validate_json(lake.read(manifest_path(batch_id)))
@@ -212,9 +214,19 @@ def image_documents(manifest: BatchManifest, outcomes: Iterable[dict], run_id: s
             "processed_at": now,
             "processed_day": now[:10],  # the BI export's daily partition (an indexed equality filter)
             "history": _history(previous.get(o["image_id"]), run_id),
+            **_understood(previous.get(o["image_id"]), o),
         }
         for o in outcomes
     ]
+
+
+def _understood(previous: dict | None, outcome: dict) -> dict:
+    """What the understanding assets wrote on the image's stored document (labels, moderation, faces), carried
+    into the rewritten document while the image is still processed (the understanding step of the same run
+    writes them anew when it runs)."""
+    if not previous or outcome["outcome"] != "processed":
+        return {}
+    return {task: previous[task] for task in UNDERSTANDING_TASKS if previous.get(task)}
 
 
 # Two images whose 64-bit pHashes differ in at most this many bits are reported as near-duplicates.
@@ -269,9 +281,11 @@ def image_event(manifest: BatchManifest, doc: dict) -> dict:
 
 
 def result_events(manifest: BatchManifest, docs: list[dict]) -> list[dict]:
-    """One event per image, then one batch-complete event; ids are deterministic (consumers dedupe)."""
+    """One event per image, then what each image shows (image.understood, where the understanding assets have
+    written it), then one batch-complete event; ids are deterministic (consumers dedupe)."""
     events = [image_event(manifest, d) for d in docs]
     versions = sorted({e["processing_version"] for e in events}) or [PROCESSING_VERSION]
+    events += [e for e in map(understood_event, docs) if e is not None]
     events.append(
         {
             "event_id": f"{manifest.batch_id}:completed:{'+'.join(versions)}",

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 EVENT_IMAGE_PROCESSED = "image.processed"
 EVENT_IMAGE_REJECTED = "image.rejected"
+EVENT_IMAGE_UNDERSTOOD = "image.understood"  # labels, moderation decision, faces: after image.processed
 EVENT_BATCH_COMPLETED = "batch.completed"
 
 
