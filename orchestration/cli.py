@@ -123,6 +123,13 @@ def cmd_dev(args) -> int:
         return 2
     from orchestration.devtools.dev_settings import DevSettings
     from orchestration.devtools.stack import run_dev
+    from orchestration.wiring import understanding_unavailable
+
+    settings = _settings(DevSettings, **({"profile": args.profile} if args.profile else {}))
+    problem = understanding_unavailable(settings)
+    if problem:  # every batch would fail at its understanding step: say so now, with the fix
+        print(f"imgpipe dev: {problem}\n  (or start with IMGPIPE_UNDERSTANDING=off)", file=sys.stderr)
+        return 2
 
     from orchestration.settings import ConfigurationError
 

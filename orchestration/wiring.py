@@ -199,6 +199,21 @@ def understanding_models(settings: Settings) -> dict:
     return local_models(settings.face_min_score)
 
 
+def understanding_unavailable(settings: Settings) -> str | None:
+    """Why the local understanding cannot run here (a model package missing, a file not the pinned one), or
+    None. Reads the files' digests; loads nothing."""
+    if settings.understanding != "local":
+        return None
+    from assets.core.understand.models import MODEL_FILES, ModelMissing
+
+    for model in MODEL_FILES.values():
+        try:
+            model.path()
+        except ModelMissing as exc:
+            return str(exc)
+    return None
+
+
 Builder = Callable[[Settings, "Clients"], Any]
 PORTS = ("lake", "metadata", "queue", "signal", "results", "understanding")
 ADAPTERS: dict[str, dict[str, Builder]] = {
