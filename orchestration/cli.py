@@ -6,7 +6,7 @@
     imgpipe dead-letters [--json]
     imgpipe failed [--json]
     imgpipe sample DIR
-    imgpipe reprocess BATCH... | --since YYYY-MM-DD | --changed  [--dry-run]
+    imgpipe reprocess BATCH... | --since YYYY-MM-DD | --changed  [--asset labels|moderation|faces] [--dry-run]
     imgpipe lineage BATCH [IMAGE] [--json]
     imgpipe delete BATCH [--user ID]    imgpipe restore BATCH [--user ID]    imgpipe deleted [--user ID] [--json]
 """
@@ -195,14 +195,15 @@ def cmd_reprocess(args) -> int:
         since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
     settings = _settings()
     try:
-        chosen = operate.select_batches(_services(), args.batch_ids, since=since, changed=args.changed)
+        chosen = operate.select_batches(_services(), args.batch_ids, since=since, changed=args.changed,
+                                        asset=args.asset)
         if not chosen:
             print("nothing to reprocess: no batch matches")
             return 0
         print(f"{len(chosen)} batch(es): {' '.join(chosen[:20])}{' ...' if len(chosen) > 20 else ''}")
         if args.dry_run:
             return 0
-        backfill = operate.submit_reprocess(settings, chosen)
+        backfill = operate.submit_reprocess(settings, chosen, asset=args.asset)
     except operate.OperateError as exc:
         print(f"imgpipe: {exc}", file=sys.stderr)
         return 2
@@ -234,6 +235,16 @@ def cmd_lineage(args) -> int:
             print(f"    {r['name']:<8} {r['format']:<5} {r['width']}x{r['height']} {r['bytes']} B {r['sha256']} {r['path']}")
         for d in i["near_duplicates"]:
             print(f"    near-duplicate of {d['batch_id']}/{d['image_id']} (distance {d['distance']})")
+        for task, u in i.get("understanding", {}).items():
+            m = u.get("model") or {}
+            said = u.get("error") or {"labels": lambda: ", ".join(u.get("labels", [])),
+                                      "moderation": lambda: f"{u.get('decision')} {u.get('scores')}"
+                                      + (f", reviewed: {u['review']['action']} by {u['review']['by']}"
+                                         if u.get("review") else ""),
+                                      "faces": lambda: f"{u.get('count')} found"}[task]()
+            print(f"    {task}: {said}")
+            print(f"      model {m.get('model')} {m.get('version')} sha256 {m.get('sha256') or '(service)'} "
+                  f"code version {m.get('code_version')} · from {u.get('source')}")
         for h in i["history"]:
             print(f"    earlier: {h.get('processed_at')} run {h.get('dagster_run_id')} version {h.get('processing_version')}")
     return 0
@@ -331,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="every batch uploaded on or after this date (YYYY-MM-DD or ISO 8601)")
     p.add_argument("--changed", action="store_true", help="every batch processed under another processing version")
     p.add_argument("--dry-run", action="store_true", help="list the batches, submit nothing")
+    p.add_argument("--asset", choices=["all", "labels", "moderation", "faces"], default="all",
+                   help="only this understanding asset (a new model; renditions and the rest are left as they "
+                        "are); with --changed, the batches whose results came from another model")
     p.set_defaults(func=cmd_reprocess)
 
     p = sub.add_parser("lineage", help="the lineage of a batch or one of its images")

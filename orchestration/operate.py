@@ -31,10 +31,38 @@ def current_processing_version() -> str:
     return PROCESSING_CODE_VERSION
 
 
+# What `imgpipe reprocess --asset` may name: the renditions and everything after them (the default), or one of
+# the understanding assets alone (a new model: renditions, documents and other results are left as they are).
+REPROCESS_ASSETS = ("all", "labels", "moderation", "faces")
+
+
+def current_understanding(task: str) -> tuple[str, dict | None]:
+    """(the code version of the model behind ``task`` now, the moderation thresholds now, for moderation)."""
+    from assets.batch import MODERATION_POLICY, UNDERSTANDING_MODELS
+
+    model = UNDERSTANDING_MODELS.get(task)
+    policy = MODERATION_POLICY.as_dict() if task == "moderation" else None
+    return (model.code_version if model else "off"), policy
+
+
+def _batch_has_other_version(services: Services, batch_id: str, task: str, current: tuple[str, dict | None]) -> bool:
+    version, policy = current
+    for doc in services.metadata.query("images", partition_key=batch_id):
+        if doc.get("outcome") != "processed" or doc.get("deleted"):
+            continue
+        got = doc.get(task) or {}
+        if (got.get("model") or {}).get("code_version") != version:
+            return True
+        if policy is not None and "error" not in got and got.get("policy") != policy:
+            return True
+    return False
+
+
 def select_batches(services: Services, batch_ids: Iterable[str] = (), *, since: datetime | None = None,
-                   changed: bool = False) -> list[str]:
+                   changed: bool = False, asset: str = "all") -> list[str]:
     """Batch ids to reprocess: those named (each must exist), else every batch uploaded at or after
-    ``since`` and/or (``changed``) processed under another processing version. Never the ones that were
+    ``since`` and/or (``changed``) processed under another processing version — or, with ``asset`` one of the
+    understanding assets, whose images carry another model's results for it. Never the ones that were
     never queued or whose manifest was invalid (they have nothing to reprocess)."""
     named = list(dict.fromkeys(batch_ids))
     if named:
@@ -45,14 +73,17 @@ def select_batches(services: Services, batch_ids: Iterable[str] = (), *, since: 
         return named
     if since is None and not changed:
         raise OperateError("say which batches: BATCH ids, --since DATE or --changed")
-    version = current_processing_version() if changed else None
+    task = None if asset == "all" else asset
+    version = (current_understanding(task) if task else current_processing_version()) if changed else None
     chosen = []
     for d in services.metadata.query("batches", None):
         if d.get("status") in ("invalid", "deleted") or not d.get("images"):
             continue
         if since is not None and d.get("created_at", "") < since.isoformat():
             continue
-        if changed and d.get("processing_version") == version:
+        if changed and not task and d.get("processing_version") == version:
+            continue
+        if changed and task and not _batch_has_other_version(services, d["batch_id"], task, version):
             continue
         chosen.append(d["batch_id"])
     return sorted(chosen)
@@ -96,8 +127,9 @@ def graphql(settings: Settings, query: str, variables: dict, *, timeout: float =
         raise OperateError(str(exc)) from None
 
 
-def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = "") -> str:
-    """One asset backfill of the batch assets for ``batch_ids``, submitted through the Dagster webserver's
+def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = "", asset: str = "all") -> str:
+    """One asset backfill of the batch assets (or, with ``asset``, of that understanding asset alone) for
+    ``batch_ids``, submitted through the Dagster webserver's
     GraphQL API (``launchPartitionBackfill``, as the UI's "Materialize" dialog does); returns its id (the UI
     shows it under Backfills; ``dagster/backfill`` tags its runs). A batch that never reached a run has no
     partition yet: the missing ones are added first (``addDynamicPartition``)."""
@@ -107,8 +139,10 @@ def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = 
     if not batch_ids:
         raise OperateError("no batch selected: nothing to reprocess")
     graph = defs.resolve_asset_graph()
+    if asset not in REPROCESS_ASSETS:
+        raise OperateError(f"--asset {asset!r}: one of {', '.join(REPROCESS_ASSETS)}")
     keys = [{"path": list(k.path)} for k in graph.get_all_asset_keys()
-            if graph.get(k).partitions_def == batches_partitions]
+            if graph.get(k).partitions_def == batches_partitions and (asset == "all" or k.path == [asset])]
     known = set(graphql(settings, KNOWN_PARTITIONS, {"path": keys[0]["path"]})["assetNodeOrError"]
                 .get("partitionKeys") or ())
     for batch_id in [b for b in batch_ids if b not in known]:
@@ -120,7 +154,7 @@ def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = 
         "partitionNames": list(batch_ids),
         "assetSelection": keys,
         "tags": [{"key": "imgpipe/reprocess", "value": "cli"}],
-        "title": f"imgpipe reprocess: {len(batch_ids)} batch(es)",
+        "title": f"imgpipe reprocess{'' if asset == 'all' else ' --asset ' + asset}: {len(batch_ids)} batch(es)",
         "description": reason or "submitted by `imgpipe reprocess`",
     }
     result = graphql(settings, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
@@ -131,6 +165,28 @@ def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = 
 
 def dagster_ui_url(settings: Settings) -> str:
     return settings.dagster_ui_url.rstrip("/")
+
+
+def _understanding_lineage(doc: dict) -> dict:
+    """Per understanding task: the result in short and the model that gave it (name, version, sha256, code
+    version), the rendition it looked at and when; for moderation the decision, the policy and any review."""
+    out = {}
+    for task in ("labels", "moderation", "faces"):
+        got = doc.get(task)
+        if not got:
+            continue
+        entry = {"model": got.get("model"), "source": got.get("source"), "at": got.get("at")}
+        if "error" in got:
+            entry["error"] = got["error"]
+        elif task == "labels":
+            entry["labels"] = [f"{label['name']} {label['score']:.2f}" for label in got.get("labels") or []]
+        elif task == "moderation":
+            entry.update({k: got.get(k) for k in ("decision", "category", "scores", "policy", "review", "history")
+                          if got.get(k) is not None})
+        else:
+            entry["count"] = got.get("count")
+        out[task] = entry
+    return out
 
 
 def lineage(services: Services, settings: Settings, batch_id: str, image_id: str | None = None) -> dict:
@@ -168,6 +224,7 @@ def lineage(services: Services, settings: Settings, batch_id: str, image_id: str
             "renditions": [{k: r.get(k) for k in ("name", "format", "width", "height", "path", "bytes", "sha256")}
                            for r in doc.get("renditions") or ()],
             "near_duplicates": doc.get("near_duplicates") or [],
+            "understanding": _understanding_lineage(doc),
             "history": doc.get("history") or [],
         })
     if image_id and not images:

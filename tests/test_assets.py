@@ -311,3 +311,52 @@ def test_a_broker_that_lost_its_log_gets_every_event_back_from_the_documents(ins
     # Batches created before the window are left out.
     assert replay_events(services.metadata, services.lake, _Recorder(),
                          since=datetime.now(timezone.utc) + timedelta(minutes=1)) == 0
+
+
+def test_one_understanding_asset_is_redone_alone_and_renditions_stay(instance, settings, uploaded, monkeypatch):
+    """A new face model: materialising just ``faces`` (what `imgpipe reprocess --asset faces` backfills)
+    rewrites the faces results under the new model's version and touches nothing else — no rendition file,
+    no other result, no processing-version change."""
+    from dagster import AssetSelection
+
+    from orchestration import operate
+    from orchestration.settings import load_settings
+
+    services, upload = uploaded
+    batch = upload.batch_id
+    assert _run(instance, settings, batch).success
+    before = {d["id"]: d for d in services.metadata.query("images", partition_key=batch)}
+    files = {p: services.lake.read(p) for p in services.lake.list(f"processed/{batch}/")}
+    stricter = load_settings(**{**settings.model_dump(), "face_min_score": 0.97})
+    again = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
+                        resources={**resources_from_settings(stricter), "results": _Recorder()},
+                        selection=AssetSelection.assets("faces"))
+    assert again.success
+    assert {m.asset_key.to_user_string() for m in again.get_asset_materialization_events()
+            for m in [m.event_specific_data.materialization]} == {"faces"}
+    after = {d["id"]: d for d in services.metadata.query("images", partition_key=batch)}
+    assert {p: services.lake.read(p) for p in services.lake.list(f"processed/{batch}/")} == files
+    processed = [i for i, d in before.items() if d["outcome"] == "processed"]
+    for image_id in processed:
+        old, new = before[image_id], after[image_id]
+        assert new["faces"]["model"]["settings"] == {"min_score": 0.97} != old["faces"]["model"]["settings"]
+        assert new["faces"]["model"]["code_version"] != old["faces"]["model"]["code_version"]
+        for key in ("labels", "moderation", "renditions", "processing_version", "dagster_run_id"):
+            assert new[key] == old[key], key
+
+    # The backfill `reprocess --asset faces` submits selects that asset alone.
+    sent = []
+
+    def fake_graphql(s, query, variables, **kw):
+        sent.append(variables)
+        if "partitionKeys" in query:
+            return {"assetNodeOrError": {"partitionKeys": [batch]}}
+        return {"launchPartitionBackfill": {"__typename": "LaunchBackfillSuccess", "backfillId": "bf1"}}
+
+    monkeypatch.setattr(operate, "graphql", fake_graphql)
+    assert operate.submit_reprocess(settings, [batch], asset="faces") == "bf1"
+    assert sent[-1]["params"]["assetSelection"] == [{"path": ["faces"]}]
+    assert operate.submit_reprocess(settings, [batch]) == "bf1"
+    assert {"path": ["labels"]} in sent[-1]["params"]["assetSelection"] and len(sent[-1]["params"]["assetSelection"]) == 7
+    with pytest.raises(operate.OperateError):
+        operate.submit_reprocess(settings, [batch], asset="renditions")

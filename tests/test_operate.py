@@ -110,7 +110,8 @@ def test_a_processing_change_shows_as_changed_and_reprocess_redoes_the_batch_onc
     ids = [e["event_id"] for e in events]
     assert len(ids) == len(set(ids)), ids  # each event once
     assert {e["processing_version"] for e in events} <= {old_version, new_version}
-    assert len([e for e in events if e["processing_version"] == new_version]) == 4  # 3 images + batch.completed
+    # 3 images, what each shows (image.understood, from the new renditions), batch.completed
+    assert len([e for e in events if e["processing_version"] == new_version]) == 7
 
     docs = {d["id"]: d for d in services.metadata.query("images", partition_key=batch)}
     assert sorted(docs) == sorted(before)  # same documents, by id: no duplicates
@@ -138,7 +139,23 @@ def test_a_processing_change_shows_as_changed_and_reprocess_redoes_the_batch_onc
     for r in image["renditions"]:
         assert hashlib.sha256(services.lake.read(r["path"])).hexdigest() == r["sha256"]
     assert image["history"][0]["processing_version"] == old_version
+    # Each understanding result names its model, the model file's sha256 and the rendition it looked at.
+    from assets.core.understand.models import MODEL_FILES
+
+    for task in ("labels", "moderation", "faces"):
+        u = image["understanding"][task]
+        assert u["model"]["sha256"] == MODEL_FILES[task].sha256 and u["model"]["code_version"]
+        assert u["source"].startswith(f"processed/{batch}/i0001/")
+    assert image["understanding"]["moderation"]["decision"] == "allow"
     text = _cli(env2, "lineage", batch, "i0001")
     assert text.returncode == 0 and "earlier:" in text.stdout and image["run"]["url"] in text.stdout
+    assert f"sha256 {MODEL_FILES['labels'].sha256}" in text.stdout and "labels: " in text.stdout
+    # A new face model (here: its threshold) changes only the faces asset's version: --asset faces --changed
+    # selects the batch, --asset labels --changed does not.
+    env3 = {**env2, "IMGPIPE_FACE_MIN_SCORE": "0.7"}
+    faces = _cli(env3, "reprocess", "--changed", "--asset", "faces", "--dry-run")
+    assert faces.returncode == 0 and batch in faces.stdout, faces.stdout + faces.stderr
+    labels = _cli(env3, "reprocess", "--changed", "--asset", "labels", "--dry-run")
+    assert labels.returncode == 0 and "nothing to reprocess" in labels.stdout, labels.stdout + labels.stderr
     missing = _cli(env2, "lineage", "b-nope")
     assert missing.returncode == 2 and "no such batch" in missing.stderr and "Traceback" not in missing.stderr

@@ -194,15 +194,17 @@ def _out_of_range(task: str, got: dict) -> list[str]:
 
 def understood_event(doc: dict) -> dict | None:
     """The event that tells the page what an image shows (after its image.processed). Its id names the
-    models that answered, so a re-run repeats it and a new model is a new event."""
+    models that answered and the processing version of the rendition they looked at, so a re-run repeats it
+    and a new model or a reprocessing is a new event."""
     present = [t for t in TASKS if doc.get(t)]
     if doc.get("outcome") != "processed" or not present:
         return None
-    versions = "+".join(f"{t}={(doc[t].get('model') or {}).get('code_version', '')}" for t in present)
+    versions = "+".join([str(doc.get("processing_version"))]
+                        + [f"{t}={(doc[t].get('model') or {}).get('code_version', '')}" for t in present])
     digest = hashlib.sha256(versions.encode()).hexdigest()[:12]
     event = {"event_id": f"{doc['batch_id']}:{doc['image_id']}:understood:{digest}", "type": EVENT_IMAGE_UNDERSTOOD,
              "batch_id": doc["batch_id"], "user_id": doc["user_id"], "image_id": doc["image_id"],
-             "name": doc.get("name")}
+             "name": doc.get("name"), "processing_version": doc.get("processing_version")}
     if doc.get("labels"):
         got = doc["labels"]
         event["labels"] = got.get("labels") or []
