@@ -291,7 +291,8 @@ def test_stats_everyone_only_with_the_operator_role(env, settings):
     _process(settings, b)
     at = _app(ALICE_PLUS, "views/stats.py")
     assert {m.label: m.value for m in at.metric} == {"Batches": "1", "Images": "1", "Rejected": "0",
-                                                       "With near-duplicates": "0"}
+                                                       "With near-duplicates": "0", "Flagged by moderation": "0.0%",
+                                                       "Images with faces": "0"}
     ops = _app(OPS, "views/stats.py")
     assert {m.label: m.value for m in ops.metric}["Images"] == "2"
     assert "all users" in ops.title[0].value
@@ -410,3 +411,92 @@ def test_delete_from_the_page_hides_the_batch_and_restore_brings_it_back(env, se
     assert any(f"Restored {batch}" in s.value.replace("\\", "") for s in at.success)  # shown as plain text
     assert any("Binned" in e.label for e in at.expander)
     assert data.batch_for_user(env, uid(ALICE_PLUS), batch)["status"] == "completed"
+
+
+# -- what images show ----------------------------------------------------------------------------------------
+
+def _cat_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+    from skimage import data as samples
+
+    out = io.BytesIO()
+    Image.fromarray(samples.chelsea()).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def _flag(env, batch_id: str, image_id: str = "i0001", **moderation) -> None:
+    """Moderation's verdict on an image as a model would have given it (benign photos score low)."""
+    from orchestration.domain.batches import change_image
+    from orchestration.ports.metadata import partition_value  # noqa: F401 - (the store checks partitions)
+
+    doc = env.metadata.read("images", image_id, batch_id)
+    change_image(env.metadata, batch_id, doc["user_id"], image_id, lambda d: {
+        **d, "moderation": {**d["moderation"], "scores": {"sexual": 0.93}, "decision": "flag",
+                            "category": "sexual", **moderation}})
+
+
+def test_labels_show_under_each_image_and_search_finds_only_ones_own(env, settings):
+    pytest.importorskip("skimage")
+    mine = upload_batch(env, [IntakeItem.from_bytes("kitty.jpg", _cat_jpeg())], user_id=uid(ALICE_PLUS),
+                        metadata={"title": "Pets"}).batch_id
+    theirs = upload_batch(env, [IntakeItem.from_bytes("their-cat.jpg", _cat_jpeg())], user_id=uid(ALICE_DASH)).batch_id
+    _process(settings, mine)
+    _process(settings, theirs)
+    at = _app(ALICE_PLUS, "views/results.py")
+    assert any("cat" in c.value and "%" in c.value for c in at.caption), [c.value for c in at.caption]
+    at.text_input(key="label-search").set_value("CAT").run()
+    assert any(c.value == "1 image(s)" for c in at.caption), [c.value for c in at.caption]
+    assert not any("their" in (getattr(i, "caption", "") or "") for i in at.get("image"))
+    at.text_input(key="label-search").set_value("submarine").run()
+    assert any("None of your images" in c.value for c in at.caption)
+    assert data.find_by_label(env, uid(ALICE_DASH), "cat")[0]["batch_id"] == theirs  # theirs is theirs alone
+
+
+def test_a_flagged_image_is_blurred_until_shown_or_withheld_until_kept(env, settings, monkeypatch):
+    batch = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS)).batch_id
+    _process(settings, batch)
+    _flag(env, batch, policy={"action": "blur", "review": 0.4, "flag": 0.8})
+    thumb = next(p for p in env.lake.list(f"processed/{batch}/") if p.endswith("thumb.jpg"))
+    clear = env.lake.read(thumb)
+    at = _app(ALICE_PLUS, "views/results.py")
+    [img] = at.get("image")
+    assert "flagged by moderation" in img.proto.imgs[0].caption
+    shown = at.button(key=f"btn-show-{batch}-i0001")
+    shown.click().run()
+    assert any("flagged" not in i.proto.imgs[0].caption for i in at.get("image"))
+
+    # withhold: no picture and no downloads until an operator keeps it
+    _flag(env, batch, policy={"action": "withhold", "review": 0.4, "flag": 0.8})
+    st.cache_data.clear()
+    held = _app(ALICE_PLUS, "views/results.py")
+    assert not held.get("image") and any("held for review" in i.value for i in held.info)
+    assert not held.get("download_button")
+    assert clear  # (the clear bytes exist; the page just does not send them)
+
+    # The operators' review list has it; a person without the role gets nothing from the page.
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        _app(ALICE_DASH, "views/review.py")  # not even listed without the role (and the page checks it again)
+    ops = _app(OPS, "views/review.py")
+    assert any("1 image(s) wait for review" in m.value for m in ops.markdown), [m.value for m in ops.markdown]
+    ops.button(key=f"keep-{batch}-i0001").click().run()
+    assert any("kept" in s.value for s in ops.success)
+    doc = env.metadata.read("images", "i0001", batch)
+    assert doc["moderation"]["review"]["action"] == "keep" and doc["moderation"]["review"]["by"] == uid(OPS)
+    st.cache_data.clear()
+    kept = _app(ALICE_PLUS, "views/results.py")
+    assert kept.get("image") and not any("flagged" in i.proto.imgs[0].caption for i in kept.get("image"))
+
+
+def test_an_operator_deletes_a_flagged_image_from_the_review_list(env, settings):
+    batch = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS)).batch_id
+    _process(settings, batch)
+    _flag(env, batch, policy={"action": "blur", "review": 0.4, "flag": 0.8})
+    ops = _app(OPS, "views/review.py")
+    ops.button(key=f"delete-{batch}-i0001").click().run()
+    assert any("deleted" in s.value for s in ops.success)
+    assert not list(env.lake.list(f"processed/{batch}/i0001/"))  # renditions soft-deleted
+    assert env.metadata.read("images", "i0001", batch)["deleted"]
+    again = _app(OPS, "views/review.py")
+    assert any("Nothing waits for review" in s.value for s in again.success)

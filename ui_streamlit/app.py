@@ -27,11 +27,12 @@ with st.sidebar:
                 icon=":material/admin_panel_settings:")
     st.button("Sign out", on_click=st.logout)
 
-page = st.navigation(
-    [
-        st.Page("views/upload.py", title="Upload", icon=":material/upload:", default=True),
-        st.Page("views/results.py", title="Results", icon=":material/photo_library:"),
-        st.Page("views/stats.py", title="Stats", icon=":material/bar_chart:"),
-    ]
-)
+pages = [
+    st.Page("views/upload.py", title="Upload", icon=":material/upload:", default=True),
+    st.Page("views/results.py", title="Results", icon=":material/photo_library:"),
+    st.Page("views/stats.py", title="Stats", icon=":material/bar_chart:"),
+]
+if me.operator and settings().understanding != "off":
+    pages.append(st.Page("views/review.py", title="Review", icon=":material/policy:"))
+page = st.navigation(pages)
 page.run()

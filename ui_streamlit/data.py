@@ -14,7 +14,7 @@ import pandas as pd
 
 from orchestration.domain.intake import IntakeItem, check_content, check_size
 from orchestration.domain.manifest import BATCH_ID_PATTERN
-from orchestration.domain.status import batch_status
+from orchestration.domain.status import batch_status, understanding_summary
 from orchestration.domain.services import Services
 
 PAGE_SIZE = 24
@@ -118,6 +118,67 @@ def rendition(services: Services, user_id: str, batch_id: str, path: str) -> byt
     return services.lake.read(path) if path in allowed else None
 
 
+# -- what images show (labels, moderation) -------------------------------------------------------------------
+
+def label_line(img: dict, top: int = 3) -> str:
+    """'tabby 72% · tiger cat 15% · Egyptian cat 13%' (plain text: label names come from a model or a service)."""
+    return " · ".join(f"{label['name']} {label['score']:.0%}" for label in (img.get("labels") or [])[:top])
+
+
+def shown_as(img: dict, settings, batch_status: str) -> str:
+    """How a processed image's picture may be shown to its owner: ``plain``; ``blurred`` (flagged, action blur:
+    blurred until the person clicks Show); ``withheld`` (flagged, action withhold, until an operator keeps it);
+    ``checking`` (moderation on and the batch still running without a result for it yet: blurred until it
+    comes). An operator's "keep" clears a flag."""
+    moderation = img.get("moderation")
+    if settings.understanding == "off":
+        return "plain"
+    if moderation is None:
+        return "checking" if batch_status in ("received", "processing", "retrying") else "plain"
+    if moderation.get("decision") == "flag" and moderation.get("review") != "keep":
+        return "withheld" if moderation.get("action") == "withhold" else "blurred"
+    return "plain"
+
+
+def blurred(image: bytes, radius: int = 18) -> bytes:
+    """The picture blurred beyond recognition, made on the server: the browser never gets the clear bytes until
+    the person asks for them."""
+    import io
+
+    from PIL import Image, ImageFilter
+
+    with Image.open(io.BytesIO(image)) as im:
+        small = im.convert("RGB")
+        small.thumbnail((64, 64))
+        out = small.resize(im.size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(radius))
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=70)
+    return buf.getvalue()
+
+
+def find_by_label(services: Services, user_id: str, text: str, limit: int = 48) -> list[dict]:
+    """The user's processed images (every batch of theirs, not deleted) with a label containing ``text``
+    (case-insensitive), best score first: ``{batch_id, image_id, name, label, score, thumb}``. One query, on the
+    user's own documents only."""
+    needle = " ".join(text.lower().split())
+    if not needle:
+        return []
+    live = {b["batch_id"] for b in user_batches(services, user_id, limit=1000)}
+    found = []
+    for d in services.metadata.query("images", {"user_id": user_id, "outcome": "processed"}):
+        if d.get("deleted") or d.get("batch_id") not in live:
+            continue
+        for label in (d.get("labels") or {}).get("labels") or []:
+            if needle in label["name"].lower():
+                thumb = next((r for r in d.get("renditions") or () if r["name"] == "thumb" and r.get("format") == "JPEG"),
+                             None)
+                found.append({"batch_id": d["batch_id"], "image_id": d["image_id"], "name": d.get("name"),
+                              "label": label["name"], "score": label["score"], "thumb": thumb and thumb["path"],
+                              "moderation": understanding_summary(d)["moderation"]})
+                break
+    return sorted(found, key=lambda f: -f["score"])[:limit]
+
+
 def image_frame(services: Services, user_id: str | None) -> pd.DataFrame:
     """One row per image document; all users' when ``user_id`` is None (operators)."""
     where = {"user_id": user_id} if user_id else None
@@ -140,9 +201,13 @@ def image_frame(services: Services, user_id: str | None) -> pd.DataFrame:
             "bytes": d.get("size"),
             "processing_ms": d.get("processing_ms"),
             "near_duplicates": len(d.get("near_duplicates") or []),
+            "top_label": ((d.get("labels") or {}).get("labels") or [{}])[0].get("name"),
+            "moderation": (d.get("moderation") or {}).get("decision"),
+            "faces": (d.get("faces") or {}).get("count"),
         })
     return pd.DataFrame(rows, columns=["user_id", "batch_id", "image_id", "name", "day", "outcome", "reason_code",
-                                       "format", "width", "height", "bytes", "processing_ms", "near_duplicates"])
+                                       "format", "width", "height", "bytes", "processing_ms", "near_duplicates",
+                                       "top_label", "moderation", "faces"])
 
 
 def stats(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -158,6 +223,9 @@ def stats(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "sizes (megapixels)": (frame["width"].fillna(0) * frame["height"].fillna(0) / 1e6).round(1)
         .value_counts().sort_index().rename("images").to_frame(),
         "near-duplicates": frame[frame["near_duplicates"] > 0][["batch_id", "name", "near_duplicates"]],
+        "top labels": frame.dropna(subset=["top_label"]).groupby("top_label").size().rename("images")
+        .sort_values(ascending=False).head(15).to_frame(),
+        "moderation": frame.dropna(subset=["moderation"]).groupby("moderation").size().rename("images").to_frame(),
     }
 
 

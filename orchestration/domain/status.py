@@ -36,6 +36,7 @@ def batch_status(services: Services, batch_id: str, user_id: str | None = None) 
                     "reason": d.get("reason"),
                     "near_duplicates": d.get("near_duplicates", []),
                     "facts": {k: (d.get("facts") or {}).get(k) for k in ("format", "width", "height", "phash", "exif")},
+                    **understanding_summary(d),
                     "renditions": [
                         {"name": r["name"], "format": r.get("format"), "width": r["width"], "height": r["height"],
                          "path": r["path"]}
@@ -54,6 +55,7 @@ def batch_status(services: Services, batch_id: str, user_id: str | None = None) 
                     "reason": refused["reason"] if refused else None,
                     "near_duplicates": [],
                     "facts": {},
+                    **understanding_summary({}),
                     "renditions": [],
                 }
             )
@@ -68,6 +70,21 @@ def batch_status(services: Services, batch_id: str, user_id: str | None = None) 
         "events": events_state(doc),
         "images": images,
     }
+
+
+def understanding_summary(doc: dict) -> dict:
+    """What the pages need of an image's understanding results: ``labels`` (name, score; [] when none yet),
+    ``caption``, ``moderation`` (decision, category, the action the policy gave, the operator's review; None
+    while not checked yet) and ``faces`` (the count; None while not looked at)."""
+    labels = doc.get("labels") or {}
+    moderation = doc.get("moderation") or None
+    if moderation is not None:
+        moderation = {"decision": moderation.get("decision"), "category": moderation.get("category"),
+                      "action": (moderation.get("policy") or {}).get("action"),
+                      "review": (moderation.get("review") or {}).get("action"), "error": moderation.get("error")}
+    faces = doc.get("faces") or {}
+    return {"labels": labels.get("labels") or [], "caption": labels.get("caption"), "moderation": moderation,
+            "faces": faces.get("count")}
 
 
 def events_state(doc: dict) -> dict:

@@ -49,6 +49,32 @@ def _owned_bytes(status: dict, path: str) -> bytes | None:
         return None
 
 
+@st.cache_data(ttl=600, show_spinner=False, max_entries=2000)
+def _blurred_bytes(path: str) -> bytes:
+    return data.blurred(svc.lake.read(path))
+
+
+def _reveal(key: str) -> None:
+    st.session_state[key] = True
+
+
+def _picture(img: dict, path: str | None, clear: bytes | None, how: str, key: str) -> None:
+    """The thumbnail as moderation allows: clear, blurred behind a Show button (flagged, or not checked yet),
+    or withheld; the clear bytes reach the browser only when shown."""
+    name = data.plain(img["name"])
+    if not clear:
+        st.info(f"{name}: preview unavailable", icon=":material/hide_image:")
+    elif how == "withheld":
+        st.info(f"{name}: held for review by an operator", icon=":material/visibility_off:")
+    elif how in ("blurred", "checking") and not st.session_state.get(key):
+        why = "flagged by moderation" if how == "blurred" else "being checked"
+        st.image(_blurred_bytes(path), caption=f"{name} · {why}")
+        st.button("Show", key=f"btn-{key}", on_click=_reveal, args=(key,), icon=":material/visibility:",
+                  help="Show the picture unblurred (only to you).")
+    else:
+        st.image(clear, caption=name)
+
+
 def _gallery(status: dict) -> None:
     images = status["images"]
     pages = max(1, -(-len(images) // data.PAGE_SIZE))
@@ -60,10 +86,10 @@ def _gallery(status: dict) -> None:
             if img["outcome"] == "processed":
                 thumb = next((r for r in img["renditions"] if r["name"] == "thumb" and r["format"] == "JPEG"), None)
                 shown_bytes = _owned_bytes(status, thumb["path"]) if thumb else None
-                if shown_bytes:
-                    st.image(shown_bytes, caption=data.plain(img["name"]))
-                else:
-                    st.info(f"{data.plain(img['name'])}: preview unavailable", icon=":material/hide_image:")
+                how = data.shown_as(img, svc.settings, status["status"])
+                _picture(img, thumb and thumb["path"], shown_bytes, how, f"show-{status['batch_id']}-{img['image_id']}")
+                if img.get("labels"):
+                    st.caption(data.plain(data.label_line(img)))
                 with st.popover("Details and downloads"):
                     f = img.get("facts") or {}
                     st.caption(data.plain(f"{f.get('width')}×{f.get('height')} {f.get('format')} · pHash {f.get('phash')}"))
@@ -71,9 +97,23 @@ def _gallery(status: dict) -> None:
                                                     (f.get("exif") or {}).get("camera_model")]))
                     if camera:
                         st.caption(f"Camera: {data.plain(camera)}")
+                    if img.get("labels"):
+                        st.caption(data.plain("Labels: " + data.label_line(img, top=5)))
+                    if img.get("caption"):
+                        st.caption(data.plain(f"Caption: {img['caption']}"))
+                    if img.get("faces") is not None:
+                        st.caption(f"Faces found: {int(img['faces'])}")
+                    moderation = img.get("moderation") or {}
+                    if moderation.get("decision"):
+                        st.caption(data.plain(f"Moderation: {moderation['decision']}"
+                                              + (f" ({moderation['category']})" if moderation.get("category") else "")
+                                              + (f", reviewed: {moderation['review']}" if moderation.get("review") else "")))
                     if img.get("near_duplicates"):
                         d = img["near_duplicates"][0]
                         st.write(f"Near-duplicate of **{data.plain(d['name'])}** ({d['batch_id']}, distance {d['distance']})")
+                    if how == "withheld":
+                        st.caption("Downloads are available once an operator has reviewed this image.")
+                        continue
                     for r in img["renditions"]:
                         # The bytes are read when the button is clicked, not on every refresh.
                         st.download_button(
@@ -86,6 +126,29 @@ def _gallery(status: dict) -> None:
                 st.error(f"**{data.plain(img['name'])}** rejected: {data.plain(img['reason'])}", icon=":material/block:")
             else:
                 st.info(f"{data.plain(img['name'])}: waiting", icon=":material/hourglass_empty:")
+
+
+def _search() -> None:
+    """Find the user's images by what they show, across all their batches."""
+    text = st.text_input("Find your images by label", placeholder="e.g. cat, espresso, tripod, beach",
+                         key="label-search", max_chars=60)
+    if not text.strip():
+        return
+    with guard.part("Search", key="search"):
+        found = data.find_by_label(svc, user, text)
+        if not found:
+            st.caption(data.plain(f"None of your images has a label with “{text.strip()}”."))
+            return
+        st.caption(f"{len(found)} image(s)")
+        cols = st.columns(6)
+        for n, hit in enumerate(found):
+            with cols[n % 6]:
+                path = hit["thumb"]
+                owned = data.rendition(svc, user, hit["batch_id"], path) if path else None
+                how = data.shown_as(hit, svc.settings, "completed")
+                _picture(hit, path, owned, how, f"show-{hit['batch_id']}-{hit['image_id']}")
+                st.caption(data.plain(f"{hit['label']} {hit['score']:.0%}"))
+                st.page_link("views/results.py", label="Open batch", query_params={"batch": hit["batch_id"]})
 
 
 def _forget(batch_id: str) -> None:
@@ -195,6 +258,8 @@ def _live() -> None:
                       help="Hidden at once; restorable for the retention period under Recently deleted.")
 
 
+if not selected and svc.settings.understanding != "off":
+    _search()
 live()
 
 
