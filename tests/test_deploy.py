@@ -54,8 +54,20 @@ def _substituted(template: dict) -> list[dict]:
 
 
 # Types whose schema Azure's published snapshot lacks (../shared/arm-schemas has only policyAssignments in
-# Microsoft.Authorization): checked by hand below, proven only by a real deployment.
-NO_PUBLISHED_SCHEMA = {"Microsoft.Authorization/roleAssignments"}
+# Microsoft.Authorization, and no Microsoft.CognitiveServices at all): checked by hand below
+# (_cognitive_account_shape_errors, test_the_understanding_accounts_are_entra_only_and_the_workloads),
+# proven only by a real deployment.
+NO_PUBLISHED_SCHEMA = {"Microsoft.Authorization/roleAssignments", "Microsoft.CognitiveServices/accounts"}
+COGNITIVE_SERVICES_USER = "a97b65f3-24c7-4388-baec-2e87be9e9f1d"  # built-in role "Cognitive Services User"
+# What Azure's published schema of Microsoft.CognitiveServices/accounts (2024-10-01, in
+# Azure/azure-resource-manager-schemas) allows, the part of it the template uses: the resource's fields, the
+# account's properties, and the enumerations among them.
+COGNITIVE_ACCOUNT_FIELDS = {"apiVersion", "name", "type", "identity", "kind", "location", "properties", "sku", "tags",
+                            "resources", "dependsOn", "metadata"}
+COGNITIVE_ACCOUNT_PROPERTIES = {"allowedFqdnList", "amlWorkspace", "apiProperties", "customSubDomainName",
+                                "disableLocalAuth", "dynamicThrottlingEnabled", "encryption", "locations",
+                                "migrationToken", "networkAcls", "publicNetworkAccess", "raiMonitorConfig", "restore",
+                                "restrictOutboundNetworkAccess", "userOwnedStorage"}
 
 
 # -- Azure: the ARM template -----------------------------------------------------------------------
@@ -75,9 +87,11 @@ def test_every_arm_resource_fits_azures_published_schema():
     checked = {r["type"] for r in resources} - NO_PUBLISHED_SCHEMA
     assert len(checked) >= 20
     for r in resources:
-        if r["type"] in NO_PUBLISHED_SCHEMA:
+        if r["type"] == "Microsoft.Authorization/roleAssignments":
             assert r["scope"].startswith("[") and r["properties"]["roleDefinitionId"] and r["properties"]["principalId"]
             assert r["properties"]["principalType"] == "ServicePrincipal"
+        elif r["type"] == "Microsoft.CognitiveServices/accounts":
+            assert _cognitive_account_shape_errors(r) == []
 
     broken = copy.deepcopy(resources)
     storage = next(r for r in broken if r["type"] == "Microsoft.Storage/storageAccounts")
@@ -150,10 +164,129 @@ def test_the_arm_template_agrees_with_the_code():
     assert roles == {"Storage Blob Data Contributor (app)", "Storage Queue Data Message Processor (app)",
                      "Storage Queue Data Message Sender (eventgrid)", "Azure Service Bus Data Sender (app)",
                      "Azure Service Bus Data Receiver (app)", "Azure Event Hubs Data Sender (app)",
-                     "Azure Event Hubs Data Receiver (app)", "AcrPull (kubelet)"}
+                     "Azure Event Hubs Data Receiver (app)", "AcrPull (kubelet)", "Cognitive Services User (app)"}
     assert by_type["Microsoft.DBforPostgreSQL/flexibleServers"] and by_type["Microsoft.ContainerRegistry/registries"]
     assert t["parameters"]["postgresAdminPassword"]["type"] == "securestring"
     assert not any("password" in k.lower() or "key" in k.lower() for k in t["outputs"])  # no secret in outputs
+
+
+# -- image understanding on Azure: Azure AI Vision and Content Safety, Entra ID only --------------------
+
+
+def _cognitive_account_shape_errors(r: dict) -> list[str]:
+    """Azure's published schema of a Cognitive Services account (2024-10-01), checked by hand (no copy of it
+    is kept with the tests): known fields only, typed as the schema types them (with parameters substituted)."""
+    errors = [f"field {k}" for k in set(r) - COGNITIVE_ACCOUNT_FIELDS]
+    props = r.get("properties") or {}
+    errors += [f"properties.{k}" for k in set(props) - COGNITIVE_ACCOUNT_PROPERTIES]
+    if r.get("apiVersion") != "2024-10-01" or "-preview" in r.get("apiVersion", ""):
+        errors.append(f"apiVersion {r.get('apiVersion')} (the hand check is of 2024-10-01)")
+    if not isinstance(r.get("kind"), str) or not isinstance(r.get("location"), str):
+        errors.append("kind and location are strings")
+    if not isinstance((r.get("sku") or {}).get("name"), str):
+        errors.append("sku.name is required, a string")
+    if props.get("publicNetworkAccess", "Enabled") not in ("Enabled", "Disabled"):
+        errors.append(f"properties.publicNetworkAccess {props['publicNetworkAccess']}")
+    if not isinstance(props.get("disableLocalAuth", False), bool):
+        errors.append("properties.disableLocalAuth is a boolean")
+    if not isinstance(props.get("customSubDomainName", ""), str):
+        errors.append("properties.customSubDomainName is a string")
+    return errors
+
+
+def _understanding_errors(t: dict) -> list[str]:
+    """What the Azure understanding adapter needs of the template, and what must not be there: both accounts
+    Entra ID only (local auth off, a custom subdomain: token auth needs one), the workload identity a Cognitive
+    Services User on each account (not wider), their endpoints as outputs and never a key."""
+    errors = []
+    accounts = {r["kind"]: r for r in t["resources"] if r["type"] == "Microsoft.CognitiveServices/accounts"}
+    app_principal = next(r["properties"]["principalId"] for r in t["resources"]
+                         if r["type"] == "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments")
+    assignments = [r for r in t["resources"] if r["type"] == "Microsoft.Authorization/roleAssignments"]
+    network = {r["properties"]["publicNetworkAccess"] for r in t["resources"]
+               if r["type"] in ("Microsoft.DocumentDB/databaseAccounts", "Microsoft.ServiceBus/namespaces")}
+    for kind, output in (("ComputerVision", "visionEndpoint"), ("ContentSafety", "contentSafetyEndpoint")):
+        account = accounts.get(kind)
+        if account is None:
+            errors.append(f"no {kind} account")
+            continue
+        props = account["properties"]
+        if props.get("disableLocalAuth") is not True:
+            errors.append(f"{kind}: local auth (keys) is not disabled")
+        if not props.get("customSubDomainName"):
+            errors.append(f"{kind}: no customSubDomainName")
+        if props.get("publicNetworkAccess") not in network:
+            errors.append(f"{kind}: publicNetworkAccess {props.get('publicNetworkAccess')} unlike the other services'")
+        var = re.fullmatch(r"\[variables\('(\w+)'\)\]", account["name"])
+        if not var:
+            errors.append(f"{kind}: name {account['name']} is not a variable")
+            continue
+        scope = f"[format('Microsoft.CognitiveServices/accounts/{{0}}', variables('{var.group(1)}'))]"
+        if not any(a["scope"] == scope and a["properties"]["principalId"] == app_principal
+                   and a["properties"]["roleDefinitionId"].endswith(f"'{COGNITIVE_SERVICES_USER}')]") for a in assignments):
+            errors.append(f"{kind}: the workload identity is no Cognitive Services User on the account")
+        value = t["outputs"].get(output, {}).get("value", "")
+        if not (value.startswith("[reference(resourceId('Microsoft.CognitiveServices/accounts', "
+                                  f"variables('{var.group(1)}'))") and value.endswith(".endpoint]")):
+            errors.append(f"{kind}: output {output} is not the account's endpoint: {value!r}")
+    for a in assignments:  # Cognitive Services User on an account, never on the resource group or wider
+        if a["properties"]["roleDefinitionId"].endswith(f"'{COGNITIVE_SERVICES_USER}')]") and \
+                not a["scope"].startswith("[format('Microsoft.CognitiveServices/accounts/"):
+            errors.append(f"Cognitive Services User scoped to {a['scope']}")
+    text = json.dumps(t)
+    if "listkeys" in text.lower():
+        errors.append("listKeys() in the template")
+    for name, out in t["outputs"].items():
+        if "key" in name.lower() or ("CognitiveServices" in out["value"] and not out["value"].endswith(".endpoint]")):
+            errors.append(f"output {name} gives away more than an endpoint")
+    return errors
+
+
+def test_the_understanding_accounts_are_entra_only_and_the_workloads():
+    t = _template()
+    assert _understanding_errors(t) == []
+    params = t["parameters"]
+    accounts = {r["kind"]: r for r in t["resources"] if r["type"] == "Microsoft.CognitiveServices/accounts"}
+    assert set(accounts) == {"ComputerVision", "ContentSafety"}
+    assert accounts["ComputerVision"]["location"] == "[parameters('visionLocation')]"
+    assert "Image Analysis 4.0" in params["visionLocation"]["metadata"]["description"]
+    assert params["visionLocation"]["defaultValue"] == "[parameters('location')]"  # = the resource group's
+    assert accounts["ContentSafety"]["sku"]["name"] == "[parameters('contentSafetySku')]"
+    assert params["contentSafetySku"]["defaultValue"] == "S0" and set(params["contentSafetySku"]["allowedValues"]) == {"F0", "S0"}
+    assert params["visionSku"]["defaultValue"] == "S1" and set(params["visionSku"]["allowedValues"]) == {"F0", "S1"}
+    for r in _substituted(t):
+        if r["type"] == "Microsoft.CognitiveServices/accounts":
+            assert _cognitive_account_shape_errors(r) == []
+
+    # Each part of the check fails where it should.
+    def broken(change) -> list[str]:
+        b = copy.deepcopy(t)
+        change(b)
+        return _understanding_errors(b)
+
+    def account(b, kind):
+        return next(r for r in b["resources"] if r.get("kind") == kind)
+
+    assert any("no ComputerVision account" in e for e in broken(
+        lambda b: b["resources"].remove(account(b, "ComputerVision"))))
+    assert any("local auth" in e for e in broken(
+        lambda b: account(b, "ContentSafety")["properties"].update(disableLocalAuth=False)))
+    assert any("customSubDomainName" in e for e in broken(
+        lambda b: account(b, "ComputerVision")["properties"].pop("customSubDomainName")))
+
+    def widen(b):
+        for a in b["resources"]:
+            if a["type"] == "Microsoft.Authorization/roleAssignments" and COGNITIVE_SERVICES_USER in a["properties"]["roleDefinitionId"]:
+                a["scope"] = "[resourceGroup().id]"
+    errors = broken(widen)
+    assert any("no Cognitive Services User on the account" in e for e in errors)
+    assert any("scoped to [resourceGroup().id]" in e for e in errors)
+    assert any("listKeys" in e for e in broken(lambda b: b["outputs"].update(visionKey={
+        "type": "string", "value": "[listKeys(resourceId('Microsoft.CognitiveServices/accounts', variables('vision')), '2024-10-01').key1]"})))
+    assert any("contentSafetyEndpoint" in e for e in broken(lambda b: b["outputs"].pop("contentSafetyEndpoint")))
+    shape = copy.deepcopy(account(t, "ComputerVision"))
+    shape["properties"].update(publicNetworkAccess="Open", disableLocalAuth="true", localAuth=False)
+    assert len(_cognitive_account_shape_errors(shape)) == 3
 
 
 # -- checkov on the template, the manifests and the Dockerfile ------------------------------------
@@ -185,7 +318,7 @@ def test_checkov_passes_on_the_template_manifests_and_dockerfile(tmp_path):
     # is silently left out — that hid the storage account and the registry until their names were simplified).
     for kind in ("Microsoft.Storage/storageAccounts", "Microsoft.ContainerService/managedClusters",
                  "Microsoft.ContainerRegistry/registries", "Microsoft.DocumentDB/databaseAccounts",
-                 "Deployment", "Ingress", "/Dockerfile"):
+                 "Microsoft.CognitiveServices/accounts", "Deployment", "Ingress", "/Dockerfile"):
         assert kind in result["types"], (kind, sorted(result["types"]))
 
     broken = tmp_path / "deploy"
@@ -194,12 +327,14 @@ def test_checkov_passes_on_the_template_manifests_and_dockerfile(tmp_path):
     next(r for r in t["resources"] if r["type"] == "Microsoft.Storage/storageAccounts")["properties"]["minimumTlsVersion"] = "TLS1_0"
     next(r for r in t["resources"] if r["type"].endswith("/containers") and "publicAccess" in r["properties"])[
         "properties"]["publicAccess"] = "Container"
+    next(r for r in t["resources"] if r["type"] == "Microsoft.CognitiveServices/accounts")["properties"]["disableLocalAuth"] = False
     (broken / "azure" / "azuredeploy.json").write_text(json.dumps(t))
     web = (broken / "k8s" / "webapp.yaml").read_text().replace("allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true")
     (broken / "k8s" / "webapp.yaml").write_text(web)
     failed = " ".join(_checkov(broken)["failed"])
     assert "CKV_AZURE_44" in failed  # storage account TLS below 1.2
     assert "CKV_AZURE_34" in failed  # a publicly readable blob container
+    assert "CKV_AZURE_236" in failed  # a Cognitive Services account that takes keys
     assert "CKV_K8S_20" in failed  # containers must not allow privilege escalation
 
 

@@ -6,11 +6,13 @@
 Generated, not hand-written, so that what must agree with the code does: the lake's lifecycle policy comes
 from orchestration/domain/lifecycle_rules.json (the same rules the local housekeeping schedule applies),
 the Cosmos DB containers' partition keys from the MetadataStore port, the Service Bus queue's lock,
-delivery count and duplicate window from Settings' defaults. tests/test_deploy.py checks the file is
+delivery count and duplicate window from Settings' defaults; the image understanding accounts (Azure AI Vision,
+Azure AI Content Safety) are Entra ID only, as the Azure adapter (orchestration/adapters/azure/understanding.py)
+signs in: DefaultAzureCredential, never a key. tests/test_deploy.py checks the file is
 current, validates every resource against Azure's published schemas and runs checkov on it.
 
 One function per Azure resource or tight group of resources (storage_account(), lake_filesystem(),
-cosmos_containers(), servicebus(), aks(), role_assignments(), ...) returns its resource(s); parameters(),
+cosmos_containers(), servicebus(), understanding_accounts(), aks(), role_assignments(), ...) returns its resource(s); parameters(),
 variables() and outputs() the other sections; template() assembles them (its list is the order of the
 resources in azuredeploy.json).
 
@@ -36,7 +38,7 @@ OUT = Path(__file__).with_name("azuredeploy.json")
 API = {
     "insights": "2025-02-01", "identity": "2024-11-30", "storage": "2025-06-01", "cosmos": "2025-10-15",
     "servicebus": "2024-01-01", "eventgrid": "2025-02-15", "eventhub": "2024-01-01", "acr": "2025-04-01",
-    "aks": "2025-10-01", "postgres": "2025-08-01", "roles": "2022-04-01",
+    "aks": "2025-10-01", "postgres": "2025-08-01", "roles": "2022-04-01", "cognitive": "2024-10-01",
 }
 # Built-in role definition ids (Azure RBAC).
 ROLES = {
@@ -48,6 +50,7 @@ ROLES = {
     "Azure Event Hubs Data Sender": "2b629674-e913-4c01-ae53-ef4638d8f975",
     "Azure Event Hubs Data Receiver": "a638d3c7-ab3a-418d-83e6-5f17a39d4fde",
     "AcrPull": "7f951dda-4ed3-4680-a7ca-43fe172d538d",
+    "Cognitive Services User": "a97b65f3-24c7-4388-baec-2e87be9e9f1d",
 }
 COSMOS_DATA_CONTRIBUTOR = "00000000-0000-0000-0000-000000000002"  # Cosmos DB Built-in Data Contributor
 SERVICE_ACCOUNTS = {"dagster": "imgpipe-dagster", "web": "imgpipe-web"}  # deploy/helm, deploy/k8s
@@ -93,6 +96,8 @@ STORAGE_ID = rid("Microsoft.Storage/storageAccounts", "variables('storage')")
 COSMOS_ID = rid("Microsoft.DocumentDB/databaseAccounts", "variables('cosmos')")
 SERVICE_BUS_ID = rid("Microsoft.ServiceBus/namespaces", "variables('serviceBus')")
 EVENT_HUBS_ID = rid("Microsoft.EventHub/namespaces", "variables('eventHubs')")
+VISION_ID = rid("Microsoft.CognitiveServices/accounts", "variables('vision')")
+CONTENT_SAFETY_ID = rid("Microsoft.CognitiveServices/accounts", "variables('contentSafety')")
 AKS_ID = rid("Microsoft.ContainerService/managedClusters", "variables('aks')")
 IDENTITY_ID = rid("Microsoft.ManagedIdentity/userAssignedIdentities", "variables('identity')")
 # The workload identity's principal: what the app's pods act as (role assignments, Cosmos DB data plane).
@@ -102,6 +107,8 @@ SIGNAL_QUEUE_SCOPE = f"format('Microsoft.Storage/storageAccounts/{{0}}/queueServ
 BATCH_QUEUE_SCOPE = f"format('Microsoft.ServiceBus/namespaces/{{0}}/queues/{BATCH_QUEUE}', variables('serviceBus'))"
 RESULTS_HUB_SCOPE = f"format('Microsoft.EventHub/namespaces/{{0}}/eventhubs/{RESULTS_HUB}', variables('eventHubs'))"
 ACR_SCOPE = "format('Microsoft.ContainerRegistry/registries/{0}', variables('acr'))"
+VISION_SCOPE = "format('Microsoft.CognitiveServices/accounts/{0}', variables('vision'))"
+CONTENT_SAFETY_SCOPE = "format('Microsoft.CognitiveServices/accounts/{0}', variables('contentSafety'))"
 
 
 # -- template sections --------------------------------------------------------------------------------
@@ -126,6 +133,20 @@ def parameters(s: Settings) -> dict:
         "apiServerAuthorizedIpRanges": {"type": "array", "defaultValue": ["0.0.0.0/32"],
                                         "metadata": {"description": "CIDRs allowed to reach the Kubernetes API (your operators' and CI's); the default allows none until set."}},
         "runPoolMaxNodes": {"type": "int", "defaultValue": 10, "minValue": 1, "maxValue": 100},
+        # Image understanding (IMGPIPE_UNDERSTANDING=azure). Image Analysis 4.0 is not in every region, and its
+        # Caption feature (the adapter asks for it with the tags) is in fewer still.
+        "visionLocation": {"type": "string", "defaultValue": "[parameters('location')]",
+                           "metadata": {"description": "Azure AI Vision's region: a region with Image Analysis 4.0 (e.g. eastus, "
+                                                       "westeurope, westus2) and, for captions, its Caption feature (eastus, "
+                                                       "westus, westeurope, northeurope, francecentral, koreacentral, "
+                                                       "southeastasia, eastasia). Defaults to location (the resource group's)."}},
+        "visionSku": {"type": "string", "defaultValue": "S1", "allowedValues": ["F0", "S1"],
+                      "metadata": {"description": "F0: free, rate-limited, one per subscription; S1: standard."}},
+        "contentSafetyLocation": {"type": "string", "defaultValue": "[parameters('visionLocation')]",
+                                  "metadata": {"description": "Azure AI Content Safety's region (one with image analysis, "
+                                                              "e.g. eastus, westeurope); defaults to visionLocation."}},
+        "contentSafetySku": {"type": "string", "defaultValue": "S0", "allowedValues": ["F0", "S0"],
+                             "metadata": {"description": "F0: free, rate-limited, one per subscription; S0: standard."}},
         "postgresAdminLogin": {"type": "string", "defaultValue": "dagsteradmin"},
         "postgresAdminPassword": {"type": "securestring", "minLength": 16,
                                   "metadata": {"description": "From your vault; also the Kubernetes Secret dagster-postgresql-secret."}},
@@ -147,6 +168,10 @@ def variables() -> dict:
         "logs": "[format('{0}-logs', parameters('namePrefix'))]",
         "identity": "[format('{0}-workload', parameters('namePrefix'))]",
         "postgres": "[format('{0}-pg-{1}', parameters('namePrefix'), variables('suffix'))]",
+        # Also the accounts' custom subdomains (<name>.cognitiveservices.azure.com: Entra ID tokens need one),
+        # which are global: hence the suffix.
+        "vision": "[format('{0}-vision-{1}', parameters('namePrefix'), variables('suffix'))]",
+        "contentSafety": "[format('{0}-safety-{1}', parameters('namePrefix'), variables('suffix'))]",
     }
 
 
@@ -162,6 +187,9 @@ def outputs() -> dict:
         "aksName": {"type": "string", "value": v("aks")},
         "oidcIssuerUrl": {"type": "string", "value": f"[reference({AKS_ID}, '{API['aks']}').oidcIssuerProfile.issuerURL]"},
         "postgresHost": {"type": "string", "value": f"[reference(resourceId('Microsoft.DBforPostgreSQL/flexibleServers', variables('postgres')), '{API['postgres']}').fullyQualifiedDomainName]"},
+        # IMGPIPE_VISION_ENDPOINT and IMGPIPE_CONTENT_SAFETY_ENDPOINT: endpoints only (local auth is off; no keys).
+        "visionEndpoint": {"type": "string", "value": f"[reference({VISION_ID}, '{API['cognitive']}').endpoint]"},
+        "contentSafetyEndpoint": {"type": "string", "value": f"[reference({CONTENT_SAFETY_ID}, '{API['cognitive']}').endpoint]"},
     }
 
 
@@ -426,6 +454,32 @@ def event_hubs() -> list[dict]:
     ]
 
 
+def understanding_accounts() -> list[dict]:
+    """Image understanding (IMGPIPE_UNDERSTANDING=azure): Azure AI Vision (Image Analysis 4.0: tags, caption,
+    people) and Azure AI Content Safety (image severities). Entra ID only: local auth (keys) off, a custom
+    subdomain (token auth needs one); the workload identity gets Cognitive Services User on each."""
+    def account(name: str, kind: str, location: str, sku: str) -> dict:
+        return {
+            "type": "Microsoft.CognitiveServices/accounts", "apiVersion": API["cognitive"],
+            "name": v(name), "location": p(location), "kind": kind, "sku": {"name": p(sku)},
+            "metadata": {"checkov": [
+                "CKV_AZURE_134: reached from AKS over its public endpoint with Entra ID only (disableLocalAuth); "
+                "private endpoints need the platform's VNet design, outside this template",
+                "CKV_AZURE_238: the account calls no other Azure resource (no customer-managed key, no storage "
+                "of its own), so an identity of its own would have nothing to do; callers use workload identity",
+            ]},
+            "properties": {
+                "customSubDomainName": v(name),
+                "disableLocalAuth": True,
+                "publicNetworkAccess": "Enabled",
+            },
+        }
+    return [
+        account("vision", "ComputerVision", "visionLocation", "visionSku"),
+        account("contentSafety", "ContentSafety", "contentSafetyLocation", "contentSafetySku"),
+    ]
+
+
 def acr() -> dict:
     return {
         "type": "Microsoft.ContainerRegistry/registries", "apiVersion": API["acr"],
@@ -565,6 +619,9 @@ def role_assignments() -> list[dict]:
         role_assignment("app", "Azure Service Bus Data Receiver", APP_PRINCIPAL, BATCH_QUEUE_SCOPE, [batch_queue_id, identity]),
         role_assignment("app", "Azure Event Hubs Data Sender", APP_PRINCIPAL, RESULTS_HUB_SCOPE, [results_hub_id, identity]),
         role_assignment("app", "Azure Event Hubs Data Receiver", APP_PRINCIPAL, RESULTS_HUB_SCOPE, [results_hub_id, identity]),
+        role_assignment("app", "Cognitive Services User", APP_PRINCIPAL, VISION_SCOPE, [f"[{VISION_ID}]", identity]),
+        role_assignment("app", "Cognitive Services User", APP_PRINCIPAL, CONTENT_SAFETY_SCOPE,
+                        [f"[{CONTENT_SAFETY_ID}]", identity]),
         role_assignment("kubelet", "AcrPull",
                         f"[reference({AKS_ID}, '{API['aks']}').identityProfile.kubeletidentity.objectId]", ACR_SCOPE,
                         ["[resourceId('Microsoft.ContainerRegistry/registries', variables('acr'))]", f"[{AKS_ID}]"]),
@@ -587,6 +644,7 @@ def template() -> dict:
             *servicebus(s),
             eventgrid_topic(), eventgrid_subscription(),
             *event_hubs(),
+            *understanding_accounts(),
             acr(), aks(), *federated_credentials(),
             *postgres(),
             *role_assignments(),
