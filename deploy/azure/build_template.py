@@ -136,8 +136,8 @@ def parameters(s: Settings) -> dict:
         # Image understanding (IMGPIPE_UNDERSTANDING=azure). Image Analysis 4.0 is not in every region, and its
         # Caption feature (the adapter asks for it with the tags) is in fewer still.
         "visionLocation": {"type": "string", "defaultValue": "[parameters('location')]",
-                           "metadata": {"description": "Azure AI Vision's region: a region with Image Analysis 4.0 (e.g. eastus, "
-                                                       "westeurope, westus2) and, for captions, its Caption feature (eastus, "
+                           "metadata": {"description": "Azure AI Vision's region: a region with Image Analysis 4.0 "
+                                                       "and, for captions, its Caption feature (eastus, "
                                                        "westus, westeurope, northeurope, francecentral, koreacentral, "
                                                        "southeastasia, eastasia). Defaults to location (the resource group's)."}},
         "visionSku": {"type": "string", "defaultValue": "S1", "allowedValues": ["F0", "S1"],
