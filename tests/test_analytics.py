@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pandas as pd
 from dagster import DagsterInstance, materialize
 
-from assets.analytics import COLUMNS, facts_path, image_facts_daily
+from assets.analytics import COLUMNS, LABEL_COLUMNS, facts_path, image_facts_daily, labels_path
 from assets.batch import batch_asset_checks, batch_assets
 from orchestration import wiring
 from orchestration.domain import retention
@@ -55,6 +55,19 @@ def test_one_day_of_image_facts_as_parquet_readable_by_pandas_and_duckdb(setting
     rows = duckdb.sql(f"SELECT day, outcome, count(*) AS n FROM read_parquet('{root}/*/*.parquet', "
                       "hive_partitioning=true) GROUP BY ALL ORDER BY outcome").fetchall()
     assert [(str(d), o, n) for d, o, n in rows] == [(day, "processed", 5), (day, "rejected", 2)]
+    # What the images show: the top label, moderation and faces per image, and the labels table (5 per processed
+    # image, with the model's code version) that joins it.
+    assert processed["top_label"].notna().all() and set(processed["moderation"]) == {"allow"}
+    assert processed["faces"].notna().all() and processed["labels_model"].nunique() == 1
+    labels = pd.read_parquet(io.BytesIO(services.lake.read(labels_path(day))))
+    assert list(labels.columns) == LABEL_COLUMNS and len(labels) == 5 * 5
+    assert set(labels["rank"]) == {1, 2, 3, 4, 5} and labels["score"].between(0, 1).all()
+    assert set(labels["batch_id"]) == {batches[0]}
+    labels_root = settings.lake_dir / "analytics" / "image_labels"
+    joined = duckdb.sql(f"SELECT count(*) FROM read_parquet('{labels_root}/*/*.parquet', hive_partitioning=true) l "
+                        f"JOIN read_parquet('{root}/*/*.parquet', hive_partitioning=true) f USING (batch_id, image_id) "
+                        "WHERE l.rank = 1 AND l.label = f.top_label").fetchall()[0][0]
+    assert joined == 5
     # A re-run of the same day overwrites its file: still 7 rows.
     assert materialize([image_facts_daily], partition_key=day, instance=instance, resources=resources).success
     assert len(pd.read_parquet(io.BytesIO(services.lake.read(facts_path(day))))) == 7
