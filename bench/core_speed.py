@@ -1,6 +1,7 @@
 """The image core against pyvips (libvips) on the standard job, in the same run, plus memory figures.
 
-    python bench/core_speed.py [--images 3] [--repeat 5] [--big-batch 200] [--formats-only] [--out bench/results/core_speed.json]
+    python bench/core_speed.py [--images 3] [--repeat 5] [--big-batch 200] [--formats-only] [--understanding-only]
+                               [--out bench/results/core_speed.json]
 
 Standard job: one 12 MP (4032x3024) JPEG → header check → decode → auto-orient → 2048/1024/256 → each as
 JPEG q85 and WebP q80 (the same WebP method for both contenders) → pHash + channel stats.
@@ -13,7 +14,11 @@ JPEG q85 and WebP q80 (the same WebP method for both contenders) → pHash + cha
 - scaling: the worker pool with 1 and 2 workers on the same images (images/s ratio);
 - memory: peak RSS of the parent and of the largest worker for a 10-image and a --big-batch batch, each
   in a fresh process;
-- per source format: the same photo as JPEG, HEIC (q80, as phones) and AVIF: decode and whole-job ms.
+- per source format: the same photo as JPEG, HEIC (q80, as phones) and AVIF: decode and whole-job ms;
+- understanding: CPU ms per image of each local model (labels, moderation, faces) and of all three, on the
+  1024 px JPEG rendition the job made (decode included), against the job's own CPU ms, one thread each;
+  images/s at batch sizes 1, 32 and 256; the memory the models add to a fresh process. On a machine with a
+  CUDA device (onnxruntime-gpu) the same with the CUDA provider.
 Medians and ratios only; nothing here asserts.
 """
 
@@ -220,6 +225,77 @@ def per_format(jpeg: bytes, config: CoreConfig, repeat: int) -> list[dict]:
     return rows
 
 
+def cpu_ms(fn, repeat: int) -> float:
+    """Median CPU time (all threads of the process) of ``fn`` in ms."""
+    times = []
+    for _ in range(repeat):
+        t = time.process_time()
+        fn()
+        times.append((time.process_time() - t) * 1000)
+    return statistics.median(times)
+
+
+MODEL_MEMORY = """
+import resource, sys
+sys.path.insert(0, {root!r})
+def rss():
+    return int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) / 1024
+import numpy, PIL.Image, io
+before = rss()
+from assets.core.understand.engine import LocalModels
+m = LocalModels(threads=1, device={device!r})
+data = open({path!r}, 'rb').read()
+m.analyze([data] * 32, ['labels', 'moderation', 'faces'])
+print(round(before, 1), round(rss(), 1), round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+"""
+
+
+def understanding(data: bytes, config: CoreConfig, repeat: int, device: str = "cpu") -> dict:
+    """The understanding step against the rendition job, per image, one thread."""
+    from assets.core.understand.engine import LocalModels
+
+    job = ours_job(data, config)
+    medium = next(r for r in job.renditions if r.name == "medium" and r.format == "JPEG")
+    job_cpu = cpu_ms(lambda: ours_job(data, config), repeat)
+    models = LocalModels(threads=1, device=device)
+    models.load(["labels", "moderation", "faces"])
+    batch = [medium.data] * 16
+    per_task = {}
+    for task in ("labels", "moderation", "faces"):
+        models.analyze(batch, [task])  # warm
+        per_task[task] = round(cpu_ms(lambda t=task: models.analyze(batch, [t]), repeat) / len(batch), 2)
+    models.analyze(batch, ["labels", "moderation", "faces"])
+    together = round(cpu_ms(lambda: models.analyze(batch, ["labels", "moderation", "faces"]), repeat) / len(batch), 2)
+    decode_only = round(cpu_ms(lambda: [models.decode(b) for b in batch], repeat) / len(batch), 2)
+    throughput = {}
+    for size in (1, 32, 256):
+        images = [medium.data] * size
+        wall = median_ms(lambda: models.analyze(images, ["labels", "moderation", "faces"]), max(1, repeat // 2))
+        throughput[str(size)] = round(size / (wall / 1000), 1)
+    with tempfile.NamedTemporaryFile(suffix=".jpg") as f:
+        f.write(medium.data)
+        f.flush()
+        out = subprocess.run([sys.executable, "-c", MODEL_MEMORY.format(root=str(ROOT), device=device, path=f.name)],
+                             capture_output=True, text=True, timeout=300)
+    before, after, peak = (float(v) for v in out.stdout.split()[-3:])
+    return {"device": device, "input": f"{medium.width}x{medium.height} JPEG rendition ({len(medium.data)} bytes)",
+            "job_cpu_ms": round(job_cpu, 1), "cpu_ms_per_image": {**per_task, "all_three": together,
+                                                                  "decode_and_shrink": decode_only},
+            "share_of_job": round(together / job_cpu, 4),
+            "images_per_second_all_three": throughput,
+            "memory_mb": {"before_models": before, "after_32_images": after, "peak": peak,
+                          "added": round(after - before, 1)}}
+
+
+def print_understanding(u: dict) -> None:
+    c = u["cpu_ms_per_image"]
+    print(f"  on the {u['input']} ({u['device']}): labels {c['labels']} ms, moderation {c['moderation']} ms, faces "
+          f"{c['faces']} ms, all three {c['all_three']} ms CPU per image (decode {c['decode_and_shrink']} ms) = "
+          f"{u['share_of_job']:.1%} of the rendition job's {u['job_cpu_ms']} ms", flush=True)
+    print(f"  images/s (all three) at batch 1/32/256: {' / '.join(map(str, u['images_per_second_all_three'].values()))};"
+          f" memory added by the models: {u['memory_mb']['added']} MB (peak RSS {u['memory_mb']['peak']} MB)", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3, help="distinct 12 MP test photos")
@@ -227,6 +303,7 @@ def main() -> int:
     parser.add_argument("--big-batch", type=int, default=200)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "core_speed.json"))
     parser.add_argument("--formats-only", action="store_true", help="only the per-source-format timings")
+    parser.add_argument("--understanding-only", action="store_true", help="only the understanding step's timings")
     args = parser.parse_args()
 
     import pyvips
@@ -235,6 +312,23 @@ def main() -> int:
     datas = [photo_like(seed) for seed in range(args.images)]
     print(f"{args.images} test photos, 4032x3024 JPEG, {statistics.mean(map(len, datas)) / 1e6:.1f} MB each; "
           f"libvips {pyvips.version(0)}.{pyvips.version(1)}, one thread per contender", flush=True)
+
+    print("understanding (local models, one thread):", flush=True)
+    understood = [understanding(datas[0], config, args.repeat)]
+    print_understanding(understood[0])
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            understood.append(understanding(datas[0], config, args.repeat, device="cuda"))
+            print_understanding(understood[-1])
+        else:
+            print("  (no CUDA device for onnxruntime here: CPU only)", flush=True)
+    except Exception as exc:  # noqa: BLE001 - the GPU part is optional
+        print(f"  (CUDA measurement skipped: {exc})", flush=True)
+    if args.understanding_only:
+        write_results({"job": "understanding", "understanding": understood}, args.out)
+        return 0
 
     print("per source format (the same photo as JPEG, HEIC, AVIF; one thread):", flush=True)
     formats = per_format(datas[0], config, args.repeat)
@@ -294,6 +388,7 @@ def main() -> int:
         "pool": {"one_worker_img_s": round(one, 3), "two_workers_img_s": round(two, 3), "ratio": round(two / one, 3)},
         "memory": {"small_batch": small, "big_batch": big},
         "per_format": formats,
+        "understanding": understood,
     }
     print(f"\nper core: ours {1000 / ours_med:.2f} img/s vs pyvips {1000 / vips_med:.2f} img/s = {vips_med / ours_med:.2f}x; "
           f"worst PSNR delta {result['psnr_worst_ours_minus_reference_db']:+.3f} dB; 2 workers {two / one:.2f}x one; "

@@ -173,7 +173,7 @@ def _understanding(settings: Settings, clients: "Clients") -> Any:
         from orchestration.adapters.azure.understanding import AzureUnderstanding
 
         return AzureUnderstanding.from_endpoints(settings.vision_endpoint, settings.content_safety_endpoint,
-                                                 DefaultAzureCredential())
+                                                 DefaultAzureCredential(), min_person_score=settings.face_min_score)
     if settings.understanding == "off":
         return None
     from orchestration.adapters.local.understanding import LocalUnderstanding
@@ -193,7 +193,7 @@ def understanding_models(settings: Settings) -> dict:
         from orchestration.adapters.azure.understanding import azure_models
 
         return azure_models(urlparse(settings.vision_endpoint).hostname or "",
-                            urlparse(settings.content_safety_endpoint).hostname or "")
+                            urlparse(settings.content_safety_endpoint).hostname or "", settings.face_min_score)
     from orchestration.adapters.local.understanding import local_models
 
     return local_models(settings.face_min_score)

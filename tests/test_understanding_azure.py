@@ -10,7 +10,6 @@ import json
 
 import pytest
 from azure.core.credentials import AzureKeyCredential
-from azure.core.exceptions import ServiceRequestError
 from azure.core.pipeline.policies import RetryPolicy
 from azure.core.rest import HttpRequest
 
@@ -92,8 +91,10 @@ def test_people_boxes_are_fractions_of_the_image_from_the_person_detector(double
         width, height = recorded["metadata"]["width"], recorded["metadata"]["height"]
         faces = result["faces"]
         assert set(result) == {"faces"} and faces["detector"] == "person"
-        assert faces["count"] == len(faces["boxes"]) == len(recorded["peopleResult"]["values"]), name
-        for got, person in zip(faces["boxes"], recorded["peopleResult"]["values"]):
+        # the service's weak candidates (Microsoft's own example has one at 0.27) are not people
+        people = [p for p in recorded["peopleResult"]["values"] if p["confidence"] >= 0.6]
+        assert faces["count"] == len(faces["boxes"]) == len(people), name
+        for got, person in zip(faces["boxes"], people):
             b = person["boundingBox"]
             want = [b["x"] / width, b["y"] / height, (b["x"] + b["w"]) / width, (b["y"] + b["h"]) / height]
             assert got["box"] == pytest.approx(want, abs=1e-4), name
@@ -174,10 +175,6 @@ def test_throttling_past_the_sdk_retries_raises_understanding_error(double, adap
     assert len(double.calls_to("safety")) == 1 + min(policy.total_retries, policy.status_retries)
 
 
-@pytest.mark.xfail(strict=True, raises=ServiceRequestError, reason=(
-    "adapter bug: AzureUnderstanding._one catches only HttpResponseError, so a connection failure (azure-core's "
-    "ServiceRequestError/ServiceResponseError after the SDK's retries) escapes as itself instead of "
-    "UnderstandingError, unlike what the module docstring promises"))
 def test_an_unreachable_service_raises_understanding_error(double, adapter):
     double.unreachable.add("vision")
     with pytest.raises(UnderstandingError):
@@ -267,3 +264,14 @@ def test_the_double_refuses_what_the_services_refuse(double):
     assert status == 400 and "7200" in body["error"]["message"]
     with pytest.raises(LookupError, match="no recording of a 64x64 image"):
         _send(double, "safety", body=_safety_body(make_image(64, 64)))
+
+
+def test_a_request_the_service_refuses_fails_the_step_instead_of_every_image(double, adapter, monkeypatch):
+    """A 400 about the request, not the image (say, captions in a region that lacks them), is not each image's
+    error: the step fails with the service's reason, so the batch is retried instead of completing without
+    labels."""
+    import tests.support.azure_ai as double_module
+
+    monkeypatch.setattr(double_module, "VISION_FEATURES", {f for f in double_module.VISION_FEATURES if f != "caption"})
+    with pytest.raises(UnderstandingError, match="400.*caption"):
+        adapter.analyze([image(double, "cat"), image(double, "person-with-dog")], ["labels"])

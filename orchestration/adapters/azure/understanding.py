@@ -7,11 +7,13 @@ Mapping onto the port's shapes (orchestration/ports/understanding.py):
 - labels: the tags (name, confidence), best first, top 5, plus the caption;
 - moderation: Content Safety's four categories, severity 0/2/4/6 → score severity / 6;
 - faces: Image Analysis has no face detection (Azure's Face API is a restricted service): the *people* it
-  finds, boxes as fractions of the image, ``detector: "person"``.
+  finds with a confidence of at least ``min_person_score`` (IMGPIPE_FACE_MIN_SCORE; the service also returns
+  weak candidates), boxes as fractions of the image, ``detector: "person"``.
 
-A request the service refuses for this image (HTTP 400: too small, unsupported) is that image's ``error``;
-anything else (throttling after the SDK's retries, outage, auth) raises ``UnderstandingError`` so the step
-fails and Dagster retries the run.
+A request the service refuses for this image (HTTP 400 about the image: too small, too large, not an image) is
+that image's ``error``; anything else (a 400 about the request, such as a feature the account's region lacks;
+throttling after the SDK's retries; an outage; auth; an unreachable endpoint) raises ``UnderstandingError`` so
+the step fails and Dagster retries the run.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from azure.ai.contentsafety import ContentSafetyClient
 from azure.ai.contentsafety.models import AnalyzeImageOptions, ImageData
 from azure.ai.vision.imageanalysis import ImageAnalysisClient
 from azure.ai.vision.imageanalysis.models import VisualFeatures
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import AzureError, HttpResponseError
 
 from orchestration.ports.understanding import TOP_LABELS, ModelInfo, UnderstandingError
 
@@ -32,9 +34,26 @@ VISION_API = "2023-10-01"          # Image Analysis 4.0 GA
 CONTENT_SAFETY_API = "2023-10-01"  # Content Safety GA
 _SEVERITY_MAX = 6.0
 _PARALLEL = 4  # requests in flight per step (the accounts' default rate limits allow more)
+# Image Analysis' inner error codes that mean "this image", not "this request".
+_IMAGE_ERRORS = {"InvalidImageSize", "InvalidImageFormat", "NotSupportedImage", "InvalidImageUrl"}
 
 
-def azure_models(vision_host: str, safety_host: str) -> dict[str, ModelInfo]:
+def _about_the_image(exc: HttpResponseError) -> bool:
+    """Whether a 400 refuses the image (its size, dimensions or format) rather than the request."""
+    if exc.status_code != 400:
+        return False
+    try:
+        error = (exc.response.json() or {}).get("error") or {}
+    except Exception:  # noqa: BLE001 - not JSON: not a refusal we can attribute to the image
+        return False
+    inner = (error.get("innererror") or {}).get("code")
+    if inner in _IMAGE_ERRORS:
+        return True
+    message = str(error.get("message") or "").lower()
+    return "image" in message and any(w in message for w in ("size", "dimension", "format", "pixels", "mb"))
+
+
+def azure_models(vision_host: str, safety_host: str, min_person_score: float = 0.6) -> dict[str, ModelInfo]:
     """What answers each task: the services' API versions (their models are the service's own)."""
     vision = dict(name="azure-ai-vision-image-analysis", version=VISION_API,
                   source=f"{vision_host} (Image Analysis 4.0)", licence="Azure service")
@@ -42,26 +61,29 @@ def azure_models(vision_host: str, safety_host: str) -> dict[str, ModelInfo]:
         "labels": ModelInfo(task="labels", **vision, settings={"features": "tags,caption"}),
         "moderation": ModelInfo(task="moderation", name="azure-ai-content-safety", version=CONTENT_SAFETY_API,
                                 source=f"{safety_host} (Content Safety, image)", licence="Azure service"),
-        "faces": ModelInfo(task="faces", **vision, settings={"features": "people"}),
+        "faces": ModelInfo(task="faces", **vision, settings={"features": "people", "min_score": min_person_score}),
     }
 
 
 class AzureUnderstanding:
     def __init__(self, vision: ImageAnalysisClient, safety: ContentSafetyClient, *, vision_host: str = "",
-                 safety_host: str = ""):
+                 safety_host: str = "", min_person_score: float = 0.6):
         self._vision, self._safety = vision, safety
         self._vision_host, self._safety_host = vision_host, safety_host
+        self._min_person_score = min_person_score
 
     @classmethod
-    def from_endpoints(cls, vision_endpoint: str, safety_endpoint: str, credential, **client_kwargs):
+    def from_endpoints(cls, vision_endpoint: str, safety_endpoint: str, credential, *, min_person_score: float = 0.6,
+                       **client_kwargs):
         """Clients authenticated with ``credential`` (a TokenCredential: DefaultAzureCredential); never a key."""
+        vision_endpoint, safety_endpoint = vision_endpoint.rstrip("/"), safety_endpoint.rstrip("/")
         return cls(ImageAnalysisClient(vision_endpoint, credential, **client_kwargs),
                    ContentSafetyClient(safety_endpoint, credential, **client_kwargs),
                    vision_host=urlparse(vision_endpoint).hostname or "",
-                   safety_host=urlparse(safety_endpoint).hostname or "")
+                   safety_host=urlparse(safety_endpoint).hostname or "", min_person_score=min_person_score)
 
     def models(self) -> dict[str, ModelInfo]:
-        return azure_models(self._vision_host, self._safety_host)
+        return azure_models(self._vision_host, self._safety_host, self._min_person_score)
 
     # -- one image ------------------------------------------------------------------------------------
 
@@ -83,6 +105,8 @@ class AzureUnderstanding:
             width, height = result.metadata.width, result.metadata.height
             boxes = []
             for person in (result.people.list if result.people else []):
+                if float(person.confidence) < self._min_person_score:
+                    continue
                 b = person.bounding_box
                 boxes.append({"box": [round(b.x / width, 4), round(b.y / height, 4),
                                       round(min(1.0, (b.x + b.width) / width), 4),
@@ -108,13 +132,16 @@ class AzureUnderstanding:
             try:
                 out.update(call())
             except HttpResponseError as exc:
-                if exc.status_code == 400:  # this image: too small, unreadable, unsupported
+                if _about_the_image(exc):  # this image: too small, too large, unreadable
                     code = getattr(exc.error, "code", None) or "InvalidRequest"
                     for task in covered:
                         if task in tasks:
                             out[task] = {"error": f"refused by the service: {code}: {exc.message}"[:300]}
                     continue
-                raise UnderstandingError(f"Azure AI service error {exc.status_code}: {exc.reason}") from exc
+                raise UnderstandingError(f"Azure AI service error {exc.status_code}: {exc.reason}: "
+                                         f"{str(exc.message)[:200]}") from exc
+            except AzureError as exc:  # unreachable after the SDK's retries (DNS, connection, TLS)
+                raise UnderstandingError(f"Azure AI service unreachable: {type(exc).__name__}: {exc}"[:400]) from exc
         return out
 
     def analyze(self, images: Sequence[bytes], tasks: Collection[str]) -> list[dict[str, dict]]:
