@@ -89,6 +89,32 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
                     assert im.size == (r["width"], r["height"])
             doc = services.metadata.read("images", img["image_id"], upload.batch_id)
             assert doc["user_metadata"] == {"album": "e2e"} and doc["sha256"] and doc["dagster_run_id"]
+            # What it shows, from the real models in the run worker: labels, moderation and faces, each
+            # with its model's digest.
+            assert len(doc["labels"]["labels"]) == 5 and doc["moderation"]["decision"] == "allow"
+            assert doc["faces"]["count"] == 0 and doc["labels"]["model"]["sha256"]
+        understood = {e["image_id"]: e for e in events if e["type"] == "image.understood"}
+        assert sorted(understood) == sorted(i["image_id"] for i in processed)
+        for img in processed:
+            assert [x["name"] for x in understood[img["image_id"]]["labels"]] == [x["name"] for x in img["labels"]]
+
+        # The daily BI export, run by the daemon (a backfill of today's partition, as from the UI): the labels
+        # table holds each processed image's five labels.
+        import pandas as pd
+
+        from assets.analytics import labels_path
+        from orchestration import operate
+
+        day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        launched = operate.graphql(settings, operate.LAUNCH_BACKFILL, {"params": {
+            "partitionNames": [day], "assetSelection": [{"path": ["image_facts_daily"]}]}})["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        deadline = time.monotonic() + 120
+        while not services.lake.exists(labels_path(day)) and time.monotonic() < deadline:
+            time.sleep(1)
+        labels = pd.read_parquet(io.BytesIO(services.lake.read(labels_path(day))))
+        mine = labels[labels["batch_id"] == upload.batch_id]
+        assert len(mine) == 5 * 5 and set(mine["image_id"]) == set(understood)
 
         # A second shell that knows only the data dir reaches the same stack (in 'emulated' the endpoints
         # of the emulators come from <data_dir>/stack.json, which `imgpipe dev` wrote).

@@ -100,7 +100,18 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     page.get_by_text(re.compile(r"readme\.jpg.*rejected")).wait_for()
     page.get_by_test_id("stImage").nth(1).wait_for()  # (a rerun's elements arrive one after another)
     assert page.get_by_test_id("stImage").count() == 2
+    # What each image shows, live: its labels under it (after its image.understood event), then found again
+    # by one of them in the search across the person's batches.
+    label_line = page.get_by_text(re.compile(r"^.+ \d+% · .+ \d+% · .+ \d+%$")).first
+    label_line.wait_for(timeout=60_000)
+    top_label = re.match(r"^(.+?) \d+%", label_line.inner_text()).group(1)
     _shot(page, stack, "04-results-live")
+    page.get_by_label("Find your images by label").fill(top_label)
+    page.get_by_label("Find your images by label").press("Enter")
+    page.get_by_text(re.compile(r"^\d+ image\(s\)$")).wait_for(timeout=30_000)
+    page.get_by_role("link", name="Open batch").first.wait_for()
+    page.get_by_label("Find your images by label").fill("")
+    page.get_by_label("Find your images by label").press("Enter")
     page.get_by_text("Details and downloads").first.click()
     page.get_by_role("button", name=re.compile(r"large .* JPEG")).first.wait_for()
     page.get_by_text(re.compile(r"1600×1200 JPEG · pHash")).first.wait_for()
