@@ -389,8 +389,8 @@ def _understanding_check(task: str):
     @asset_check(asset=AssetKey(task), name=f"{task}_complete_and_in_range", blocking=False,
                  description=f"Every processed image has a {task} result (or the reason it has none) with its "
                  "model recorded, and every score is within 0..1 (boxes inside the image).")
-    def check(context, metadata: MetadataPort) -> AssetCheckResult:
-        if not UNDERSTANDING_MODELS:
+    def check(context, metadata: MetadataPort, understanding: UnderstandingPort) -> AssetCheckResult:
+        if understanding is None:
             return AssetCheckResult(passed=True, metadata={"understanding": "off"})
         checked, problems = understand.check_results(metadata, context.partition_key, task)
         return AssetCheckResult(passed=not problems, severity=AssetCheckSeverity.ERROR,

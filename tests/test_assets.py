@@ -360,3 +360,26 @@ def test_one_understanding_asset_is_redone_alone_and_renditions_stay(instance, s
     assert {"path": ["labels"]} in sent[-1]["params"]["assetSelection"] and len(sent[-1]["params"]["assetSelection"]) == 7
     with pytest.raises(operate.OperateError):
         operate.submit_reprocess(settings, [batch], asset="renditions")
+
+
+def test_with_understanding_off_batches_complete_without_it(instance, settings, uploaded):
+    """IMGPIPE_UNDERSTANDING=off: the understanding assets record that they are off, write nothing, send no
+    image.understood event, and their checks pass; the batch completes as before."""
+    from orchestration.settings import load_settings
+
+    services, upload = uploaded
+    off = load_settings(**{**settings.model_dump(), "understanding": "off"})
+    recorder = _Recorder()
+    instance.add_dynamic_partitions(batches_partitions.name, [upload.batch_id])
+    result = materialize([*batch_assets, *batch_asset_checks], partition_key=upload.batch_id, instance=instance,
+                         resources={**resources_from_settings(off), "results": recorder})
+    assert result.success
+    [labels] = [m for m in result.asset_materializations_for_node("understand_images")
+                if m.asset_key.to_user_string() == "labels"]
+    assert labels.metadata["understanding"].value.startswith("off")
+    assert not any(e["type"] == "image.understood" for e in recorder.events)
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["labels_complete_and_in_range"] and checks["faces_complete_and_in_range"]
+    assert batch_status(services, upload.batch_id, "alice")["status"] == "completed"
+    for doc in services.metadata.query("images", partition_key=upload.batch_id):
+        assert not {"labels", "moderation", "faces"} & set(doc)

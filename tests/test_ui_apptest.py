@@ -429,7 +429,6 @@ def _cat_jpeg() -> bytes:
 def _flag(env, batch_id: str, image_id: str = "i0001", **moderation) -> None:
     """Moderation's verdict on an image as a model would have given it (benign photos score low)."""
     from orchestration.domain.batches import change_image
-    from orchestration.ports.metadata import partition_value  # noqa: F401 - (the store checks partitions)
 
     doc = env.metadata.read("images", image_id, batch_id)
     change_image(env.metadata, batch_id, doc["user_id"], image_id, lambda d: {
