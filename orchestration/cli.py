@@ -110,7 +110,24 @@ def cmd_status(args) -> int:
         else:
             detail = ""
         print(f"  {img['image_id']} {img['name']}: {img['outcome']}" + (f" — {detail}" if detail else ""))
+        shows = _what_it_shows(img)
+        if shows:
+            print(f"      {shows}")
     return 0
+
+
+def _what_it_shows(img: dict) -> str:
+    """'tabby 72%, tiger cat 15%, Egyptian cat 13% · 1 face · moderation: flag (sexual)' for `imgpipe status`."""
+    parts = []
+    if img.get("labels"):
+        parts.append(", ".join(f"{label['name']} {label['score']:.0%}" for label in img["labels"][:3]))
+    if img.get("faces") is not None:
+        parts.append(f"{img['faces']} face{'' if img['faces'] == 1 else 's'}")
+    moderation = img.get("moderation") or {}
+    if moderation.get("decision") and moderation["decision"] != "allow":
+        parts.append(f"moderation: {moderation['decision']}" + (f" ({moderation['category']})" if moderation.get(
+            "category") else "") + (f", reviewed: {moderation['review']}" if moderation.get("review") else ""))
+    return " · ".join(parts)
 
 
 def cmd_dev(args) -> int:

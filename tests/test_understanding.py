@@ -192,3 +192,16 @@ def test_the_understood_event_is_a_new_event_for_a_new_model():
     newer = {**doc, "labels": {**doc["labels"], "model": {"code_version": "v2"}}}
     assert understand.understood_event(newer)["event_id"] != event["event_id"]
     assert understand.understood_event({**doc, "outcome": "rejected"}) is None
+
+
+def test_imgpipe_status_says_what_each_image_shows():
+    from orchestration.cli import _what_it_shows
+    from orchestration.domain.status import understanding_summary
+
+    doc = {"labels": {"labels": [{"name": "tabby", "score": 0.72}, {"name": "tiger cat", "score": 0.15},
+                                 {"name": "Egyptian cat", "score": 0.13}, {"name": "lynx", "score": 0.0}]},
+           "faces": {"count": 1}, "moderation": {"decision": FLAG, "category": "sexual", "policy": {"action": "blur"},
+                                                 "review": {"action": "keep"}}}
+    assert _what_it_shows(understanding_summary(doc)) == (
+        "tabby 72%, tiger cat 15%, Egyptian cat 13% · 1 face · moderation: flag (sexual), reviewed: keep")
+    assert _what_it_shows(understanding_summary({})) == ""  # not looked at yet: nothing said
