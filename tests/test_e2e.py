@@ -176,6 +176,7 @@ def test_readme_command_runs_the_sample_batch(stack_env):
     assert "batch complete: 5 processed, 2 rejected" in out
     assert "Dagster UI" in out and stack_env["IMGPIPE_DATA_DIR"] in out
     assert "refused not_really_a_photo.jpg" in out
+    assert out.count(" shows: ") == 5  # what each processed image shows, as its image.understood event arrives
 
 
 def test_a_killed_broker_is_restarted_and_batches_still_complete(tmp_path):

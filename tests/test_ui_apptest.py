@@ -21,6 +21,7 @@ from orchestration.domain.identity import opaque_user_id
 from orchestration.domain.intake import IntakeItem, upload_batch
 from orchestration.partitions import batches_partitions
 from orchestration.resources import resources_from_settings
+from orchestration.settings import load_settings
 from ui_streamlit import data
 
 APP = str(Path(__file__).resolve().parents[1] / "ui_streamlit" / "app.py")
@@ -462,17 +463,19 @@ def test_a_flagged_image_is_blurred_until_shown_or_withheld_until_kept(env, sett
     at = _app(ALICE_PLUS, "views/results.py")
     [img] = at.get("image")
     assert "flagged by moderation" in img.proto.imgs[0].caption
-    shown = at.button(key=f"btn-show-{batch}-i0001")
+    shown = at.button(key=f"btn-gallery-show-{batch}-i0001-flag")
     shown.click().run()
     assert any("flagged" not in i.proto.imgs[0].caption for i in at.get("image"))
 
-    # withhold: no picture and no downloads until an operator keeps it
-    _flag(env, batch, policy={"action": "withhold", "review": 0.4, "flag": 0.8})
+    # withhold (the setting now, whatever it was when the image was judged): no picture and no downloads until
+    # an operator keeps it, and the rendition is refused server-side too.
+    monkeypatch.setenv("IMGPIPE_MODERATION_ACTION", "withhold")
+    st.cache_resource.clear()
     st.cache_data.clear()
     held = _app(ALICE_PLUS, "views/results.py")
-    assert not held.get("image") and any("held for review" in i.value for i in held.info)
+    assert not held.get("image") and any("held for moderation" in i.value for i in held.info)
     assert not held.get("download_button")
-    assert clear  # (the clear bytes exist; the page just does not send them)
+    assert clear and data.rendition(wiring.services(load_settings()), uid(ALICE_PLUS), batch, thumb) is None
 
     # The operators' review list has it; a person without the role gets nothing from the page.
     with pytest.raises(ValueError, match="Could not find a navigation page"):
@@ -484,6 +487,7 @@ def test_a_flagged_image_is_blurred_until_shown_or_withheld_until_kept(env, sett
     doc = env.metadata.read("images", "i0001", batch)
     assert doc["moderation"]["review"]["action"] == "keep" and doc["moderation"]["review"]["by"] == uid(OPS)
     st.cache_data.clear()
+    st.cache_resource.clear()
     kept = _app(ALICE_PLUS, "views/results.py")
     assert kept.get("image") and not any("flagged" in i.proto.imgs[0].caption for i in kept.get("image"))
 
@@ -499,3 +503,15 @@ def test_an_operator_deletes_a_flagged_image_from_the_review_list(env, settings)
     assert env.metadata.read("images", "i0001", batch)["deleted"]
     again = _app(OPS, "views/review.py")
     assert any("Nothing waits for review" in s.value for s in again.success)
+
+
+def test_a_flagged_image_found_by_search_is_blurred_there_too(env, settings):
+    pytest.importorskip("skimage")
+    batch = upload_batch(env, [IntakeItem.from_bytes("kitty.jpg", _cat_jpeg())], user_id=uid(ALICE_PLUS)).batch_id
+    _process(settings, batch)
+    _flag(env, batch)
+    at = _app(ALICE_PLUS, "views/results.py")
+    at.text_input(key="label-search").set_value("cat").run()
+    assert not at.exception and not any("cannot be shown" in w.value for w in at.warning)
+    captions = [i.proto.imgs[0].caption for i in at.get("image")]
+    assert len(captions) == 2 and all("flagged by moderation" in c for c in captions), captions  # gallery + search

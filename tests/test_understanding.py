@@ -142,6 +142,12 @@ def test_moderation_decisions_follow_the_thresholds_and_keep_their_history():
     # The same model and verdict again (a re-run): the operator's review stands.
     again = understand._fields("moderation", {"scores": {"sexual": 0.9}}, v1, policy, reviewed, "p", "t3")
     assert again["review"]["action"] == "keep" and "history" not in again
+    # Slightly other scores for the same verdict (new renditions, another device): the review still stands.
+    close = understand._fields("moderation", {"scores": {"sexual": 0.8912}}, v1, policy, reviewed, "p", "t3")
+    assert close["decision"] == FLAG and close["review"]["action"] == "keep"
+    # No answer from the model: no verdict, "unchecked" (blurred for the owner, on the review list).
+    failed = understand._fields("moderation", {"error": "unreadable rendition"}, v1, policy, {}, "p", "t3")
+    assert failed["decision"] == "unchecked" and "policy" not in failed
     # A new model: a new decision to review, the old one (with its model and review) kept for comparison.
     newer = understand._fields("moderation", {"scores": {"sexual": 0.5}}, v2, policy, reviewed, "p", "t4")
     assert newer["decision"] == REVIEW and "review" not in newer
@@ -187,10 +193,15 @@ def test_the_understood_event_is_a_new_event_for_a_new_model():
                           "policy": {"action": "blur"}, "model": {"code_version": "m1"}}}
     event = understand.understood_event(doc)
     assert event["type"] == "image.understood" and event["labels"] == [{"name": "cat", "score": 0.9}]
-    assert event["moderation"] == {"decision": FLAG, "category": "sexual", "action": "blur"}
+    assert event["moderation"] == {"decision": FLAG, "category": "sexual", "review": None}
     assert understand.understood_event(doc)["event_id"] == event["event_id"]  # a re-run repeats it
     newer = {**doc, "labels": {**doc["labels"], "model": {"code_version": "v2"}}}
     assert understand.understood_event(newer)["event_id"] != event["event_id"]
+    # A new verdict (new thresholds) or an operator's review is news for the page too.
+    allowed = {**doc, "moderation": {**doc["moderation"], "decision": "allow"}}
+    kept = {**doc, "moderation": {**doc["moderation"], "review": {"action": "keep"}}}
+    ids = {understand.understood_event(d)["event_id"] for d in (doc, allowed, kept)}
+    assert len(ids) == 3
     assert understand.understood_event({**doc, "outcome": "rejected"}) is None
 
 
@@ -205,3 +216,47 @@ def test_imgpipe_status_says_what_each_image_shows():
     assert _what_it_shows(understanding_summary(doc)) == (
         "tabby 72%, tiger cat 15%, Egyptian cat 13% · 1 face · moderation: flag (sexual), reviewed: keep")
     assert _what_it_shows(understanding_summary({})) == ""  # not looked at yet: nothing said
+
+
+class _Settings:
+    def __init__(self, understanding="local", moderation_action="blur"):
+        self.understanding, self.moderation_action = understanding, moderation_action
+
+
+@pytest.mark.parametrize("moderation, understanding, action, batch, expected", [
+    ({"decision": "allow"}, "local", "blur", "completed", "plain"),
+    ({"decision": "review"}, "local", "blur", "completed", "plain"),  # for operators to look at; shown
+    ({"decision": "flag"}, "local", "blur", "completed", "blurred"),
+    ({"decision": "flag"}, "local", "withhold", "completed", "withheld"),
+    ({"decision": "flag"}, "off", "blur", "completed", "blurred"),   # turning moderation off shows no flagged image
+    ({"decision": "flag", "review": "keep"}, "local", "withhold", "completed", "plain"),
+    ({"decision": "allow", "review": "delete"}, "local", "blur", "completed", "withheld"),  # removed stays removed
+    (None, "local", "blur", "processing", "checking"),
+    (None, "local", "blur", "failed", "unchecked"),     # the check never ran: fails closed
+    (None, "local", "withhold", "processing", "withheld"),
+    ({"decision": "unchecked", "error": "x"}, "local", "blur", "completed", "unchecked"),
+    (None, "off", "blur", "completed", "plain"),         # never checked, moderation off
+])
+def test_a_picture_is_shown_clear_only_when_moderation_let_it(moderation, understanding, action, batch, expected):
+    from ui_streamlit.data import shown_as
+
+    assert shown_as({"moderation": moderation}, _Settings(understanding, action), batch) == expected
+
+
+def test_an_image_an_operator_removed_stays_removed_when_its_batch_runs_again():
+    from orchestration.domain.processing import _understood
+
+    removed = {"moderation": {"decision": "flag", "review": {"action": "delete"}}, "deleted": True,
+               "deleted_by_review": "t"}
+    carried = _understood(removed, {"outcome": "processed"})
+    assert carried["deleted"] and carried["moderation"]["review"]["action"] == "delete"
+
+
+@pytest.mark.parametrize("size, expected", [
+    ((1024, 768), (341, 256)),     # a photo: ~320 px long edge
+    ((2048, 512), (1024, 256)),    # a panorama keeps its short side
+    ((8000, 500), (1024, 64)),     # ... up to 1024 px long
+    ((200, 150), (200, 150)),      # never upscaled
+])
+def test_the_models_input_keeps_enough_of_wide_images(size, expected):
+    assert LocalModels.input_size(*size) == expected

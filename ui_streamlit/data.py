@@ -110,12 +110,12 @@ def progress(status: dict) -> tuple[int, int]:
 
 
 def rendition(services: Services, user_id: str, batch_id: str, path: str) -> bytes | None:
-    """Bytes of a rendition, only when the path belongs to one of the user's batches."""
+    """Bytes of a rendition, only when the path belongs to one of the user's batches and its image is not
+    withheld by moderation."""
     status = batch_for_user(services, user_id, batch_id)
     if status is None:
         return None
-    allowed = {r["path"] for i in status["images"] for r in i["renditions"]}
-    return services.lake.read(path) if path in allowed else None
+    return services.lake.read(path) if path in servable_paths(status, services.settings) else None
 
 
 # -- what images show (labels, moderation) -------------------------------------------------------------------
@@ -125,19 +125,46 @@ def label_line(img: dict, top: int = 3) -> str:
     return " · ".join(f"{label['name']} {label['score']:.0%}" for label in (img.get("labels") or [])[:top])
 
 
+RUNNING = ("received", "processing", "retrying")
+
+
 def shown_as(img: dict, settings, batch_status: str) -> str:
-    """How a processed image's picture may be shown to its owner: ``plain``; ``blurred`` (flagged, action blur:
-    blurred until the person clicks Show); ``withheld`` (flagged, action withhold, until an operator keeps it);
-    ``checking`` (moderation on and the batch still running without a result for it yet: blurred until it
-    comes). An operator's "keep" clears a flag."""
-    moderation = img.get("moderation")
-    if settings.understanding == "off":
+    """How a processed image's picture may be shown to its owner. Fails closed: a picture is shown clear only
+    when moderation allowed it (or put it up for review), an operator kept it, or moderation is off and never
+    looked at it.
+
+    - ``plain``;
+    - ``blurred``: flagged (IMGPIPE_MODERATION_ACTION=blur), blurred until the person clicks Show;
+    - ``checking`` / ``unchecked``: no verdict yet while the batch runs, or none at all (the check failed or
+      never ran while moderation is on): blurred the same way;
+    - ``withheld``: not shown, nor downloadable: flagged, checking or unchecked under ``withhold``, or removed
+      by an operator's review (whatever runs later).
+
+    The action is the one in the settings now, not the one when the image was judged."""
+    moderation = img.get("moderation") or None
+    withhold = settings.moderation_action == "withhold"
+    review = (moderation or {}).get("review")
+    if review == "delete":
+        return "withheld"
+    if review == "keep":
         return "plain"
-    if moderation is None:
-        return "checking" if batch_status in ("received", "processing", "retrying") else "plain"
-    if moderation.get("decision") == "flag" and moderation.get("review") != "keep":
-        return "withheld" if moderation.get("action") == "withhold" else "blurred"
-    return "plain"
+    decision = (moderation or {}).get("decision")
+    if decision == "flag":
+        return "withheld" if withhold else "blurred"
+    if decision in ("allow", "review"):
+        return "plain"
+    if moderation is None and settings.understanding == "off":
+        return "plain"
+    if withhold:
+        return "withheld"
+    return "checking" if batch_status in RUNNING and moderation is None else "unchecked"
+
+
+def servable_paths(status: dict, settings) -> set[str]:
+    """The rendition paths of a batch (from ``batch_for_user``: the user's own) whose bytes may be sent to its
+    owner: every rendition of every image that is not withheld."""
+    return {r["path"] for i in status["images"] if shown_as(i, settings, status["status"]) != "withheld"
+            for r in i["renditions"]}
 
 
 def blurred(image: bytes, radius: int = 18) -> bytes:
@@ -158,12 +185,13 @@ def blurred(image: bytes, radius: int = 18) -> bytes:
 
 def find_by_label(services: Services, user_id: str, text: str, limit: int = 48) -> list[dict]:
     """The user's processed images (every batch of theirs, not deleted) with a label containing ``text``
-    (case-insensitive), best score first: ``{batch_id, image_id, name, label, score, thumb}``. One query, on the
-    user's own documents only."""
+    (case-insensitive), best score first: ``{batch_id, image_id, name, label, score, thumb, moderation}``. One
+    query, on the user's own documents only (``thumb`` is that document's own rendition path: the caller may
+    read it for this user without another ownership check, after ``shown_as``)."""
     needle = " ".join(text.lower().split())
     if not needle:
         return []
-    live = {b["batch_id"] for b in user_batches(services, user_id, limit=1000)}
+    live = {b["batch_id"]: b.get("status") for b in user_batches(services, user_id, limit=1000)}
     found = []
     for d in services.metadata.query("images", {"user_id": user_id, "outcome": "processed"}):
         if d.get("deleted") or d.get("batch_id") not in live:
@@ -174,6 +202,7 @@ def find_by_label(services: Services, user_id: str, text: str, limit: int = 48) 
                              None)
                 found.append({"batch_id": d["batch_id"], "image_id": d["image_id"], "name": d.get("name"),
                               "label": label["name"], "score": label["score"], "thumb": thumb and thumb["path"],
+                              "batch_status": live[d["batch_id"]],
                               "moderation": understanding_summary(d)["moderation"]})
                 break
     return sorted(found, key=lambda f: -f["score"])[:limit]

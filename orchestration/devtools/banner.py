@@ -34,6 +34,14 @@ def follow_batch(settings: DevSettings, batch_id: str, total: int, timeout_secon
             if event["type"] == "batch.completed":
                 log(f"batch complete: {event['processed']} processed, {event['rejected']} rejected")
                 return event
+            if event["type"] == "image.understood":
+                labels = ", ".join(f"{x['name']} {x['score']:.0%}" for x in (event.get("labels") or [])[:3])
+                faces = (event.get("faces") or {}).get("count")
+                verdict = (event.get("moderation") or {}).get("decision")
+                log(f"      {event['name']} shows: {labels or '?'}"
+                    + (f" · {faces} face{'' if faces == 1 else 's'}" if faces is not None else "")
+                    + (f" · moderation: {verdict}" if verdict and verdict != "allow" else ""))
+                continue
             done += 1
             detail = (
                 ", ".join(dict.fromkeys(f"{r['name']} {r['width']}x{r['height']}" for r in event["renditions"]))

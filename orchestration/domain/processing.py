@@ -226,7 +226,10 @@ def _understood(previous: dict | None, outcome: dict) -> dict:
     writes them anew when it runs)."""
     if not previous or outcome["outcome"] != "processed":
         return {}
-    return {task: previous[task] for task in UNDERSTANDING_TASKS if previous.get(task)}
+    carried = {task: previous[task] for task in UNDERSTANDING_TASKS if previous.get(task)}
+    if previous.get("deleted_by_review"):  # an operator removed it: a re-run does not bring it back
+        carried.update(deleted=True, deleted_by_review=previous["deleted_by_review"])
+    return carried
 
 
 # Two images whose 64-bit pHashes differ in at most this many bits are reported as near-duplicates.

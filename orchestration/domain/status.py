@@ -74,13 +74,12 @@ def batch_status(services: Services, batch_id: str, user_id: str | None = None) 
 
 def understanding_summary(doc: dict) -> dict:
     """What the pages need of an image's understanding results: ``labels`` (name, score; [] when none yet),
-    ``caption``, ``moderation`` (decision, category, the action the policy gave, the operator's review; None
-    while not checked yet) and ``faces`` (the count; None while not looked at)."""
+    ``caption``, ``moderation`` (decision, category, the operator's review, the error; None while not checked
+    yet) and ``faces`` (the count; None while not looked at)."""
     labels = doc.get("labels") or {}
     moderation = doc.get("moderation") or None
     if moderation is not None:
         moderation = {"decision": moderation.get("decision"), "category": moderation.get("category"),
-                      "action": (moderation.get("policy") or {}).get("action"),
                       "review": (moderation.get("review") or {}).get("action"), "error": moderation.get("error")}
     faces = doc.get("faces") or {}
     return {"labels": labels.get("labels") or [], "caption": labels.get("caption"), "moderation": moderation,

@@ -27,8 +27,9 @@ from orchestration.ports.results import EVENT_IMAGE_UNDERSTOOD
 from orchestration.ports.understanding import (ALLOW, FLAG, REVIEW, TASKS, ImageUnderstanding, ModelInfo,
                                                ModerationPolicy)
 
-MIN_INPUT_EDGE = 224     # the models' input; the source rendition's short side should reach it
-CHUNK = 16               # images per call to the adapter (one inference batch)
+MIN_INPUT_EDGE = 256     # the models' input (224 after their crop); the source rendition's short side should reach it
+CHUNK = 64               # images per call to the adapter (which batches inference as its device likes)
+UNCHECKED = "unchecked"  # the moderation decision when the model could not answer for an image
 HISTORY_KEEP = 5         # earlier moderation decisions kept on the document
 _PREFERRED_FORMATS = ("JPEG", "WEBP", "PNG", "AVIF")  # cheapest to decode first (JPEG decodes at reduced scale)
 
@@ -65,13 +66,15 @@ def _fields(task: str, result: dict, model: ModelInfo, policy: ModerationPolicy,
     if "error" not in result:
         decision, category = policy.decide(result.get("scores") or {})
         out.update(decision=decision, category=category, policy=policy.as_dict())
+    else:
+        out.update(decision=UNCHECKED, category=None)  # no verdict: shown blurred, listed for review
     before = previous.get("moderation") or {}
     history = list(before.get("history") or [])
+    if before.get("review") and before.get("decision") == out.get("decision"):
+        out["review"] = before["review"]  # the same verdict again (a re-run, another rendition): the review stands
     if before.get("decision"):
         same = (before["model"].get("code_version") == model.code_version
                 and before.get("decision") == out.get("decision") and before.get("scores") == out.get("scores"))
-        if same and before.get("review"):
-            out["review"] = before["review"]  # the same verdict again: the operator's review stands
         if not same:
             history.append({k: before.get(k) for k in ("decision", "category", "scores", "review", "at")}
                            | {"code_version": before["model"].get("code_version"),
@@ -103,37 +106,45 @@ def understand_batch(lake: Lake, store: MetadataStore, understanding: ImageUnder
                    if d.get("outcome") == "processed" and not d.get("deleted")), key=lambda d: d["image_id"])
     for start in range(0, len(docs), CHUNK):
         chunk = docs[start:start + CHUNK]
-        sources, payloads, missing = [], [], {}
+        sources, missing, payloads = {}, {}, {}
         for doc in chunk:
             r = source_rendition(doc)
-            sources.append(r["path"] if r else "")
             try:
                 if r is None:
                     raise ObjectNotFound("(no rendition)")
-                payloads.append(lake.read(r["path"]))
+                payloads[doc["image_id"]] = lake.read(r["path"])
+                sources[doc["image_id"]] = r["path"]
             except ObjectNotFound:
-                payloads.append(b"")
                 missing[doc["image_id"]] = "its rendition is missing from the lake"
-        answered = understanding.analyze(payloads, tasks)
+        asked = [d["image_id"] for d in chunk if d["image_id"] in payloads]
+        answered = dict(zip(asked, understanding.analyze([payloads[i] for i in asked], tasks))) if asked else {}
         now = datetime.now(timezone.utc).isoformat()
-        for doc, source, result in zip(chunk, sources, answered):
-            fields = {}
-            for task in tasks:
-                got = result.get(task) or {"error": "no answer from the model"}
-                if doc["image_id"] in missing:
-                    got = {"error": missing[doc["image_id"]]}
-                fields[task] = _fields(task, got, models[task], policy, doc, source, now)
-                if "error" in got:
-                    report.errors.append(f"{doc['name']} ({doc['image_id']}) {task}: {got['error']}")
-            stored = change_image(store, batch_id, user_id, doc["id"], lambda d, f=fields: {**d, **f})
+        for doc in chunk:
+            image_id = doc["image_id"]
+            got = {task: ({"error": missing[image_id]} if image_id in missing
+                          else (answered.get(image_id) or {}).get(task) or {"error": "no answer from the model"})
+                   for task in tasks}
+
+            def change(current: dict, got=got, source=sources.get(image_id, "")) -> dict:
+                # From the stored document as it is now (an operator's review recorded meanwhile stands).
+                return {**current, **{task: _fields(task, got[task], models[task], policy, current, source, now)
+                                      for task in tasks}}
+
+            stored = change_image(store, batch_id, user_id, doc["id"], change)
             report.images += 1
-            moderation = fields.get("moderation") or {}
-            if moderation.get("decision"):
-                report.decisions[moderation["decision"]] = report.decisions.get(moderation["decision"], 0) + 1
-            report.faces += (fields.get("faces") or {}).get("count", 0) or 0
-            for label in (fields.get("labels") or {}).get("labels", [])[:1]:
+            for task in tasks:
+                if "error" in got[task]:
+                    report.errors.append(f"{doc['name']} ({image_id}) {task}: {got[task]['error']}")
+            if stored is None:
+                continue
+            decision = (stored.get("moderation") or {}).get("decision") if "moderation" in tasks else None
+            if decision:
+                report.decisions[decision] = report.decisions.get(decision, 0) + 1
+            if "faces" in tasks:
+                report.faces += (stored.get("faces") or {}).get("count", 0) or 0
+            for label in ((stored.get("labels") or {}).get("labels") or [])[:1] if "labels" in tasks else []:
                 report.labels[label["name"]] = report.labels.get(label["name"], 0) + 1
-            if on_image and stored is not None:
+            if on_image:
                 on_image(stored)
     return report
 
@@ -194,13 +205,16 @@ def _out_of_range(task: str, got: dict) -> list[str]:
 
 def understood_event(doc: dict) -> dict | None:
     """The event that tells the page what an image shows (after its image.processed). Its id names the
-    models that answered and the processing version of the rendition they looked at, so a re-run repeats it
-    and a new model or a reprocessing is a new event."""
+    models that answered, the processing version of the rendition they looked at, the moderation decision and
+    any review, so a re-run repeats it and a new model, a new verdict or a reprocessing is a new event."""
     present = [t for t in TASKS if doc.get(t)]
     if doc.get("outcome") != "processed" or not present:
         return None
+    moderation = doc.get("moderation") or {}
     versions = "+".join([str(doc.get("processing_version"))]
-                        + [f"{t}={(doc[t].get('model') or {}).get('code_version', '')}" for t in present])
+                        + [f"{t}={(doc[t].get('model') or {}).get('code_version', '')}" for t in present]
+                        + [f"decision={moderation.get('decision')}",
+                           f"review={(moderation.get('review') or {}).get('action')}"])
     digest = hashlib.sha256(versions.encode()).hexdigest()[:12]
     event = {"event_id": f"{doc['batch_id']}:{doc['image_id']}:understood:{digest}", "type": EVENT_IMAGE_UNDERSTOOD,
              "batch_id": doc["batch_id"], "user_id": doc["user_id"], "image_id": doc["image_id"],
@@ -212,7 +226,7 @@ def understood_event(doc: dict) -> dict | None:
     if doc.get("moderation"):
         got = doc["moderation"]
         event["moderation"] = {"decision": got.get("decision"), "category": got.get("category"),
-                               "action": (got.get("policy") or {}).get("action")}
+                               "review": (got.get("review") or {}).get("action")}
     if doc.get("faces"):
         event["faces"] = {"count": doc["faces"].get("count")}
     for t in present:
@@ -226,22 +240,18 @@ def understood_event(doc: dict) -> dict | None:
 REVIEW_ACTIONS = ("keep", "delete")
 
 
-def needs_review(doc: dict) -> bool:
-    m = doc.get("moderation") or {}
-    return m.get("decision") in (REVIEW, FLAG) and not m.get("review") and not doc.get("deleted")
-
-
 def review_list(store: MetadataStore, *, include_reviewed: bool = False, limit: int = 200) -> list[dict]:
-    """Flagged and to-review images across users, most severe and most recent first (operators only: the
-    caller checks the role)."""
+    """Flagged, unchecked (the model could not answer) and to-review images across users, most severe first
+    (operators only: the caller checks the role)."""
     found = []
-    for decision in (FLAG, REVIEW):
+    for decision in (FLAG, REVIEW, UNCHECKED):
         for doc in store.query("images", {"moderation.decision": decision}):
             if doc.get("deleted") or (doc["moderation"].get("review") and not include_reviewed):
                 continue
             found.append(doc)
-    found.sort(key=lambda d: (d["moderation"]["decision"] != FLAG, -max((d["moderation"].get("scores") or {0: 0}).values()),
-                              d.get("processed_at") or ""))
+    rank = {FLAG: 0, UNCHECKED: 1, REVIEW: 2}
+    found.sort(key=lambda d: (rank[d["moderation"]["decision"]],
+                              -max((d["moderation"].get("scores") or {0: 0}).values()), d.get("processed_at") or ""))
     return found[:limit]
 
 

@@ -36,11 +36,11 @@ def _lake_bytes(path: str) -> bytes:
 
 
 def _owned_bytes(status: dict, path: str) -> bytes | None:
-    """A rendition's bytes, only if ``path`` is one of this batch's renditions (None when it is not, or when
-    the lake cannot give it now: the caller shows a placeholder). ``status`` came from
-    ``data.batch_for_user`` for the signed-in user, so it is theirs: no further metadata reads."""
-    allowed = {r["path"] for i in status["images"] for r in i["renditions"]}
-    if path not in allowed:
+    """A rendition's bytes, only if ``path`` is one of this batch's renditions and its image is not withheld by
+    moderation (None otherwise, or when the lake cannot give it now: the caller shows a placeholder).
+    ``status`` came from ``data.batch_for_user`` for the signed-in user, so it is theirs: no further metadata
+    reads."""
+    if path not in data.servable_paths(status, svc.settings):
         return None
     try:
         return _lake_bytes(path)
@@ -54,25 +54,52 @@ def _blurred_bytes(path: str) -> bytes:
     return data.blurred(svc.lake.read(path))
 
 
+def _readable(path: str) -> bytes | None:
+    try:
+        return _lake_bytes(path)
+    except Exception:  # noqa: BLE001 - missing (deleted meanwhile) or the lake is unreachable: a placeholder
+        guard.log.warning("rendition %s could not be read", path, exc_info=True)
+        return None
+
+
 def _reveal(key: str) -> None:
     st.session_state[key] = True
 
 
-def _picture(img: dict, path: str | None, clear: bytes | None, how: str, key: str) -> None:
-    """The thumbnail as moderation allows: clear, blurred behind a Show button (flagged, or not checked yet),
-    or withheld; the clear bytes reach the browser only when shown."""
+_WHY = {"blurred": "flagged by moderation", "checking": "being checked",
+        "unchecked": "not checked by moderation"}
+
+
+def _reveal_key(batch_id: str, img: dict) -> str:
+    """Session state that says the person asked to see this picture: per verdict, so a Show given while it
+    was being checked does not carry over to a flag."""
+    return f"show-{batch_id}-{img['image_id']}-{(img.get('moderation') or {}).get('decision')}"
+
+
+def _picture(img: dict, path: str | None, read, how: str, key: str, where: str) -> None:
+    """The thumbnail as moderation allows: clear, blurred behind a Show button (flagged, or no verdict), or
+    withheld. ``read()`` gives the clear bytes; it is called only when they are to be sent to the browser."""
     name = data.plain(img["name"])
-    if not clear:
+    if how == "withheld":
+        removed = (img.get("moderation") or {}).get("review") == "delete"
+        st.info(f"{name}: " + ("removed after an operator's review" if removed else "held for moderation"),
+                icon=":material/visibility_off:")
+    elif not path:
         st.info(f"{name}: preview unavailable", icon=":material/hide_image:")
-    elif how == "withheld":
-        st.info(f"{name}: held for review by an operator", icon=":material/visibility_off:")
-    elif how in ("blurred", "checking") and not st.session_state.get(key):
-        why = "flagged by moderation" if how == "blurred" else "being checked"
-        st.image(_blurred_bytes(path), caption=f"{name} · {why}")
-        st.button("Show", key=f"btn-{key}", on_click=_reveal, args=(key,), icon=":material/visibility:",
+    elif how in _WHY and not st.session_state.get(key):
+        try:
+            st.image(_blurred_bytes(path), caption=f"{name} · {_WHY[how]}")
+        except Exception:  # noqa: BLE001 - missing (deleted meanwhile) or the lake is unreachable
+            st.info(f"{name}: preview unavailable", icon=":material/hide_image:")
+            return
+        st.button("Show", key=f"btn-{where}-{key}", on_click=_reveal, args=(key,), icon=":material/visibility:",
                   help="Show the picture unblurred (only to you).")
     else:
-        st.image(clear, caption=name)
+        clear = read()
+        if clear:
+            st.image(clear, caption=name)
+        else:
+            st.info(f"{name}: preview unavailable", icon=":material/hide_image:")
 
 
 def _gallery(status: dict) -> None:
@@ -85,9 +112,10 @@ def _gallery(status: dict) -> None:
         with cols[n % 4]:
             if img["outcome"] == "processed":
                 thumb = next((r for r in img["renditions"] if r["name"] == "thumb" and r["format"] == "JPEG"), None)
-                shown_bytes = _owned_bytes(status, thumb["path"]) if thumb else None
+                path = thumb and thumb["path"]
                 how = data.shown_as(img, svc.settings, status["status"])
-                _picture(img, thumb and thumb["path"], shown_bytes, how, f"show-{status['batch_id']}-{img['image_id']}")
+                _picture(img, path, lambda p=path: _owned_bytes(status, p), how,
+                         _reveal_key(status["batch_id"], img), "gallery")
                 if img.get("labels"):
                     st.caption(data.plain(data.label_line(img)))
                 with st.popover("Details and downloads"):
@@ -143,10 +171,10 @@ def _search() -> None:
         cols = st.columns(6)
         for n, hit in enumerate(found):
             with cols[n % 6]:
-                path = hit["thumb"]
-                owned = data.rendition(svc, user, hit["batch_id"], path) if path else None
-                how = data.shown_as(hit, svc.settings, "completed")
-                _picture(hit, path, owned, how, f"show-{hit['batch_id']}-{hit['image_id']}")
+                path = hit["thumb"]  # the user's own document's rendition (find_by_label read only theirs)
+                how = data.shown_as(hit, svc.settings, hit["batch_status"])
+                _picture(hit, path, lambda p=path: _readable(p) if how != "withheld" else None, how,
+                         _reveal_key(hit["batch_id"], hit), "search")
                 st.caption(data.plain(f"{hit['label']} {hit['score']:.0%}"))
                 st.page_link("views/results.py", label="Open batch", query_params={"batch": hit["batch_id"]})
 

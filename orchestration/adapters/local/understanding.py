@@ -8,6 +8,10 @@ from typing import Collection, Sequence
 from orchestration.ports.understanding import TASKS, ModelInfo
 
 _RUNTIMES = {"labels": "onnxruntime", "moderation": "onnxruntime", "faces": "ai-edge-litert"}
+# The revision of our own code around the models (how the input is made from the rendition, pre- and
+# post-processing): part of every task's code version, so a change there marks the assets changed too.
+# Bump it with any change to assets/core/understand/engine.py, mobilenet.py or blazeface.py that changes results.
+CODE_REVISION = "2"
 
 
 def local_models(min_face_score: float) -> dict[str, ModelInfo]:
@@ -17,7 +21,7 @@ def local_models(min_face_score: float) -> dict[str, ModelInfo]:
     out = {}
     for task in TASKS:
         f = MODEL_FILES[task]
-        settings = {"min_score": min_face_score} if task == "faces" else {}
+        settings = {"code": CODE_REVISION, **({"min_score": min_face_score} if task == "faces" else {})}
         out[task] = ModelInfo(task=task, name=f.name, version=f.distribution.split("==")[1], sha256=f.sha256,
                               source=f"{f.source} (run by {_RUNTIMES[task]})", licence=f.licence, settings=settings)
     return out
