@@ -259,9 +259,17 @@ def understand_images(context: AssetExecutionContext, lake: LakePort, metadata: 
             try:
                 results.flush()
             except Exception as exc:  # noqa: BLE001
+                streaming = False
                 context.log.warning(f"understood events not acknowledged (result_events will send them): {exc}")
             else:
                 steps.record_sent(metadata, manifest, streamed)
+    if not streaming:
+        # A batch completed earlier (this is a reprocess of understanding alone: result_events does not run)
+        # hands its unsent events to the events sensor, as result_events does when the broker is down.
+        now = datetime.now(timezone.utc).isoformat()
+        change_batch(metadata, batch_id, manifest.user_id, lambda doc: None if doc.get("status") != "completed" else {
+            **doc, steps.EVENTS_PENDING: True, "events_pending_since": doc.get("events_pending_since") or now,
+            "events_error": "the broker did not take the understood events"})
     for error in report.errors[:20]:
         context.log.warning(error)
     models = understanding.models()

@@ -200,8 +200,8 @@ def understanding_models(settings: Settings) -> dict:
 
 
 def understanding_unavailable(settings: Settings) -> str | None:
-    """Why the local understanding cannot run here (a model package missing, a file not the pinned one), or
-    None. Reads the files' digests; loads nothing."""
+    """Why the local understanding cannot run here (a model package or its file missing), or None. Looks for
+    the files only; their sha256 is checked when a run loads them."""
     if settings.understanding != "local":
         return None
     from assets.core.understand.models import MODEL_FILES, ModelMissing

@@ -339,7 +339,7 @@ def test_one_understanding_asset_is_redone_alone_and_renditions_stay(instance, s
     processed = [i for i, d in before.items() if d["outcome"] == "processed"]
     for image_id in processed:
         old, new = before[image_id], after[image_id]
-        assert new["faces"]["model"]["settings"] == {"min_score": 0.97} != old["faces"]["model"]["settings"]
+        assert new["faces"]["model"]["settings"]["min_score"] == 0.97 != old["faces"]["model"]["settings"]["min_score"]
         assert new["faces"]["model"]["code_version"] != old["faces"]["model"]["code_version"]
         for key in ("labels", "moderation", "renditions", "processing_version", "dagster_run_id"):
             assert new[key] == old[key], key
@@ -383,3 +383,28 @@ def test_with_understanding_off_batches_complete_without_it(instance, settings, 
     assert batch_status(services, upload.batch_id, "alice")["status"] == "completed"
     for doc in services.metadata.query("images", partition_key=upload.batch_id):
         assert not {"labels", "moderation", "faces"} & set(doc)
+
+
+def test_understood_events_of_a_reprocess_wait_for_the_broker_like_the_others(instance, settings, uploaded):
+    """`reprocess --asset faces` with the broker down: result_events does not run in that backfill, so the
+    understanding step itself hands the new events to the events sensor (events_pending), and the sensor's
+    delivery sends them once the broker is back."""
+    from dagster import AssetSelection
+
+    from orchestration.domain.processing import deliver_events, load_manifest
+    from orchestration.settings import load_settings
+    from tests.support.results import BrokerDown
+
+    services, upload = uploaded
+    batch = upload.batch_id
+    assert _run(instance, settings, batch, results=_Recorder()).success
+    assert not services.metadata.read("batches", batch, "alice").get("events_pending")
+    stricter = load_settings(**{**settings.model_dump(), "face_min_score": 0.97})
+    down = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
+                       resources={**resources_from_settings(stricter), "results": BrokerDown()},
+                       selection=AssetSelection.assets("faces"))
+    assert down.success
+    assert services.metadata.read("batches", batch, "alice")["events_pending"]
+    back = _Recorder()
+    assert deliver_events(services.metadata, back, load_manifest(services.lake, batch)) == 5  # the new ones
+    assert {e["type"] for e in back.events} == {"image.understood"}
