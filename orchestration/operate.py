@@ -41,7 +41,8 @@ def current_understanding(task: str) -> tuple[str, dict | None]:
     from assets.batch import MODERATION_POLICY, UNDERSTANDING_MODELS
 
     model = UNDERSTANDING_MODELS.get(task)
-    policy = MODERATION_POLICY.as_dict() if task == "moderation" else None
+    # The thresholds decide the verdict; the action (blur or withhold) is applied when a page shows the image.
+    policy = {"review": MODERATION_POLICY.review, "flag": MODERATION_POLICY.flag} if task == "moderation" else None
     return (model.code_version if model else "off"), policy
 
 
@@ -53,7 +54,7 @@ def _batch_has_other_version(services: Services, batch_id: str, task: str, curre
         got = doc.get(task) or {}
         if (got.get("model") or {}).get("code_version") != version:
             return True
-        if policy is not None and "error" not in got and got.get("policy") != policy:
+        if policy is not None and "error" not in got and {k: (got.get("policy") or {}).get(k) for k in policy} != policy:
             return True
     return False
 

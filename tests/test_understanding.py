@@ -260,3 +260,32 @@ def test_an_image_an_operator_removed_stays_removed_when_its_batch_runs_again():
 ])
 def test_the_models_input_keeps_enough_of_wide_images(size, expected):
     assert LocalModels.input_size(*size) == expected
+
+
+def test_reprocess_changed_selects_by_model_and_thresholds_not_by_the_display_action(monkeypatch):
+    """`reprocess --changed --asset moderation` picks a batch whose verdicts came from another model or other
+    thresholds; a new IMGPIPE_MODERATION_ACTION changes no verdict (pages apply it when they show an image)."""
+    from orchestration import operate
+
+    version, _ = operate.current_understanding("moderation")
+    monkeypatch.setattr(operate, "current_understanding", lambda task: (version, {"review": 0.4, "flag": 0.8}))
+
+    class Store:
+        def __init__(self, policy, code=version):
+            self.doc = {"outcome": "processed", "moderation": {"decision": "allow", "model": {"code_version": code},
+                                                              "policy": policy}}
+
+        def query(self, *a, **k):
+            return [self.doc]
+
+    class Services:
+        def __init__(self, store):
+            self.metadata = store
+
+    current = operate.current_understanding("moderation")
+    same = Services(Store({"review": 0.4, "flag": 0.8, "action": "withhold"}))
+    assert not operate._batch_has_other_version(same, "b", "moderation", current)
+    other_threshold = Services(Store({"review": 0.4, "flag": 0.7, "action": "blur"}))
+    assert operate._batch_has_other_version(other_threshold, "b", "moderation", current)
+    other_model = Services(Store({"review": 0.4, "flag": 0.8}, code="older"))
+    assert operate._batch_has_other_version(other_model, "b", "moderation", current)
