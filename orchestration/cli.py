@@ -1,7 +1,7 @@
 """The `imgpipe` command.
 
-    imgpipe upload FILES_OR_DIRS --user ID [--meta key=value ...] [--json]
-    imgpipe status BATCH_ID [--user ID] [--json]
+    imgpipe upload FILES_OR_DIRS --user WHO [--meta key=value ...] [--wait] [--json]
+    imgpipe status BATCH_ID [--user WHO] [--json]
     imgpipe dev [--no-sample]
     imgpipe dead-letters [--json]
     imgpipe failed [--json]
@@ -36,6 +36,46 @@ def _services():
     return services(_settings())
 
 
+# Exit codes, the same for every command.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
+
+
+class CliError(Exception):
+    """A mistake the person can fix, printed as `imgpipe COMMAND: message` with its exit code, no traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+def not_found(batch_id: str) -> CliError:
+    return CliError(f"no such batch: {batch_id}", EXIT_NOT_FOUND)
+
+
+def _user(value: str | None) -> str | None:
+    """The person a command acts as: a user id as the web app makes them (``u-…``, shown on the statistics page
+    and in `imgpipe status`) or any id a script uses, or — on the local stack — the sign-in name of one of its
+    users (``alice+x@example.com``), resolved to the id the web app gives that person."""
+    if value is None:
+        return None
+    import re
+
+    from orchestration.devtools.dev_settings import DevSettings
+    from orchestration.devtools.webstack import local_user_id
+    from orchestration.domain.manifest import USER_ID_PATTERN
+
+    settings = _settings(DevSettings)
+    resolved = local_user_id(settings, value) if settings.profile != "azure" else None
+    if resolved:
+        return resolved
+    if "@" in value and settings.profile != "azure":
+        raise CliError(f"{value!r} is not a user of the local stack; sign-in names here: "
+                       f"{', '.join(settings.dev_users)} (or give a user id)")
+    if not re.fullmatch(USER_ID_PATTERN, value):
+        raise CliError(f"user {value!r}: a user id is 1-128 letters, digits, '_', '.', '@', '-'")
+    return value
+
+
 def _progress_bar(done: int, total: int, name: str) -> None:
     if not sys.stderr.isatty():
         return
@@ -50,44 +90,103 @@ def _progress_bar(done: int, total: int, name: str) -> None:
 def cmd_upload(args) -> int:
     from orchestration.domain.intake import IntakeError, IntakeItem, expand_paths, parse_metadata, upload_batch
 
+    user = _user(args.user)
     try:
         paths = expand_paths(args.paths)
         result = upload_batch(
             _services(),
             [IntakeItem.from_path(p) for p in paths],
-            user_id=args.user,
+            user_id=user,
             metadata=parse_metadata(args.meta or []),
             progress=None if args.json else _progress_bar,
         )
     except IntakeError as exc:
-        print(f"imgpipe upload: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
+        raise CliError(str(exc)) from None
+    if args.json and not args.wait:
         print(json.dumps({"batch_id": result.batch_id, "queued": result.queued}))
-    else:
+    elif not args.json:
         print(f"batch {result.batch_id}: {len(result.accepted)} file(s) accepted, {len(result.refused)} refused")
-        print(f"follow it with: imgpipe status {result.batch_id}")
+        if not args.wait:
+            print(f"follow it with: imgpipe status {result.batch_id}")
     if not result.queued:
         print(f"imgpipe upload: batch {result.batch_id} is stored, but handing it to the queue failed "
               f"({result.queue_error}); it will be queued again automatically — do not upload it again",
               file=sys.stderr)
     for f in result.refused:
         print(f"refused {f.name}: {f.reason}", file=sys.stderr)
-    return 0
+    if not args.wait:
+        return EXIT_OK
+    return _wait(result.batch_id, user, args.timeout, as_json=args.json)
+
+
+FINAL = ("completed", "failed", "invalid", "deleted")
+
+
+def _wait(batch_id: str, user: str, timeout: float, *, as_json: bool) -> int:
+    """A progress bar until the batch ends; the exit code says how: 0 every image processed, 3 completed with
+    rejections, 1 failed (or deleted meanwhile), 4 still running when the time ran out."""
+    import time
+
+    from orchestration.domain.status import batch_status
+
+    services, deadline, status = _services(), time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        status = batch_status(services, batch_id, user)
+        images = status["images"]
+        done = sum(1 for i in images if i["outcome"] != "pending")
+        if not as_json:
+            _progress_bar(min(done, len(images) - 1) if status["status"] not in FINAL else len(images), len(images),
+                          status["status"])
+        if status["status"] in FINAL:
+            break
+        time.sleep(1)
+    summary = _summary(status) if status else {}
+    if as_json:
+        print(json.dumps({"batch_id": batch_id, **summary}))
+    else:
+        print(f"batch {batch_id}: {_summary_line(status)}")
+    if not status or status["status"] not in FINAL:
+        return EXIT_NOT_FOUND  # still running when the time ran out
+    if status["status"] != "completed":
+        return EXIT_FAILED
+    return EXIT_PARTIAL if summary["rejected"] else EXIT_OK
+
+
+def _summary(status: dict) -> dict:
+    images = status["images"]
+    return {"status": status["status"], "images": len(images),
+            "processed": sum(1 for i in images if i["outcome"] == "processed"),
+            "rejected": sum(1 for i in images if i["outcome"] == "rejected"),
+            "pending": sum(1 for i in images if i["outcome"] == "pending")}
+
+
+def _summary_line(status: dict) -> str:
+    """'completed — 32 processed · 2 rejected (of 34)'."""
+    s = _summary(status)
+    parts = [f"{s['processed']} processed"] + ([f"{s['rejected']} rejected"] if s["rejected"] else []) + (
+        [f"{s['pending']} waiting"] if s["pending"] else [])
+    return f"{s['status']} — {' · '.join(parts)} (of {s['images']})"
 
 
 def cmd_status(args) -> int:
     from orchestration.domain.status import BatchNotFound, batch_status
 
+    services = _services()
     try:
-        status = batch_status(_services(), args.batch_id, args.user)
-    except BatchNotFound as exc:
-        print(f"imgpipe status: {exc}", file=sys.stderr)
-        return 1
+        status = batch_status(services, args.batch_id, _user(args.user))
+    except BatchNotFound:
+        raise not_found(args.batch_id) from None
     if args.json:
         print(json.dumps(status, indent=1))
         return 0
-    print(f"batch {status['batch_id']} (user {status['user_id']}): {status['status']}")
+    title = (status.get("metadata") or {}).get("title")
+    print(f"batch {status['batch_id']}{f' ({title})' if title else ''}: {_summary_line(status)}")
+    print(f"  user {status['user_id']} · uploaded {str(status.get('created_at') or '')[:19].replace('T', ' ')}")
+    if status["status"] == "deleted":
+        doc = next(iter(services.metadata.query("batches", {"batch_id": args.batch_id}, limit=1)), {})
+        print(f"  deleted {str(doc.get('deleted_at'))[:19].replace('T', ' ')} by {doc.get('deleted_by')}; "
+              f"restorable until {str(doc.get('restorable_until'))[:19].replace('T', ' ')} "
+              f"(imgpipe restore {args.batch_id})")
     if status.get("error"):
         print(f"  error: {status['error']}")
     events = status.get("events") or {}
@@ -207,8 +306,7 @@ def cmd_reprocess(args) -> int:
         try:
             since = datetime.fromisoformat(args.since)
         except ValueError:
-            print(f"imgpipe: --since {args.since!r} is not a date (YYYY-MM-DD or ISO 8601)", file=sys.stderr)
-            return 2
+            raise CliError(f"--since {args.since!r} is not a date (YYYY-MM-DD or ISO 8601)") from None
         since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
     settings = _settings()
     try:
@@ -221,9 +319,10 @@ def cmd_reprocess(args) -> int:
         if args.dry_run:
             return 0
         backfill = operate.submit_reprocess(settings, chosen, asset=args.asset)
+    except operate.BatchMissing as exc:
+        raise CliError(str(exc), EXIT_NOT_FOUND) from None
     except operate.OperateError as exc:
-        print(f"imgpipe: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc)) from None
     print(f"backfill {backfill} submitted; the daemon runs it — {operate.dagster_ui_url(settings)}/runs/b/{backfill}")
     return 0
 
@@ -233,21 +332,28 @@ def cmd_lineage(args) -> int:
 
     try:
         chain = operate.lineage(_services(), _settings(), args.batch_id, args.image_id)
+    except operate.BatchMissing:
+        raise not_found(args.batch_id) from None
     except operate.OperateError as exc:
-        print(f"imgpipe: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc), EXIT_NOT_FOUND) from None
     if args.json:
         print(json.dumps(chain, indent=1, default=str))
         return 0
-    print(f"batch {chain['batch_id']}: uploaded by {chain['uploaded_by']} at {chain['uploaded_at']}, "
+    print(f"batch {chain['batch_id']}: uploaded by {chain['uploaded_by']} at {_when(chain['uploaded_at'])}, "
           f"{chain['status']}, processing version {chain['processing_version']}")
     for r in chain["runs"]:
-        print(f"  run {r['run_id']} ({r.get('processing_version')}, {r.get('at')}): {r['url']}")
+        print(f"  run {r['run_id']} (version {r.get('processing_version')}, {_when(r.get('at'))}): {r['url']}")
+    batch_runs = {r["run_id"] for r in chain["runs"]}
     for i in chain["images"]:
         src = i["source"]
-        print(f"- {i['image_id']} {i['name']!r}: {i['outcome']}{' (' + str(i['code']) + ')' if i['code'] else ''}")
-        print(f"    source sha256 {src['sha256']} ({src['bytes']} bytes) at {src['raw_path']}")
-        print(f"    run {i['run']['url']} · version {i['processing_version']} · libraries {i['libraries']}")
+        print(f"- {i['image_id']} {i['name']!r}: {i['outcome']}{' (' + str(i['code']) + ')' if i['code'] else ''}"
+              f"{' — ' + i['reason'] if i.get('reason') else ''}")
+        print(f"    source: sha256 {src['sha256']}, {src['bytes']} bytes, {src.get('sniffed_type')}, at {src['raw_path']}")
+        run = i["run"]["run_id"]
+        libraries = ", ".join(f"{k} {v}" for k, v in (i.get("libraries") or {}).items())
+        print(f"    processed {_when(i.get('processed_at'))} by run {run}"
+              + ("" if run in batch_runs else f" ({i['run']['url']})")
+              + f", version {i['processing_version']}" + (f"; {libraries}" if libraries else ""))
         for r in i["renditions"]:
             print(f"    {r['name']:<8} {r['format']:<5} {r['width']}x{r['height']} {r['bytes']} B {r['sha256']} {r['path']}")
         for d in i["near_duplicates"]:
@@ -255,7 +361,8 @@ def cmd_lineage(args) -> int:
         for task, u in i.get("understanding", {}).items():
             m = u.get("model") or {}
             said = u.get("error") or {"labels": lambda: ", ".join(u.get("labels", [])),
-                                      "moderation": lambda: f"{u.get('decision')} {u.get('scores')}"
+                                      "moderation": lambda: f"{u.get('decision')} ("
+                                      + ", ".join(f"{k} {v:.2f}" for k, v in (u.get("scores") or {}).items()) + ")"
                                       + (f", reviewed: {u['review']['action']} by {u['review']['by']}"
                                          if u.get("review") else ""),
                                       "faces": lambda: f"{u.get('count')} found"}[task]()
@@ -263,33 +370,46 @@ def cmd_lineage(args) -> int:
             print(f"      model {m.get('model')} {m.get('version')} sha256 {m.get('sha256') or '(service)'} "
                   f"code version {m.get('code_version')} · from {u.get('source')}")
         for h in i["history"]:
-            print(f"    earlier: {h.get('processed_at')} run {h.get('dagster_run_id')} version {h.get('processing_version')}")
+            print(f"    earlier: {_when(h.get('processed_at'))} run {h.get('dagster_run_id')} version "
+                  f"{h.get('processing_version')}")
     return 0
+
+
+def _when(iso: object) -> str:
+    return str(iso or "?")[:19].replace("T", " ")
 
 
 def cmd_delete(args) -> int:
     """Delete a batch (soft: restorable for the retention period). Without --user: an operator, any batch."""
     from orchestration.domain import retention
 
+    user = _user(args.user)
+    services = _services()
+    before = next(iter(services.metadata.query("batches", {"batch_id": args.batch_id}, limit=1)), None)
     try:
-        doc = retention.delete_batch(_services(), args.batch_id, args.user,
-                                     deleted_by=args.user or "operator (imgpipe delete)")
+        doc = retention.delete_batch(services, args.batch_id, user, deleted_by=user or "operator (imgpipe delete)")
     except retention.RetentionError as exc:
-        print(f"imgpipe: {exc}", file=sys.stderr)
-        return 2
-    print(f"deleted {args.batch_id}; restorable until {doc['restorable_until'][:19]} "
-          f"(`imgpipe restore {args.batch_id}`)")
-    return 0
+        if "no such batch" in str(exc):
+            raise not_found(args.batch_id) from None
+        raise CliError(str(exc)) from None
+    if before is not None and before.get("status") == "deleted":
+        print(f"{args.batch_id} was already deleted ({_when(doc.get('deleted_at'))} by {doc.get('deleted_by')}); "
+              f"restorable until {_when(doc['restorable_until'])} (imgpipe restore {args.batch_id})")
+        return EXIT_OK
+    print(f"deleted {args.batch_id}; restorable until {_when(doc['restorable_until'])} "
+          f"(imgpipe restore {args.batch_id})")
+    return EXIT_OK
 
 
 def cmd_restore(args) -> int:
     from orchestration.domain import retention
 
     try:
-        doc = retention.restore_batch(_services(), args.batch_id, args.user)
+        doc = retention.restore_batch(_services(), args.batch_id, _user(args.user))
     except retention.RetentionError as exc:
-        print(f"imgpipe: {exc}", file=sys.stderr)
-        return 2
+        if "no such batch" in str(exc):
+            raise not_found(args.batch_id) from None
+        raise CliError(str(exc)) from None
     print(f"restored {args.batch_id}: {retention.restore_outcome(doc)}")
     for path in doc["missing"][:20]:
         print(f"  not restored: {path}")
@@ -299,7 +419,7 @@ def cmd_restore(args) -> int:
 def cmd_deleted(args) -> int:
     from orchestration.domain import retention
 
-    docs = retention.recently_deleted(_services(), args.user)
+    docs = retention.recently_deleted(_services(), _user(args.user))
     if args.json:
         print(json.dumps([{k: d.get(k) for k in ("batch_id", "user_id", "deleted_at", "deleted_by", "restorable_until")}
                           for d in docs], indent=1))
@@ -320,41 +440,65 @@ def cmd_sample(args) -> int:
     return 0
 
 
+EXIT_CODES = ("exit codes: 0 done, 1 failed, 2 a mistake in the command, 3 done with some images rejected or not "
+              "restored, 4 no such batch (or still running after --wait's time)")
+USER_HELP = ("who: on the local stack a sign-in name (alice+x@example.com); anywhere a user id (u-…, as "
+             "`imgpipe status` and the statistics page show it)")
+
+
+def _command(sub, name: str, help: str, examples: str):
+    return sub.add_parser(name, help=help, description=help, epilog=f"examples:\n{examples}\n\n{EXIT_CODES}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgpipe", description="imgpipe image-batch pipeline")
+    parser = argparse.ArgumentParser(prog="imgpipe", description="imgpipe image-batch pipeline",
+                                     epilog=EXIT_CODES)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("upload", help="upload files or directories as one batch")
+    p = _command(sub, "upload", "upload files or directories as one batch", (
+        "  imgpipe upload ~/Pictures/trip --user alice+x@example.com --meta title='Alps 2026'\n"
+        "  imgpipe upload a.jpg b.heic --user alice+x@example.com --wait     # a progress bar until it is done"))
     p.add_argument("paths", nargs="+", help="files and/or directories (recursive)")
-    p.add_argument("--user", required=True, help="user id the batch belongs to")
+    p.add_argument("--user", required=True, help=USER_HELP)
     p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="user metadata (repeatable)")
-    p.add_argument("--json", action="store_true", help='print {"batch_id": ...} only')
+    p.add_argument("--wait", action="store_true", help="wait until the batch ends (progress bar); the exit code says how")
+    p.add_argument("--timeout", type=float, default=600, help="with --wait: seconds to wait at most (default 600)")
+    p.add_argument("--json", action="store_true", help='print {"batch_id": ...} only (with --wait: and the outcome)')
     p.set_defaults(func=cmd_upload)
 
-    p = sub.add_parser("status", help="a batch's state and each image's outcome")
-    p.add_argument("batch_id")
-    p.add_argument("--user", help="the batch's user (faster: a single-partition read)")
+    p = _command(sub, "status", "a batch's state and each image's outcome", (
+        "  imgpipe status b-20261125-104101-65d40c0c\n"
+        "  imgpipe status b-20261125-104101-65d40c0c --json | jq .images"))
+    p.add_argument("batch_id", metavar="BATCH")
+    p.add_argument("--user", help="the batch's user (faster: a single-partition read); " + USER_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("dev", help="start the local stack (Kafka, Dagster webserver + daemon)")
+    p = _command(sub, "dev", "start the local stack (Kafka, Dagster webserver + daemon, web app)", (
+        "  imgpipe dev                       # with a sample batch\n"
+        "  imgpipe dev --no-sample --profile emulated"))
     p.add_argument("--no-sample", action="store_true", help="do not upload the sample batch")
     p.add_argument("--exit-after-sample", action="store_true", help="stop once the sample batch is done")
     p.add_argument("--profile", choices=["local", "emulated"],
                    help="local (embedded adapters) or emulated (Azure adapters on Azurite + cosmosdb-server)")
     p.set_defaults(func=cmd_dev)
 
-    p = sub.add_parser("dead-letters", help="show dead-lettered queue messages and why")
+    p = _command(sub, "dead-letters", "show dead-lettered queue messages and why", "  imgpipe dead-letters --max 20")
     p.add_argument("--max", type=int, default=100)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dead_letters)
 
-    p = sub.add_parser("failed", help="batches that failed (with the reason) or are being retried, all users")
+    p = _command(sub, "failed", "batches that failed (with the reason) or are being retried, all users",
+                 "  imgpipe failed\n  imgpipe failed --json")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_failed)
 
-    p = sub.add_parser("reprocess", help="reprocess batches (one Dagster backfill): by id, upload date, or "
-                                         "all whose processing version changed")
+    p = _command(sub, "reprocess", "reprocess batches (one Dagster backfill): by id, upload date, or all whose "
+                                   "processing version changed", (
+        "  imgpipe reprocess --changed --dry-run             # which batches, without submitting\n"
+        "  imgpipe reprocess b-20261125-104101-65d40c0c\n"
+        "  imgpipe reprocess --changed --asset labels        # a new labels model: only that asset"))
     p.add_argument("batch_ids", nargs="*", metavar="BATCH")
     p.add_argument("--since", help="every batch uploaded on or after this date (YYYY-MM-DD or ISO 8601)")
     p.add_argument("--changed", action="store_true", help="every batch processed under another processing version")
@@ -364,28 +508,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "are); with --changed, the batches whose results came from another model")
     p.set_defaults(func=cmd_reprocess)
 
-    p = sub.add_parser("lineage", help="the lineage of a batch or one of its images")
+    p = _command(sub, "lineage", "the lineage of a batch or one of its images", (
+        "  imgpipe lineage b-20261125-104101-65d40c0c\n"
+        "  imgpipe lineage b-20261125-104101-65d40c0c IMG_4102.JPG     # by file name or image id (i0003)"))
     p.add_argument("batch_id", metavar="BATCH")
-    p.add_argument("image_id", metavar="IMAGE", nargs="?")
+    p.add_argument("image_id", metavar="IMAGE", nargs="?", help="an image id (i0003) or its file name")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lineage)
 
-    p = sub.add_parser("delete", help="delete a batch (restorable for the retention period, 7 days by default)")
+    p = _command(sub, "delete", "delete a batch (restorable for the retention period, 7 days by default)", (
+        "  imgpipe delete b-20261125-104101-65d40c0c --user alice+x@example.com\n"
+        "  imgpipe delete b-20261125-104101-65d40c0c                 # an operator: anyone's batch"))
     p.add_argument("batch_id", metavar="BATCH")
-    p.add_argument("--user", help="the batch's user (checked); without it an operator deletes any batch")
+    p.add_argument("--user", help="the batch's user (checked); without it an operator deletes any batch. " + USER_HELP)
     p.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser("restore", help="restore a deleted batch, byte for byte, inside the retention period")
+    p = _command(sub, "restore", "restore a deleted batch, byte for byte, inside the retention period",
+                 "  imgpipe restore b-20261125-104101-65d40c0c --user alice+x@example.com")
     p.add_argument("batch_id", metavar="BATCH")
-    p.add_argument("--user", help="the batch's user (checked); without it an operator restores any batch")
+    p.add_argument("--user", help="the batch's user (checked); without it an operator restores any batch. " + USER_HELP)
     p.set_defaults(func=cmd_restore)
 
-    p = sub.add_parser("deleted", help="recently deleted batches that can still be restored")
-    p.add_argument("--user", help="only this user's")
+    p = _command(sub, "deleted", "recently deleted batches that can still be restored",
+                 "  imgpipe deleted --user alice+x@example.com\n  imgpipe deleted --json        # everyone's")
+    p.add_argument("--user", help="only this user's. " + USER_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_deleted)
 
-    p = sub.add_parser("sample", help="write the sample batch into a directory")
+    p = _command(sub, "sample", "write the sample batch into a directory", "  imgpipe sample ./sample && ls ./sample")
     p.add_argument("directory")
     p.set_defaults(func=cmd_sample)
     return parser
@@ -399,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except CliError as exc:
+        print(f"imgpipe {args.command}: {exc}", file=sys.stderr)
+        return exc.code
     except ConfigurationError as exc:
         print(f"imgpipe: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,10 @@ class OperateError(Exception):
     """A mistake an operator can fix (unknown batch, nothing selected); printed without a traceback."""
 
 
+class BatchMissing(OperateError):
+    """No batch with that id (the CLI's "no such batch", exit code 4)."""
+
+
 def current_processing_version() -> str:
     from assets.batch import PROCESSING_CODE_VERSION
 
@@ -70,7 +74,7 @@ def select_batches(services: Services, batch_ids: Iterable[str] = (), *, since: 
         found = {d["batch_id"] for b in named for d in services.metadata.query("batches", {"batch_id": b})}
         missing = [b for b in named if b not in found]
         if missing:
-            raise OperateError(f"no such batch: {', '.join(missing)}")
+            raise BatchMissing(f"no such batch: {', '.join(missing)}")
         return named
     if since is None and not changed:
         raise OperateError("say which batches: BATCH ids, --since DATE or --changed")
@@ -197,7 +201,7 @@ def lineage(services: Services, settings: Settings, batch_id: str, image_id: str
     processing (history) and run of the batch."""
     [batch] = list(services.metadata.query("batches", {"batch_id": batch_id}))[:1] or [None]
     if batch is None:
-        raise OperateError(f"no such batch: {batch_id}")
+        raise BatchMissing(f"no such batch: {batch_id}")
     ui = dagster_ui_url(settings)
     try:
         import json
@@ -206,8 +210,17 @@ def lineage(services: Services, settings: Settings, batch_id: str, image_id: str
     except Exception:  # noqa: BLE001 - a deleted or missing manifest is shown as such
         manifest = {"images": []}
     raw = {i["image_id"]: i for i in manifest.get("images", [])}
+    docs = sorted(services.metadata.query("images", partition_key=batch_id), key=lambda d: d["image_id"])
+    if image_id and not any(d["image_id"] == image_id for d in docs):
+        # a file name as the person knows it (IMG_4102.JPG) instead of the image id
+        named = [d["image_id"] for d in docs if d.get("name") == image_id] or [
+            d["image_id"] for d in docs if str(d.get("name", "")).lower() == image_id.lower()]
+        if len(named) > 1:
+            raise OperateError(f"batch {batch_id} has {len(named)} images named {image_id!r}: "
+                               f"{', '.join(named)}; give one of these ids")
+        image_id = named[0] if named else image_id
     images = []
-    for doc in sorted(services.metadata.query("images", partition_key=batch_id), key=lambda d: d["image_id"]):
+    for doc in docs:
         if image_id and doc["image_id"] != image_id:
             continue
         src = raw.get(doc["image_id"], {})
@@ -229,7 +242,7 @@ def lineage(services: Services, settings: Settings, batch_id: str, image_id: str
             "history": doc.get("history") or [],
         })
     if image_id and not images:
-        raise OperateError(f"batch {batch_id} has no image {image_id}")
+        raise OperateError(f"batch {batch_id} has no image with the id or file name {image_id!r}")
     return {
         "batch_id": batch_id,
         "uploaded_by": batch.get("user_id"),

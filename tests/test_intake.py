@@ -143,7 +143,7 @@ def test_cli_upload_json_then_status_json(tmp_path):
     assert set(status["images"][0]) >= {"name", "outcome", "reason", "renditions"}
 
     missing = _cli(["status", "b-20990101-000000-00000000"], tmp_path / "data")
-    assert missing.returncode == 1 and "no batch" in missing.stderr
+    assert missing.returncode == 4 and "no such batch" in missing.stderr
 
 
 def test_cli_reports_bad_configuration_naming_the_variable(tmp_path):

@@ -20,6 +20,23 @@ def log(msg: str) -> None:
         sys.stdout = open(os.devnull, "w")
 
 
+def imgpipe_command() -> str:
+    """How to run `imgpipe` from this shell: its name when it is on PATH, else its path (the README's install
+    puts it in .venv/bin, which is not on PATH until the venv is activated)."""
+    import shutil
+    from pathlib import Path
+
+    found, beside = shutil.which("imgpipe"), Path(sys.executable).parent / "imgpipe"
+    if found and (not beside.exists() or Path(found).resolve() == beside.resolve()):
+        return "imgpipe"
+    if beside.exists():
+        try:
+            return str(beside.relative_to(Path.cwd()))
+        except ValueError:
+            return str(beside)
+    return f"{sys.executable} -m orchestration.cli"
+
+
 def follow_batch(settings: DevSettings, batch_id: str, total: int, timeout_seconds: float = 120.0) -> dict | None:
     """Print each of the batch's events as it arrives on Kafka; returns the batch-complete event."""
     reader = build_reader(settings)
@@ -75,7 +92,8 @@ def print_ready(settings: DevSettings, web_url: str | None) -> None:
     lines += [
         f"  Kafka             {settings.kafka_bootstrap}  topic {settings.kafka_topic}",
         f"  logs              {settings.log_dir}",
-        "  upload more:      imgpipe upload FILES_OR_DIRS --user YOU",
+        f"  upload more:      {imgpipe_command()} upload FILES_OR_DIRS --user "
+        f"{settings.dev_users[0] if settings.dev_users else 'YOU'} --wait",
         "Press Ctrl-C to stop everything.",
     ]
     print("\n".join(lines), flush=True)

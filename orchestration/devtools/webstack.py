@@ -46,6 +46,16 @@ def local_issuer(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.oidc_port}"
 
 
+def local_user_id(settings, sign_in_name: str) -> str | None:
+    """The user id the web app gives one of the local provider's users (its subject is the sign-in name), or
+    None when the name is not one of them (``DevSettings.dev_users``)."""
+    from orchestration.domain.identity import opaque_user_id
+
+    if sign_in_name not in getattr(settings, "dev_users", ()):
+        return None
+    return opaque_user_id(local_issuer(settings), sign_in_name)
+
+
 def with_local_issuer(settings: Settings) -> Settings:
     """The stack's settings with the local provider among the accepted issuers."""
     issuers = tuple(dict.fromkeys((*settings.oidc_issuers, local_issuer(settings))))

@@ -225,6 +225,14 @@ def upload_batch(
         raise
 
 
+class NothingAcceptable(IntakeError):
+    """No file of the upload is an image we accept: nothing is queued. ``files`` says why for each."""
+
+    def __init__(self, message: str, files: list):
+        super().__init__(message)
+        self.files = files
+
+
 def _store_batch(services: Services, items: list, batch_id: str, user_id: str, meta: dict,
                  progress: Callable[[int, int, str], None] | None) -> UploadResult:
     settings = services.settings
@@ -269,6 +277,12 @@ def _store_batch(services: Services, items: list, batch_id: str, user_id: str, m
         )
     if progress:
         progress(len(items), len(items), "")
+    if not any(f.accepted for f in result.files):
+        # Nothing to process: refused as a whole, before anything is recorded or queued (nothing was stored).
+        reasons = "; ".join(f"{f.name}: {f.reason}" for f in result.files[:5])
+        more = f" (and {len(result.files) - 5} more)" if len(result.files) > 5 else ""
+        raise NothingAcceptable(f"none of the {len(result.files)} file(s) can be processed — {reasons}{more}",
+                                result.files)
 
     manifest = BatchManifest(
         batch_id=batch_id, user_id=user_id, created_at=datetime.now(timezone.utc), metadata=meta, images=entries
