@@ -111,7 +111,7 @@ def test_signed_out_visitor_only_sees_sign_in(env):
 
 def test_upload_shows_per_file_reasons_and_sends_through_intake(env):
     at = _app(ALICE_PLUS)
-    at.file_uploader(key="files").set_value([("good.jpg", JPEG, "image/jpeg"), ("notes.jpg", b"just text", "image/jpeg")]).run()
+    at.file_uploader(key="files-0").set_value([("good.jpg", JPEG, "image/jpeg"), ("notes.jpg", b"just text", "image/jpeg")]).run()
     assert any("notes" in e.value and "text/plain" in e.value for e in at.error)
     assert "**1** of 2 file(s) will be processed." in [m.value for m in at.markdown]
     at.text_input[0].input("Alps")
@@ -134,7 +134,7 @@ def test_after_an_upload_the_results_page_still_shows_every_batch(env):
     at = _app(ALICE_PLUS, "views/results.py")
     assert any("Earlier" in e.label for e in at.expander)
     at.switch_page("views/upload.py").run()
-    at.file_uploader(key="files").set_value([("new.jpg", JPEG, "image/jpeg")]).run()
+    at.file_uploader(key="files-0").set_value([("new.jpg", JPEG, "image/jpeg")]).run()
     at.text_input[0].input("Newest")
     _button(at, "Upload").click().run()
     assert at.success
@@ -145,7 +145,7 @@ def test_after_an_upload_the_results_page_still_shows_every_batch(env):
 
 def test_bad_metadata_is_reported_not_sent(env):
     at = _app(ALICE_PLUS)
-    at.file_uploader(key="files").set_value([("good.jpg", JPEG, "image/jpeg")]).run()
+    at.file_uploader(key="files-0").set_value([("good.jpg", JPEG, "image/jpeg")]).run()
     at.text_area[1].input("no equals sign here")
     _button(at, "Upload").click().run()
     assert any("key=value" in e.value for e in at.error)
@@ -287,7 +287,7 @@ def test_the_operator_role_lapses_until_the_person_signs_in_again(env, settings)
 
 def test_stats_everyone_only_with_the_operator_role(env, settings):
     a = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS)).batch_id
-    b = upload_batch(env, [IntakeItem.from_bytes("b.txt", b"text")], user_id=uid(ALICE_DASH)).batch_id
+    b = upload_batch(env, [IntakeItem.from_bytes("b.jpg", JPEG)], user_id=uid(ALICE_DASH)).batch_id
     _process(settings, a)
     _process(settings, b)
     at = _app(ALICE_PLUS, "views/stats.py")
@@ -307,7 +307,8 @@ def test_stats_everyone_only_with_the_operator_role(env, settings):
 def test_user_text_is_shown_as_text(env, settings):
     """Titles, file names and reasons carry Markdown and HTML an attacker chose; the page shows them literally."""
     evil_title = "[click me](https://evil.example) **urgent** <img src=x onerror=alert(1)> :material/home:"
-    batch = upload_batch(env, [IntakeItem.from_bytes("[x](https://evil.example).jpg", b"text, not an image")],
+    batch = upload_batch(env, [IntakeItem.from_bytes("[x](https://evil.example).jpg", b"text, not an image"),
+                               IntakeItem.from_bytes("fine.jpg", JPEG)],
                          user_id=uid(ALICE_PLUS), metadata={"title": evil_title}).batch_id
     _process(settings, batch)
     at = _app(ALICE_PLUS, "views/results.py")
@@ -515,3 +516,28 @@ def test_a_flagged_image_found_by_search_is_blurred_there_too(env, settings):
     assert not at.exception and not any("cannot be shown" in w.value for w in at.warning)
     captions = [i.proto.imgs[0].caption for i in at.get("image")]
     assert len(captions) == 2 and all("flagged by moderation" in c for c in captions), captions  # gallery + search
+
+
+def test_after_an_upload_the_form_is_empty_and_the_same_files_are_flagged(env):
+    """A second click cannot send the same batch again: after success the form starts empty (Upload is
+    disabled until files are chosen) with "Uploaded as …" and a link; choosing the same files again says they
+    went up minutes ago as that batch."""
+    at = _app(ALICE_PLUS)
+    at.file_uploader(key="files-0").set_value([("good.jpg", JPEG, "image/jpeg")]).run()
+    at.text_input[0].input("Once")
+    _button(at, "Upload").click().run()
+    [success] = at.success
+    assert success.value.startswith("Uploaded as batch **b-")
+    batch_id = success.value.split("**")[1]
+    assert _button(at, "Upload").disabled and at.text_input[0].value == ""  # an empty form
+    assert env.queue.active_message_count() == 1
+    at.file_uploader(key="files-1").set_value([("same-again.jpg", JPEG, "image/jpeg")]).run()
+    assert any(f"uploaded just now as batch {batch_id}" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
+def test_an_upload_with_nothing_acceptable_cannot_be_sent(env):
+    at = _app(ALICE_PLUS)
+    at.file_uploader(key="files-0").set_value([("notes.jpg", b"just text", "image/jpeg")]).run()
+    assert any("None of these files can be processed" in w.value for w in at.warning)
+    assert _button(at, "Upload").disabled
+    assert env.queue.active_message_count() == 0

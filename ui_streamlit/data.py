@@ -84,6 +84,42 @@ def precheck(files: list, services: Services) -> list[FileCheck]:
     return out
 
 
+RECENT_MINUTES = 30
+
+
+def _digest(f) -> str:
+    import hashlib
+
+    return hashlib.sha256(f.getbuffer()).hexdigest()
+
+
+def remember_upload(recent: list[dict], files: list, batch_id: str, now: float | None = None) -> list[dict]:
+    """The session's recent uploads (sha256 of each file, batch, when), the last RECENT_MINUTES only."""
+    import time
+
+    now = time.time() if now is None else now
+    kept = [r for r in recent if now - r["at"] < RECENT_MINUTES * 60]
+    return kept + [{"batch_id": batch_id, "at": now, "sha256": sorted({_digest(f) for f in files})}]
+
+
+def recently_uploaded(recent: list[dict], files: list, now: float | None = None) -> dict | None:
+    """Whether some of ``files`` (by sha256) went up in this session in the last RECENT_MINUTES:
+    ``{batch_id, count, ago}`` of the latest such upload, or None."""
+    import time
+
+    if not files or not recent:
+        return None
+    now = time.time() if now is None else now
+    mine = {_digest(f) for f in files}
+    for r in reversed(recent):
+        same = mine & set(r["sha256"])
+        if same and now - r["at"] < RECENT_MINUTES * 60:
+            minutes = int((now - r["at"]) // 60)
+            return {"batch_id": r["batch_id"], "count": len(same),
+                    "ago": "just now" if minutes < 1 else f"{minutes} minute(s) ago"}
+    return None
+
+
 def items(files: list) -> list[IntakeItem]:
     """Intake items that read each file's bytes only when intake stores it (one file at a time)."""
     return [IntakeItem(name=f.name, size=f.size, read=f.getvalue) for f in files]

@@ -13,25 +13,41 @@ st.title("Upload a batch")
 st.caption(f"Up to {limits.max_files_per_batch} images, {limits.max_file_bytes // (1024 * 1024)} MB each: "
            f"{ACCEPTED_FORMATS}. Camera RAW, JPEG XL and videos are not accepted (export a JPEG or HEIC).")
 
-uploaded = st.file_uploader("Images", accept_multiple_files=True, key="files")
+# After a successful upload the form starts empty (new widget keys), so a second click cannot send the same
+# batch again; what was uploaded is said above it, with a link.
+round_ = st.session_state.setdefault("upload-round", 0)
+done = st.session_state.get("upload-done")
+if done:
+    st.success(f"Uploaded as batch **{done['batch_id']}**: {done['queued']} image(s) queued, {done['refused']} "
+               "refused.", icon=":material/check_circle:")
+    st.page_link("views/results.py", label="See its results", icon=":material/photo_library:",
+                 query_params={"batch": done["batch_id"]})
+
+uploaded = st.file_uploader("Images", accept_multiple_files=True, key=f"files-{round_}")
 files = list(uploaded or [])  # Streamlit's UploadedFile objects: read only when stored, never copied whole
 checks = data.precheck(files, svc)
 too_many = len(files) > limits.max_files_per_batch
+ok = sum(c.ok for c in checks)
 if files:
-    ok = sum(c.ok for c in checks)
     st.write(f"**{ok}** of {len(files)} file(s) will be processed.")
     refused = [c for c in checks if not c.ok]
     for c in refused:
         st.error(f"{data.plain(c.name)}: {data.plain(c.reason)}", icon=":material/block:")
     if too_many:
         st.error(f"{len(files)} files; a batch holds at most {limits.max_files_per_batch}.")
+    if not ok:
+        st.warning("None of these files can be processed, so there is nothing to upload.", icon=":material/block:")
+    again = data.recently_uploaded(st.session_state.get("upload-recent", []), files)
+    if again:
+        st.warning(f"{again['count']} of these file(s) were uploaded {again['ago']} as batch {again['batch_id']}. "
+                   "Uploading them again makes a second batch.", icon=":material/content_copy:")
 
 with st.form("batch"):
-    title = st.text_input("Title", max_chars=200)
-    description = st.text_area("Description", max_chars=2000)
-    tags = st.text_input("Tags", max_chars=500, help="Comma-separated")
-    extra = st.text_area("More metadata", max_chars=4000, help="One key=value per line")
-    send = st.form_submit_button("Upload", type="primary", disabled=not files or too_many)
+    title = st.text_input("Title", max_chars=200, key=f"title-{round_}")
+    description = st.text_area("Description", max_chars=2000, key=f"description-{round_}")
+    tags = st.text_input("Tags", max_chars=500, help="Comma-separated", key=f"tags-{round_}")
+    extra = st.text_area("More metadata", max_chars=4000, help="One key=value per line", key=f"extra-{round_}")
+    send = st.form_submit_button("Upload", type="primary", disabled=not files or too_many or not ok)
 
 if send:
     meta = {k: v for k, v in {"title": title.strip(), "description": description.strip(),
@@ -58,6 +74,9 @@ if send:
         if not result.queued:
             st.warning(f"Batch **{result.batch_id}** is stored, but the queue did not take it yet; it will be "
                        "handed over again automatically — no need to upload it again.")
-        st.success(f"Batch **{result.batch_id}** received: {len(result.accepted)} image(s) queued, "
-                   f"{len(result.refused)} refused.")
-        st.page_link("views/results.py", label="See its results", icon=":material/photo_library:")
+        st.session_state["upload-done"] = {"batch_id": result.batch_id, "queued": len(result.accepted),
+                                           "refused": len(result.refused)}
+        st.session_state["upload-recent"] = data.remember_upload(st.session_state.get("upload-recent", []), files,
+                                                                 result.batch_id)
+        st.session_state["upload-round"] = round_ + 1  # an empty form: the same click cannot send it twice
+        st.rerun()
