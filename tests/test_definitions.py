@@ -55,3 +55,23 @@ def test_asset_graph_snapshot():
     assert job.executor_def.name == "in_process"
     assert {s.name for s in defs.sensors} == {"batch_sensor", "batch_failure_sensor", "intake_reconciler",
                                               "deletion_sensor", "events_sensor", "batch_cancel_sensor"}
+
+
+def test_the_operators_dagster_has_no_telemetry_and_no_onboarding_prompt(tmp_path):
+    """Issue 24, item 12 (in part): our instance config turns off Dagster's telemetry and its onboarding /
+    newsletter prompt, on the local stack (dagster.yaml, loaded by a real instance) and on AKS (Helm values)."""
+    import yaml
+    from dagster import DagsterInstance
+
+    from orchestration.devtools.dagster_home import prepare_dagster_home
+    from orchestration.settings import load_settings
+    from tests import deploycheck
+
+    home = prepare_dagster_home(load_settings(data_dir=tmp_path))
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert config["telemetry"] == {"enabled": False} and config["nux"] == {"enabled": False}
+    with DagsterInstance.from_config(str(home)) as instance:  # the config is one Dagster accepts
+        assert instance.is_ephemeral is False
+    values = deploycheck.load_values()
+    assert values["telemetry"] == {"enabled": False}
+    assert values["additionalInstanceConfig"]["nux"] == {"enabled": False}

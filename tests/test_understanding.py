@@ -289,3 +289,4 @@ def test_reprocess_changed_selects_by_model_and_thresholds_not_by_the_display_ac
     assert operate._batch_has_other_version(other_threshold, "b", "moderation", current)
     other_model = Services(Store({"review": 0.4, "flag": 0.8}, code="older"))
     assert operate._batch_has_other_version(other_model, "b", "moderation", current)
+

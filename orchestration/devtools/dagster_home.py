@@ -28,7 +28,7 @@ from orchestration.settings import Settings
 #   (writes are idempotent), then the batch ends 'failed' (failure sensor);
 # - run monitoring fails runs stuck STARTING (the run worker never came up) after 180 s; runs whose
 #   worker died with a previous stack are failed at start-up (`fail_orphaned_runs`), then retried;
-# - no telemetry (the machine may have no network).
+# - no telemetry (the machine may have no network), no onboarding / newsletter prompt in the UI.
 DAGSTER_YAML = """\
 run_coordinator:
   module: dagster.core.run_coordinator
@@ -59,6 +59,8 @@ run_monitoring:
   start_timeout_seconds: 180
   poll_interval_seconds: 30
 telemetry:
+  enabled: false
+nux:
   enabled: false
 """
 
