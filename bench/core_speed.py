@@ -236,17 +236,17 @@ def cpu_ms(fn, repeat: int) -> float:
 
 
 MODEL_MEMORY = """
-import resource, sys
+import sys
 sys.path.insert(0, {root!r})
-def rss():
-    return int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) / 1024
+def rss(field='VmRSS'):  # VmHWM: this process's peak (ru_maxrss would start from the parent's at fork)
+    return int(open('/proc/self/status').read().split(field + ':')[1].split()[0]) / 1024
 import numpy, PIL.Image, io
 before = rss()
 from assets.core.understand.engine import LocalModels
 m = LocalModels(threads=1, device={device!r})
 data = open({path!r}, 'rb').read()
 m.analyze([data] * 32, ['labels', 'moderation', 'faces'])
-print(round(before, 1), round(rss(), 1), round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+print(round(before, 1), round(rss(), 1), round(rss('VmHWM'), 1))
 """
 
 
@@ -284,7 +284,7 @@ def understanding(data: bytes, config: CoreConfig, repeat: int, device: str = "c
             "share_of_job": round(together / job_cpu, 4),
             "images_per_second_all_three": throughput,
             "memory_mb": {"before_models": before, "after_32_images": after, "peak": peak,
-                          "added": round(after - before, 1)}}
+                          "added": round(after - before, 1), "peak_added": round(peak - before, 1)}}
 
 
 def print_understanding(u: dict) -> None:
@@ -293,7 +293,8 @@ def print_understanding(u: dict) -> None:
           f"{c['faces']} ms, all three {c['all_three']} ms CPU per image (decode {c['decode_and_shrink']} ms) = "
           f"{u['share_of_job']:.1%} of the rendition job's {u['job_cpu_ms']} ms", flush=True)
     print(f"  images/s (all three) at batch 1/32/256: {' / '.join(map(str, u['images_per_second_all_three'].values()))};"
-          f" memory added by the models: {u['memory_mb']['added']} MB (peak RSS {u['memory_mb']['peak']} MB)", flush=True)
+          f" memory added by the models: {u['memory_mb']['added']} MB, at the peak {u['memory_mb']['peak_added']} MB",
+          flush=True)
 
 
 def main() -> int:
