@@ -122,7 +122,8 @@ def test_the_cli_deletes_lists_and_restores(processed, monkeypatch):
         return subprocess.run([sys.executable, "-m", "orchestration.cli", *args], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
 
-    assert cli("delete", batch, "--user", "bob").returncode == 2  # not bob's
+    notbobs = cli("delete", batch, "--user", "bob")  # not bob's: for bob it does not exist
+    assert notbobs.returncode == 4 and f"no such batch: {batch}" in notbobs.stderr
     out = cli("delete", batch, "--user", "ann")
     assert out.returncode == 0 and "restorable until" in out.stdout
     listed = json.loads(cli("deleted", "--json").stdout)
