@@ -158,7 +158,8 @@ def test_results_show_own_batches_only(env, settings):
     _process(settings, mine)
     at = _app(ALICE_PLUS, "views/results.py")
     assert any(e.label.startswith("**Holiday**") for e in at.expander)
-    assert any("2/2 images" in c.value for c in at.caption)
+    assert any("completed · 1 processed · 1 rejected · 2/2 done" in c.value for c in at.caption)
+    assert any(e.label.endswith("— completed · 1 processed · 1 rejected") for e in at.expander)  # failures show
     assert any("b\\.txt" in e.value and "rejected" in e.value for e in at.error)
     assert len(at.get("image")) == 1  # the processed image's thumbnail in the gallery
     assert len(at.get("download_button")) == 6  # 3 sizes x (JPEG, WebP)
@@ -230,7 +231,7 @@ def test_results_page_says_when_kafka_is_down(env, monkeypatch):
     assert any("Live updates are paused" in w.value for w in at.warning)
     shown = " ".join(str(e.value) for e in [*at.warning, *at.error, *at.caption, *at.markdown])
     assert "127.0.0.1:1" not in shown and "Kafka" not in shown  # the address and the error stay in the log
-    assert any("0/1 images" in c.value for c in at.caption)  # stored state still shown
+    assert any("0/1 done" in c.value for c in at.caption)  # stored state still shown
 
 
 def test_a_busy_store_gives_a_short_message_and_a_retry_never_a_traceback(env, settings, monkeypatch):
@@ -400,10 +401,14 @@ def test_delete_from_the_page_hides_the_batch_and_restore_brings_it_back(env, se
     _process(settings, batch)
     at = _app(ALICE_PLUS, "views/results.py")
     assert any("Binned" in e.label for e in at.expander)
-    _button(at, "Delete batch").click().run()
-    assert any("Deleted" in s.value and "restore" in s.value for s in at.success)
+    _button(at, "Move to trash").click().run()  # the second click, in the Delete box
+    assert any("Moved" in s.value and "restore it until" in s.value for s in at.success)
     assert not any("Binned" in e.label for e in at.expander)
     assert any(e.label == "Recently deleted (1)" for e in at.expander)
+    _button(at, "Undo").click().run()  # the snackbar's Undo
+    assert any(f"Restored {batch}" in s.value.replace("\\", "") for s in at.success)
+    assert any("Binned" in e.label for e in at.expander) and any(e.label == "Recently deleted (0)" for e in at.expander)
+    _button(at, "Move to trash").click().run()
     assert data.batch_for_user(env, uid(ALICE_PLUS), batch) is None
     other = _app(ALICE_DASH, "views/results.py")  # someone else: nothing to see or restore
     assert any(e.label == "Recently deleted (0)" for e in other.expander)

@@ -96,7 +96,7 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     _shot(page, stack, "03-uploaded")
 
     page.get_by_role("link", name="See its results").click()
-    page.get_by_text(f"{batch_id} · completed · 3/3 images").wait_for(timeout=90_000)  # live, no reload
+    page.get_by_text(f"{batch_id} · completed · 2 processed · 1 rejected · 3/3 done").wait_for(timeout=90_000)  # live
     page.get_by_text(re.compile(r"readme\.jpg.*rejected")).wait_for()
     page.get_by_test_id("stImage").nth(1).wait_for()  # (a rerun's elements arrive one after another)
     assert page.get_by_test_id("stImage").count() == 2
@@ -128,6 +128,18 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     page.get_by_role("link", name="Stats").click()
     page.get_by_text("Download CSV").wait_for(timeout=30_000)
     _shot(page, stack, "06-stats")
+
+    # Delete takes two clicks (the second in a box of its own); the page says so at once, with Undo, and the
+    # trash count changes without a reload (the delete happens in the live part of the page).
+    page.get_by_role("link", name="Results").click()
+    page.get_by_text("Recently deleted (0)").wait_for(timeout=30_000)
+    page.get_by_role("button", name=re.compile("Delete batch")).first.click()
+    page.get_by_role("button", name="Move to trash").click()
+    page.get_by_text(re.compile(r"Moved .* to the trash")).wait_for(timeout=30_000)
+    page.get_by_text("Recently deleted (1)").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Undo").click()
+    page.get_by_text(re.compile(r"Restored .*b-")).wait_for(timeout=30_000)
+    page.get_by_text("Recently deleted (0)").wait_for(timeout=30_000)
     alice.close()
 
     # alice-x@example.com: under the old e-mail mapping the same user id as alice+x@example.com.

@@ -140,6 +140,17 @@ def batch_for_user(services: Services, user_id: str, batch_id: str) -> dict | No
     return batch_status(services, batch_id, user_id)
 
 
+def counts_line(status: dict) -> str:
+    """'completed · 32 processed · 2 rejected' (failures are never hidden in a full bar)."""
+    images = status["images"]
+    processed = sum(1 for i in images if i["outcome"] == "processed")
+    rejected = sum(1 for i in images if i["outcome"] == "rejected")
+    waiting = len(images) - processed - rejected
+    parts = [status["status"], f"{processed} processed"] + ([f"{rejected} rejected"] if rejected else []) + (
+        [f"{waiting} waiting"] if waiting else [])
+    return " · ".join(parts)
+
+
 def progress(status: dict) -> tuple[int, int]:
     images = status["images"]
     return sum(1 for i in images if i["outcome"] != "pending"), len(images)

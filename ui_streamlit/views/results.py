@@ -104,6 +104,16 @@ def _picture(img: dict, path: str | None, read, how: str, key: str, where: str) 
 
 def _gallery(status: dict) -> None:
     images = status["images"]
+    rejected = [i for i in images if i["outcome"] == "rejected"]
+    if rejected:
+        show = st.segmented_control("Show", ["All", "Processed", f"Rejected ({len(rejected)})"], default="All",
+                                    key=f"filter-{status['batch_id']}", label_visibility="collapsed")
+        if show == "Processed":
+            images = [i for i in images if i["outcome"] != "rejected"]
+        elif show and show.startswith("Rejected"):
+            images = rejected
+        else:  # every image, the rejections grouped after the rest
+            images = [i for i in images if i["outcome"] != "rejected"] + rejected
     pages = max(1, -(-len(images) // data.PAGE_SIZE))
     page = st.number_input("Page", 1, pages, 1, key=f"page-{status['batch_id']}") if pages > 1 else 1
     shown = images[(page - 1) * data.PAGE_SIZE: page * data.PAGE_SIZE]
@@ -199,7 +209,9 @@ def _delete(batch_id: str) -> None:
                                                       "is busy or unreachable); try again in a moment.")
         return
     _forget(batch_id)
-    st.session_state["results-flash"] = ("success", f"Deleted {batch_id}. You can restore it until "
+    st.session_state["results-rerun-app"] = True  # the counts and the message outside this part change too
+    st.session_state["results-undo"] = batch_id
+    st.session_state["results-flash"] = ("success", f"Moved {batch_id} to the trash. You can restore it until "
                                                     f"{doc['restorable_until'][:10]} under Recently deleted.")
 
 
@@ -223,9 +235,15 @@ def _restore(batch_id: str, owner: str | None) -> None:
                                          f"Restored {batch_id}: {retention.restore_outcome(doc)}.")
 
 
+# A whole-page run shows what a delete changed; only a run of the live part alone has to ask for one (_live).
+st.session_state.pop("results-rerun-app", None)
 flash = st.session_state.pop("results-flash", None)
+undo = st.session_state.pop("results-undo", None)
 if flash:
     {"success": st.success, "warning": st.warning}.get(flash[0], st.error)(data.plain(flash[1]))
+    if undo:
+        st.button("Undo", key=f"undo-{undo}", icon=":material/undo:", on_click=_restore, args=(undo, user),
+                  help="Restore the batch you just deleted.")
 
 
 # What the page has read from the store, per session and user. A refresh re-reads only what an event
@@ -241,6 +259,8 @@ def live() -> None:
 
 
 def _live() -> None:
+    if st.session_state.pop("results-rerun-app", False):
+        st.rerun(scope="app")  # a delete from inside this part: the whole page, with its message and counts
     fresh = follower.poll()
     view = st.session_state.setdefault(f"results-view-{user}", {"ids": None, "statuses": {}, "read_at": 0.0})
     changed = {e.get("batch_id") for e in fresh}
@@ -272,21 +292,26 @@ def _live() -> None:
     for n, status in enumerate(batches):
         done, total = data.progress(status)
         title = data.plain(status["metadata"].get("title") or status["batch_id"])
+        counts = data.counts_line(status)
         # The selected (or newest) batch opens with its gallery; the others show their progress and
         # open on demand, so the page stays fast however many batches the user has.
-        with st.expander(f"**{title}** — {status['status']}, {done}/{total} images", expanded=n == 0):
-            st.caption(f"{status['batch_id']} · {status['status']} · {done}/{total} images")
+        with st.expander(f"**{title}** — {counts}", expanded=n == 0):
+            st.caption(f"{status['batch_id']} · {counts} · {done}/{total} done")
             st.progress(done / total if total else 1.0)
             if status.get("error"):
                 st.error(data.plain(status["error"]))
             if n == 0 or st.toggle("Show images", key=f"open-{status['batch_id']}"):
                 _gallery(status)
-            st.button("Delete batch", key=f"del-{status['batch_id']}", icon=":material/delete:",
-                      on_click=_delete, args=(status["batch_id"],),
-                      help="Hidden at once; restorable for the retention period under Recently deleted.")
+            # Two clicks, the second in a box of its own: a batch sliding up under the pointer is never
+            # deleted by the click meant for the one before.
+            with st.popover("Delete batch …", icon=":material/delete:"):
+                st.write(f"Move **{title}** to the trash? You can restore it for "
+                         f"{svc.settings.lake_soft_delete_days:g} days under Recently deleted.")
+                st.button("Move to trash", key=f"del-{status['batch_id']}", type="primary",
+                          on_click=_delete, args=(status["batch_id"],))
 
 
-if not selected and svc.settings.understanding != "off":
+if svc.settings.understanding != "off":
     _search()
 live()
 
