@@ -546,3 +546,34 @@ def test_an_upload_with_nothing_acceptable_cannot_be_sent(env):
     assert any("None of these files can be processed" in w.value for w in at.warning)
     assert _button(at, "Upload").disabled
     assert env.queue.active_message_count() == 0
+
+
+def test_details_say_when_where_and_how_big_and_show_the_persons_metadata(env, settings):
+    from orchestration.devtools.sample import make_sample_batch
+
+    files = {p.name: p for p in make_sample_batch(Path(env.settings.data_dir) / "in")}
+    batch = upload_batch(env, [IntakeItem.from_path(files["photo_01.jpg"]), IntakeItem.from_path(files["logo_transparent.png"])],
+                         user_id=uid(ALICE_PLUS), metadata={"title": "Trip", "description": "by the lake",
+                                                            "camera": "phone"}).batch_id
+    _process(settings, batch)
+    at = _app(ALICE_PLUS, "views/results.py")
+    captions = [c.value for c in at.caption]
+    assert any("by the lake" in c and "phone" in c and "description" in c for c in captions), captions
+    assert any(re.search(r"\d+×\d+ JPEG · \d+ KB", c) for c in captions), captions
+    images = {i.proto.imgs[0].caption: i for i in at.get("image")}
+    assert any("transparent" in c for c in images), list(images)  # shown over a checkerboard, not white
+
+
+def test_a_transparent_picture_is_shown_over_a_checkerboard():
+    import io
+
+    from PIL import Image
+
+    clear = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    clear.paste((200, 0, 0, 255), (8, 8, 24, 24))
+    out = io.BytesIO()
+    clear.save(out, "PNG")
+    with Image.open(io.BytesIO(data.on_checkerboard(out.getvalue()))) as im:
+        px = im.convert("RGB")
+        assert px.getpixel((0, 0)) == (204, 204, 204) and px.getpixel((8, 0)) == (255, 255, 255)  # the board
+        assert px.getpixel((16, 16)) == (200, 0, 0)  # the picture over it

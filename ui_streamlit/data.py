@@ -214,6 +214,44 @@ def servable_paths(status: dict, settings) -> set[str]:
             for r in i["renditions"]}
 
 
+def on_checkerboard(image: bytes, cell: int = 8) -> bytes:
+    """A picture with transparency, over a grey checkerboard (as image editors show it), as PNG: on a white page
+    a transparent logo would otherwise look like white paper."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as im:
+        rgba = im.convert("RGBA")
+    board = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    dark = Image.new("RGBA", (cell, cell), (204, 204, 204, 255))
+    for y in range(0, rgba.height, cell):
+        for x in range((y // cell) % 2 * cell, rgba.width, 2 * cell):
+            board.paste(dark, (x, y))
+    board.alpha_composite(rgba)
+    out = io.BytesIO()
+    board.convert("RGB").save(out, "PNG")
+    return out.getvalue()
+
+
+def details_line(img: dict) -> str:
+    """'taken 2024-07-01 10:00 · Canon EOS R5 · 4032×3024 JPEG · 3.1 MB' from the image's facts."""
+    f = img.get("facts") or {}
+    exif = f.get("exif") or {}
+    parts = []
+    if exif.get("captured_at"):
+        taken = str(exif["captured_at"]).replace(":", "-", 2)[:16]
+        parts.append(f"taken {taken}")
+    camera = " ".join(dict.fromkeys(filter(None, [exif.get("camera_make"), exif.get("camera_model")])))
+    if camera:
+        parts.append(camera)
+    if f.get("width"):
+        parts.append(f"{f['width']}×{f['height']} {f.get('format') or ''}".strip())
+    if img.get("size"):
+        parts.append(f"{img['size'] / 1e6:.1f} MB" if img["size"] >= 100_000 else f"{img['size'] / 1e3:.0f} KB")
+    return " · ".join(parts)
+
+
 def blurred(image: bytes, radius: int = 18) -> bytes:
     """The picture blurred beyond recognition, made on the server: the browser never gets the clear bytes until
     the person asks for them."""

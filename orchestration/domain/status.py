@@ -35,7 +35,9 @@ def batch_status(services: Services, batch_id: str, user_id: str | None = None) 
                     "code": d.get("code"),
                     "reason": d.get("reason"),
                     "near_duplicates": d.get("near_duplicates", []),
-                    "facts": {k: (d.get("facts") or {}).get(k) for k in ("format", "width", "height", "phash", "exif")},
+                    "facts": {k: (d.get("facts") or {}).get(k)
+                              for k in ("format", "width", "height", "phash", "exif", "has_alpha")},
+                    "size": d.get("size"),
                     **understanding_summary(d),
                     "renditions": [
                         {"name": r["name"], "format": r.get("format"), "width": r["width"], "height": r["height"],
@@ -55,6 +57,7 @@ def batch_status(services: Services, batch_id: str, user_id: str | None = None) 
                     "reason": refused["reason"] if refused else None,
                     "near_duplicates": [],
                     "facts": {},
+                    "size": entry.get("size"),
                     **understanding_summary({}),
                     "renditions": [],
                 }

@@ -97,7 +97,8 @@ def _picture(img: dict, path: str | None, read, how: str, key: str, where: str) 
     else:
         clear = read()
         if clear:
-            st.image(clear, caption=name)
+            st.image(data.on_checkerboard(clear) if (img.get("facts") or {}).get("has_alpha") else clear,
+                     caption=name + (" · transparent" if (img.get("facts") or {}).get("has_alpha") else ""))
         else:
             st.info(f"{name}: preview unavailable", icon=":material/hide_image:")
 
@@ -115,13 +116,16 @@ def _gallery(status: dict) -> None:
         else:  # every image, the rejections grouped after the rest
             images = [i for i in images if i["outcome"] != "rejected"] + rejected
     pages = max(1, -(-len(images) // data.PAGE_SIZE))
-    page = st.number_input("Page", 1, pages, 1, key=f"page-{status['batch_id']}") if pages > 1 else 1
+    page = st.selectbox("Page", range(1, pages + 1), key=f"page-{status['batch_id']}",
+                        format_func=lambda p: f"Page {p} of {pages} ({len(images)} images)") if pages > 1 else 1
     shown = images[(page - 1) * data.PAGE_SIZE: page * data.PAGE_SIZE]
     cols = st.columns(4)
     for n, img in enumerate(shown):
         with cols[n % 4]:
             if img["outcome"] == "processed":
-                thumb = next((r for r in img["renditions"] if r["name"] == "thumb" and r["format"] == "JPEG"), None)
+                wanted = "WEBP" if (img.get("facts") or {}).get("has_alpha") else "JPEG"  # WebP keeps transparency
+                thumb = next((r for r in img["renditions"] if r["name"] == "thumb" and r["format"] == wanted), None) \
+                    or next((r for r in img["renditions"] if r["name"] == "thumb"), None)
                 path = thumb and thumb["path"]
                 how = data.shown_as(img, svc.settings, status["status"])
                 _picture(img, path, lambda p=path: _owned_bytes(status, p), how,
@@ -130,11 +134,8 @@ def _gallery(status: dict) -> None:
                     st.caption(data.plain(data.label_line(img)))
                 with st.popover("Details and downloads"):
                     f = img.get("facts") or {}
-                    st.caption(data.plain(f"{f.get('width')}×{f.get('height')} {f.get('format')} · pHash {f.get('phash')}"))
-                    camera = " ".join(filter(None, [(f.get("exif") or {}).get("camera_make"),
-                                                    (f.get("exif") or {}).get("camera_model")]))
-                    if camera:
-                        st.caption(f"Camera: {data.plain(camera)}")
+                    st.caption(data.plain(data.details_line(img)))
+                    st.caption(data.plain(f"pHash {f.get('phash')}"))
                     if img.get("labels"):
                         st.caption(data.plain("Labels: " + data.label_line(img, top=5)))
                     if img.get("caption"):
@@ -297,6 +298,9 @@ def _live() -> None:
         # open on demand, so the page stays fast however many batches the user has.
         with st.expander(f"**{title}** — {counts}", expanded=n == 0):
             st.caption(f"{status['batch_id']} · {counts} · {done}/{total} done")
+            extra = {k: v for k, v in (status.get("metadata") or {}).items() if k != "title"}
+            if extra:  # the person's own metadata, as they typed it
+                st.caption(data.plain(" · ".join(f"{k}: {v}" for k, v in extra.items())))
             st.progress(done / total if total else 1.0)
             if status.get("error"):
                 st.error(data.plain(status["error"]))
