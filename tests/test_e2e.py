@@ -124,13 +124,6 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
                              env=second_shell, capture_output=True, text=True, timeout=120)
         assert cli.returncode == 0, cli.stderr
         assert json.loads(cli.stdout)["status"] == "completed"
-        # `upload --wait` from that shell, as the person who signs in as alice+x@example.com: it returns when
-        # the batch has ended, with the outcome in its last line and its exit code (3: some image rejected).
-        waited = subprocess.run([sys.executable, "-m", "orchestration.cli", "upload", str(files[0]), str(files[-1]),
-                                 "--user", "alice+x@example.com", "--wait", "--timeout", "120"],
-                                env=second_shell, capture_output=True, text=True, timeout=180)
-        assert waited.returncode == 3, waited.stdout + waited.stderr
-        assert "completed — 1 processed · 1 rejected (of 2)" in waited.stdout.splitlines()[-1]
 
         # The run was launched by the daemon's sensor, keyed by the batch id, and succeeded.
         from dagster import DagsterInstance, DagsterRunStatus
@@ -159,6 +152,13 @@ def test_batch_through_real_daemon_and_kafka(stack_env, tmp_path):
             time.sleep(0.5)
         assert services.queue.active_message_count() == 0
         assert services.queue.peek_dead_letter() == []
+        # `upload --wait` from that shell, as the person who signs in as alice+x@example.com: it returns when
+        # the batch has ended, with the outcome in its last line and its exit code (3: some image rejected).
+        waited = subprocess.run([sys.executable, "-m", "orchestration.cli", "upload", str(files[0]), str(files[-1]),
+                                 "--user", "alice+x@example.com", "--wait", "--timeout", "120"],
+                                env=second_shell, capture_output=True, text=True, timeout=180)
+        assert waited.returncode == 3, waited.stdout + waited.stderr
+        assert "completed — 1 processed · 1 rejected (of 2)" in waited.stdout.splitlines()[-1]
     finally:
         children = proc.children()
         proc.stop(timeout=60)
