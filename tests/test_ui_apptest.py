@@ -577,3 +577,20 @@ def test_a_transparent_picture_is_shown_over_a_checkerboard():
         px = im.convert("RGB")
         assert px.getpixel((0, 0)) == (204, 204, 204) and px.getpixel((8, 0)) == (255, 255, 255)  # the board
         assert px.getpixel((16, 16)) == (200, 0, 0)  # the picture over it
+
+
+def test_an_operator_opens_any_batch_read_only_and_it_is_logged(env, settings, caplog):
+    import logging
+
+    batch = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS),
+                         metadata={"title": "Help me"}).batch_id
+    _process(settings, batch)
+    nosy = _app(ALICE_DASH, "views/results.py", batch=batch)  # not an operator: nothing
+    assert any("No such batch" in i.value for i in nosy.info) and not nosy.get("image")
+    with caplog.at_level(logging.INFO, logger="imgpipe.web"):
+        ops = _app(OPS, "views/results.py", batch=batch)
+    assert any("Help me" in e.label for e in ops.expander) and ops.get("image")
+    assert any("Read-only" in i.value for i in ops.info)
+    assert not [b for b in ops.button if b.label == "Move to trash"]  # nothing to change
+    assert any(f"operator access: {uid(OPS)} opened batch {batch} of user {uid(ALICE_PLUS)}" in r.getMessage()
+               for r in caplog.records)

@@ -140,6 +140,19 @@ def batch_for_user(services: Services, user_id: str, batch_id: str) -> dict | No
     return batch_status(services, batch_id, user_id)
 
 
+def batch_for_operator(services: Services, batch_id: str, *, operator: str) -> dict | None:
+    """Any user's batch (not deleted), for an operator helping them: read-only, and the access is logged with
+    who and which batch. The caller checks the operator role first."""
+    import logging
+
+    found = next(iter(services.metadata.query("batches", {"batch_id": batch_id}, limit=1)), None)
+    if found is None or found.get("status") == "deleted":
+        return None
+    logging.getLogger("imgpipe.web").info("operator access: %s opened batch %s of user %s (read-only)", operator,
+                                          batch_id, found["user_id"])
+    return {**batch_status(services, batch_id, found["user_id"]), "read_only_for": operator}
+
+
 def counts_line(status: dict) -> str:
     """'completed · 32 processed · 2 rejected' (failures are never hidden in a full bar)."""
     images = status["images"]

@@ -281,6 +281,8 @@ def _live() -> None:
     for batch_id in ids:
         if batch_id not in statuses or batch_id in changed or stale:
             statuses[batch_id] = data.batch_for_user(svc, user, batch_id)
+            if statuses[batch_id] is None and selected and current_is_operator():  # helping its owner
+                statuses[batch_id] = data.batch_for_operator(svc, batch_id, operator=user)
     if stale or view["read_at"] == 0.0:
         view["read_at"] = time.monotonic()
     if selected and statuses.get(selected) is None:
@@ -298,6 +300,9 @@ def _live() -> None:
         # open on demand, so the page stays fast however many batches the user has.
         with st.expander(f"**{title}** — {counts}", expanded=n == 0):
             st.caption(f"{status['batch_id']} · {counts} · {done}/{total} done")
+            if status.get("read_only_for"):
+                st.info(f"Read-only: user {status['user_id']}'s batch, opened with the operator role (logged).",
+                        icon=":material/admin_panel_settings:")
             extra = {k: v for k, v in (status.get("metadata") or {}).items() if k != "title"}
             if extra:  # the person's own metadata, as they typed it
                 st.caption(data.plain(" · ".join(f"{k}: {v}" for k, v in extra.items())))
@@ -306,6 +311,8 @@ def _live() -> None:
                 st.error(data.plain(status["error"]))
             if n == 0 or st.toggle("Show images", key=f"open-{status['batch_id']}"):
                 _gallery(status)
+            if status.get("read_only_for"):
+                continue
             # Two clicks, the second in a box of its own: a batch sliding up under the pointer is never
             # deleted by the click meant for the one before.
             with st.popover("Delete batch …", icon=":material/delete:"):
