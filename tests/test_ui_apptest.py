@@ -292,9 +292,10 @@ def test_stats_everyone_only_with_the_operator_role(env, settings):
     _process(settings, a)
     _process(settings, b)
     at = _app(ALICE_PLUS, "views/stats.py")
-    assert {m.label: m.value for m in at.metric} == {"Batches": "1", "Images": "1", "Rejected": "0",
-                                                       "With near-duplicates": "0", "Flagged by moderation": "0.0%",
-                                                       "Images with faces": "0"}
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics.pop("Median (p50)").endswith(" ms") and metrics.pop("Slowest 5 % from (p95)").endswith(" ms")
+    assert metrics == {"Batches": "1", "Images": "1", "Rejected": "0", "With near-duplicates": "0",
+                       "Flagged by moderation": "0.0%", "Images with faces": "0"}
     ops = _app(OPS, "views/stats.py")
     assert {m.label: m.value for m in ops.metric}["Images"] == "2"
     assert "all users" in ops.title[0].value
@@ -594,3 +595,22 @@ def test_an_operator_opens_any_batch_read_only_and_it_is_logged(env, settings, c
     assert not [b for b in ops.button if b.label == "Move to trash"]  # nothing to change
     assert any(f"operator access: {uid(OPS)} opened batch {batch} of user {uid(ALICE_PLUS)}" in r.getMessage()
                for r in caplog.records)
+
+
+def test_statistics_read_at_a_glance():
+    """One name per format (never a MIME type beside JPEG), sizes in bands, p50/p95, the file name first."""
+    frame = pd.DataFrame([
+        {"user_id": "u-1", "batch_id": "b", "image_id": f"i{n}", "name": f"f{n}.jpg", "day": "2026-12-05",
+         "outcome": outcome, "reason_code": None if outcome == "processed" else "unsupported_type", "format": fmt,
+         "width": w, "height": h, "bytes": 1, "processing_ms": ms, "near_duplicates": 0, "top_label": None,
+         "moderation": None, "faces": None}
+        for n, (outcome, fmt, w, h, ms) in enumerate([
+            ("processed", "JPEG", 4032, 3024, 400.0), ("processed", "JPEG", 640, 480, 100.0),
+            ("processed", "PNG", 2000, 1000, 200.0), ("rejected", "text/plain", None, None, None),
+            ("rejected", "image/jpeg", None, None, None)])])
+    tables = data.stats(frame)
+    assert dict(tables["formats"]["images"]) == {"JPEG": 3, "PNG": 1, "text": 1}
+    assert dict(tables["sizes"]["images"]) == {"under 1 MP": 1, "1–4 MP": 1, "4–8 MP": 0, "8–16 MP": 1,
+                                               "16–32 MP": 0, "32 MP and more": 0}
+    assert tables["processing ms"].iloc[0]["p50"] == 200.0
+    assert list(data.readable(frame).columns)[:2] == ["file", "outcome"] and data.readable(frame).columns[-1] == "user id"

@@ -337,23 +337,55 @@ def image_frame(services: Services, user_id: str | None) -> pd.DataFrame:
                                        "top_label", "moderation", "faces"])
 
 
+_FORMAT_NAMES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WebP", "image/gif": "GIF",
+                 "image/tiff": "TIFF", "image/bmp": "BMP", "image/avif": "AVIF", "image/heic": "HEIC",
+                 "image/heif": "HEIF", "text/plain": "text", "application/octet-stream": "unknown",
+                 "video/mp4": "video", "video/quicktime": "video"}
+SIZE_BINS = [0, 1, 4, 8, 16, 32, float("inf")]
+SIZE_LABELS = ["under 1 MP", "1–4 MP", "4–8 MP", "8–16 MP", "16–32 MP", "32 MP and more"]
+
+
+def format_name(value: object) -> str:
+    """One name per format, whether the row has the decoder's ('JPEG') or only the sniffed MIME type."""
+    if not isinstance(value, str) or not value:
+        return "unknown"
+    return _FORMAT_NAMES.get(value.lower(), value.split("/")[-1].upper() if "/" in value else value.upper())
+
+
 def stats(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The BI view's tables, each ready for a chart."""
+    """The statistics page's tables, each ready for a chart a person reads at a glance."""
     if frame.empty:
         return {}
     rejected = frame[frame["outcome"] == "rejected"]
+    processed = frame[frame["outcome"] == "processed"]
+    megapixels = processed["width"].fillna(0) * processed["height"].fillna(0) / 1e6
+    sizes = pd.cut(megapixels, SIZE_BINS, labels=SIZE_LABELS, right=False).value_counts().reindex(SIZE_LABELS,
+                                                                                                  fill_value=0)
+    times = processed["processing_ms"].dropna()
     return {
         "images per day": frame.groupby("day").agg(images=("image_id", "count"), batches=("batch_id", "nunique")),
         "rejection reasons": rejected.groupby("reason_code").size().rename("images").to_frame(),
-        "formats": frame.groupby("format").size().rename("images").to_frame(),
-        "processing ms per image": frame[frame["outcome"] == "processed"][["processing_ms"]].describe().T,
-        "sizes (megapixels)": (frame["width"].fillna(0) * frame["height"].fillna(0) / 1e6).round(1)
-        .value_counts().sort_index().rename("images").to_frame(),
+        "formats": frame["format"].map(format_name).value_counts().rename("images").to_frame(),
+        "sizes": sizes.rename("images").to_frame(),
+        "processing ms": pd.DataFrame({"p50": [times.quantile(0.5) if len(times) else None],
+                                       "p95": [times.quantile(0.95) if len(times) else None]}),
+        "processing ms per day": processed.groupby("day")["processing_ms"].median().rename("median ms").to_frame(),
         "near-duplicates": frame[frame["near_duplicates"] > 0][["batch_id", "name", "near_duplicates"]],
         "top labels": frame.dropna(subset=["top_label"]).groupby("top_label").size().rename("images")
         .sort_values(ascending=False).head(15).to_frame(),
         "moderation": frame.dropna(subset=["moderation"]).groupby("moderation").size().rename("images").to_frame(),
     }
+
+
+def readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The image table as a person reads it: file name first, human column names, the opaque user id last."""
+    order = ["name", "outcome", "reason_code", "format", "width", "height", "bytes", "processing_ms", "top_label",
+             "moderation", "faces", "near_duplicates", "day", "batch_id", "image_id", "user_id"]
+    out = frame[[c for c in order if c in frame.columns]].copy()
+    out["format"] = out["format"].map(format_name)
+    return out.rename(columns={"name": "file", "reason_code": "why rejected", "processing_ms": "ms", "top_label":
+                               "shows", "near_duplicates": "near-duplicates", "batch_id": "batch", "image_id": "image",
+                               "user_id": "user id"})
 
 
 def parse_extra(text: str) -> dict[str, str]:

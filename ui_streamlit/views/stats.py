@@ -1,5 +1,6 @@
 """Statistics (the BI view) from the metadata store: the user's own, or everyone's for operators."""
 
+import pandas as pd
 import streamlit as st
 
 from ui_streamlit import data, guard
@@ -40,9 +41,9 @@ if tables["rejection reasons"].empty:
 else:
     right.bar_chart(tables["rejection reasons"])
 left.subheader("Formats")
-left.bar_chart(tables["formats"])
-right.subheader("Sizes (megapixels)")
-right.bar_chart(tables["sizes (megapixels)"])
+left.bar_chart(tables["formats"], horizontal=True)
+right.subheader("Image sizes")
+right.bar_chart(tables["sizes"])
 if not tables["top labels"].empty:
     st.subheader("What the images show")
     left, right = st.columns(2)
@@ -53,8 +54,13 @@ if not tables["top labels"].empty:
     right.metric("Flagged by moderation", f"{flagged / judged:.1%}" if judged else "–",
                  help=f"{flagged} of {judged} images checked")
     right.metric("Images with faces", int((frame["faces"].fillna(0) > 0).sum()))
-st.subheader("Processing time per image (ms)")
-st.dataframe(tables["processing ms per image"])
+st.subheader("Processing time per image")
+p = tables["processing ms"].iloc[0]
+m1, m2 = st.columns(2)
+m1.metric("Median (p50)", f"{p['p50']:.0f} ms" if pd.notna(p["p50"]) else "–")
+m2.metric("Slowest 5 % from (p95)", f"{p['p95']:.0f} ms" if pd.notna(p["p95"]) else "–")
+if len(tables["processing ms per day"]) > 1:
+    st.line_chart(tables["processing ms per day"])
 st.subheader("All images")
-st.dataframe(frame, hide_index=True)
+st.dataframe(data.readable(frame), hide_index=True)
 st.download_button("Download CSV", data.csv_bytes(frame), file_name="imgpipe-images.csv", mime="text/csv")
