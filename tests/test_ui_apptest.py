@@ -614,3 +614,20 @@ def test_statistics_read_at_a_glance():
                                                "16–32 MP": 0, "32 MP and more": 0}
     assert tables["processing ms"].iloc[0]["p50"] == 200.0
     assert list(data.readable(frame).columns)[:2] == ["file", "outcome"] and data.readable(frame).columns[-1] == "user id"
+
+
+def test_a_new_batch_arriving_does_not_collapse_the_one_being_viewed(env, settings):
+    first = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS),
+                         metadata={"title": "Viewing"}).batch_id
+    _process(settings, first)
+    at = _app(ALICE_PLUS, "views/results.py")
+    viewing = lambda: next(e for e in at.expander if "Viewing" in e.label)  # noqa: E731
+    assert viewing().proto.expanded and at.get("image")
+    newer = upload_batch(env, [IntakeItem.from_bytes("b.jpg", JPEG)], user_id=uid(ALICE_PLUS),
+                         metadata={"title": "Arrived"}).batch_id
+    _process(settings, newer)
+    at.session_state[f"results-view-{uid(ALICE_PLUS)}"]["ids"] = None  # as when its event arrives
+    at.run()
+    arrived = next(e for e in at.expander if "Arrived" in e.label)
+    assert viewing().proto.expanded and not arrived.proto.expanded  # the one being looked at stays open
+    assert len(at.get("image")) == 1  # its gallery too; the new one waits, collapsed, on top

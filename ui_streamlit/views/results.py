@@ -292,13 +292,19 @@ def _live() -> None:
     if not batches:
         st.info("No batches yet. Upload some images first.")
         return
-    for n, status in enumerate(batches):
+    # The batch open when the page first showed (the selected or the newest) stays open, and one the person
+    # opened stays open, whatever arrives later: a new batch does not collapse or move what is being looked at.
+    opened = view.setdefault("open", set())
+    if not opened:
+        opened.add(batches[0]["batch_id"])
+    for status in batches:
         done, total = data.progress(status)
         title = data.plain(status["metadata"].get("title") or status["batch_id"])
         counts = data.counts_line(status)
-        # The selected (or newest) batch opens with its gallery; the others show their progress and
-        # open on demand, so the page stays fast however many batches the user has.
-        with st.expander(f"**{title}** — {counts}", expanded=n == 0):
+        is_open = status["batch_id"] in opened
+        # The open batch shows its gallery; the others show their progress and open on demand, so the page
+        # stays fast however many batches the user has. A stable key keeps each one's state as its label changes.
+        with st.expander(f"**{title}** — {counts}", expanded=is_open, key=f"batch-{status['batch_id']}"):
             st.caption(f"{status['batch_id']} · {counts} · {done}/{total} done")
             if status.get("read_only_for"):
                 st.info(f"Read-only: user {status['user_id']}'s batch, opened with the operator role (logged).",
@@ -309,7 +315,9 @@ def _live() -> None:
             st.progress(done / total if total else 1.0)
             if status.get("error"):
                 st.error(data.plain(status["error"]))
-            if n == 0 or st.toggle("Show images", key=f"open-{status['batch_id']}"):
+            if is_open or st.toggle("Show images", key=f"open-{status['batch_id']}"):
+                if not is_open:
+                    opened.add(status["batch_id"])  # opened by the person: it stays open
                 _gallery(status)
             if status.get("read_only_for"):
                 continue
