@@ -292,8 +292,8 @@ def _live() -> None:
     if not batches:
         st.info("No batches yet. Upload some images first.")
         return
-    # The batch open when the page first showed (the selected or the newest) stays open, and one the person
-    # opened stays open, whatever arrives later: a new batch does not collapse or move what is being looked at.
+    # The batch open when the page first showed (the selected or the newest) stays the open one, whatever
+    # arrives later: a new batch does not collapse or move what is being looked at.
     opened = view.setdefault("open", set())
     if not opened:
         opened.add(batches[0]["batch_id"])
@@ -315,9 +315,8 @@ def _live() -> None:
             st.progress(done / total if total else 1.0)
             if status.get("error"):
                 st.error(data.plain(status["error"]))
+            # (a toggle keeps its value under its key: what the person opened stays open)
             if is_open or st.toggle("Show images", key=f"open-{status['batch_id']}"):
-                if not is_open:
-                    opened.add(status["batch_id"])  # opened by the person: it stays open
                 _gallery(status)
             if status.get("read_only_for"):
                 continue
