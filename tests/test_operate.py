@@ -158,4 +158,4 @@ def test_a_processing_change_shows_as_changed_and_reprocess_redoes_the_batch_onc
     labels = _cli(env3, "reprocess", "--changed", "--asset", "labels", "--dry-run")
     assert labels.returncode == 0 and "nothing to reprocess" in labels.stdout, labels.stdout + labels.stderr
     missing = _cli(env2, "lineage", "b-nope")
-    assert missing.returncode == 2 and "no such batch" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 4 and "no such batch" in missing.stderr and "Traceback" not in missing.stderr

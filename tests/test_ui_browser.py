@@ -114,7 +114,7 @@ def test_upload_watch_results_and_privacy(stack, browser, tmp_path):
     page.get_by_label("Find your images by label").press("Enter")
     page.get_by_text("Details and downloads").first.click()
     page.get_by_role("button", name=re.compile(r"large .* JPEG")).first.wait_for()
-    page.get_by_text(re.compile(r"1600×1200 JPEG · pHash")).first.wait_for()
+    page.get_by_text(re.compile(r"1600×1200 JPEG · [\d.]+ [KM]B")).first.wait_for()
     links = page.locator("a[href*='evil.example']")
     assert links.count() == 0, [links.nth(i).evaluate("e => e.parentElement.outerHTML") for i in range(links.count())]  # the title's Markdown link is shown as text
     page.get_by_text(re.compile(r"Weekend \[click\]\(https\u2060?:\u2060?//evil\.example\)")).first.wait_for()  # as typed
