@@ -37,6 +37,7 @@ from dagster import (
 
 from orchestration.ports.lake import Lake
 from orchestration.ports.metadata import MetadataStore
+from orchestration.settings import load_settings
 
 COLUMNS = ["user_id", "batch_id", "image_id", "day", "outcome", "reason_code", "format", "width", "height",
            "megapixels", "source_bytes", "rendition_bytes", "processing_ms", "near_duplicates", "processing_version",
@@ -115,7 +116,7 @@ def image_facts(docs) -> pd.DataFrame:
     partitions_def=daily,
     group_name="analytics",
     code_version="2",
-    kinds={"parquet", "adls"},
+    kinds={"parquet", {"local": "file", "emulated": "azurite", "azure": "adls"}[load_settings().profile]},
     description="Daily tables for BI: image facts, and the labels of each image (Parquet under the lake's "
     "analytics/ prefix).",
 )

@@ -59,6 +59,9 @@ _GROUP = "batch"
 # the Dagster UI shows every batch partition made otherwise as changed ("code version"), and a backfill
 # of the selection (or `imgpipe reprocess`) redoes them.
 _SETTINGS = load_settings()
+# What the UI shows as each asset's storage: the active profile's, not Azure's whatever runs.
+LAKE_KIND = {"local": "file", "emulated": "azurite", "azure": "adls"}[_SETTINGS.profile]
+STORE_KIND = {"local": "sqlite", "emulated": "cosmosdb", "azure": "cosmosdb"}[_SETTINGS.profile]
 PROCESSING_CODE_VERSION = processing_version(_SETTINGS.core_config())
 
 # Each understanding asset's code version comes from its model (file sha256, version, thresholds) and, for
@@ -105,7 +108,7 @@ def stops_when_deleted(step):
     partitions_def=batches_partitions,
     group_name=_GROUP,
     code_version="1",
-    kinds={"adls"},
+    kinds={LAKE_KIND},
     output_required=False,
     description="The batch's uploaded files as intake stored them in the lake (claim check), checked "
     "against the manifest's sha256.",
@@ -133,7 +136,7 @@ def raw_images(context: AssetExecutionContext, lake: LakePort, metadata: Metadat
     deps=[raw_images],
     group_name=_GROUP,
     code_version=PROCESSING_CODE_VERSION,
-    kinds={"pillow", "adls"},
+    kinds={"pillow", LAKE_KIND},
     output_required=False,
     description="Resized renditions of every image (auto-oriented, sRGB, metadata stripped); a bad image "
     "becomes a rejection with a reason and never fails the batch.",
@@ -293,7 +296,7 @@ def understand_images(context: AssetExecutionContext, lake: LakePort, metadata: 
     deps=[renditions, *(AssetKey(t) for t in TASKS)],
     group_name=_GROUP,
     code_version="1",
-    kinds={"cosmosdb"},
+    kinds={STORE_KIND},
     output_required=False,
     description="One document per image (facts, renditions, outcome, lineage) and the batch document, "
     "upserted by id so a re-run overwrites.",

@@ -75,3 +75,22 @@ def test_the_operators_dagster_has_no_telemetry_and_no_onboarding_prompt(tmp_pat
     values = deploycheck.load_values()
     assert values["telemetry"] == {"enabled": False}
     assert values["additionalInstanceConfig"]["nux"] == {"enabled": False}
+
+
+def test_asset_kinds_say_the_active_profile_and_run_metadata_has_no_socket_paths():
+    """Issue 24, item 12 (in part): on the local stack the UI shows the lake as files and the store as SQLite,
+    not ADLS and Cosmos DB (the renditions' metadata without a socket path: tests/test_e2e.py)."""
+    probe = ("from orchestration.definitions import defs; from dagster import AssetKey; g = defs.resolve_asset_graph(); "
+             "print(sorted(g.get(AssetKey('renditions')).kinds), sorted(g.get(AssetKey('image_documents')).kinds), "
+             "sorted(g.get(AssetKey('image_facts_daily')).kinds))")
+    kinds = {}
+    for profile, extra in (("local", {}), ("azure", {"IMGPIPE_STORAGE_ACCOUNT_URL": "https://a.blob.core.windows.net",
+                                                     "IMGPIPE_COSMOS_ENDPOINT": "https://c.documents.azure.com:443/",
+                                                     "IMGPIPE_SERVICEBUS_NAMESPACE": "n.servicebus.windows.net"})):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPIPE_")}
+        out = subprocess.run([sys.executable, "-c", probe], env={**env, "IMGPIPE_PROFILE": profile, **extra},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        kinds[profile] = out.stdout.strip().splitlines()[-1]
+    assert kinds["local"] == "['file', 'pillow'] ['sqlite'] ['file', 'parquet']"
+    assert kinds["azure"] == "['adls', 'pillow'] ['cosmosdb'] ['adls', 'parquet']"

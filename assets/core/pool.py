@@ -237,7 +237,8 @@ class WorkerPool:
         if method == "forkserver":
             self._ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
         self._server = server or None
-        self.source = f"the image worker server at {server}" if server else f"a {method} of this run's own"
+        # (no socket path: it is an internal detail, not something for the run's metadata in the UI)
+        self.source = "the image worker server" if server else f"a {method} of this run's own"
         self._workers: list[_Worker] = []
         self.restarts = 0
 
