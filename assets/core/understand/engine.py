@@ -114,7 +114,8 @@ class LocalModels:
 
     def load(self, tasks: Collection[str]) -> None:
         options = (self.threads, self.device)
-        if {"labels", "moderation"} & set(tasks):
+        if {"labels", "moderation"} & set(tasks) and self._labels is None and self._nsfw is None:
+            # (once: asking onnxruntime for its providers on every call would be work on the hot path)
             self.batch = CPU_BATCH if _providers(self.device)[0] == "CPUExecutionProvider" else GPU_BATCH
         with self._lock:
             if "labels" in tasks and self._labels is None:
