@@ -99,6 +99,7 @@ def cmd_upload(args) -> int:
             user_id=user,
             metadata=parse_metadata(args.meta or []),
             progress=None if args.json else _progress_bar,
+            owner_name=args.user if args.user and "@" in args.user else None,  # a sign-in name, shown to operators
         )
     except IntakeError as exc:
         raise CliError(str(exc)) from None

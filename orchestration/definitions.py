@@ -45,7 +45,8 @@ defs = Definitions(
     schedules=[housekeeping_schedule, bi_export_schedule],
     sensors=[build_batch_sensor(process_batch_job, settings=settings), build_failure_sensor(process_batch_job),
              build_cancel_sensor(process_batch_job),
-             build_reconcile_sensor(settings=settings), build_deletion_sensor(settings=settings),
+             build_reconcile_sensor(settings=settings),
+             build_deletion_sensor(settings=settings, asset_keys=[key for a in batch_assets for key in a.keys]),
              build_events_sensor(settings=settings)],
     resources=resources_from_settings(settings),
     # Backfills and UI materialisations run the implicit asset job: in one process too (see above).

@@ -68,7 +68,7 @@ from dagster import (
 from pydantic import ValidationError
 
 from orchestration.domain.batches import DELETED, BatchDeleted, change_batch, parse_run_key, set_batch
-from orchestration.domain.manifest import BatchManifest
+from orchestration.domain.manifest import BatchManifest, display_name
 from orchestration.partitions import batches_partitions
 from orchestration.ports.metadata import MetadataStore
 from orchestration.ports.queue import BatchQueue, MessageLockLost, ReceivedMessage
@@ -185,7 +185,7 @@ def evaluate_batch_sensor(
             RunRequest(
                 run_key=msg.message_id,  # the batch id (a restored batch's next generation: <id>~n)
                 partition_key=manifest.batch_id,
-                tags={"imgpipe/user_id": manifest.user_id, "imgpipe/images": str(len(manifest.images))},
+                tags=run_tags(manifest, doc),
             )
         )
         pending.append(_encode(msg))
@@ -199,6 +199,16 @@ def evaluate_batch_sensor(
         cursor=cursor,
         skip_reason=None if run_requests else f"received {len(received)} message(s), no new batch",
     )
+
+
+def run_tags(manifest: BatchManifest, doc: dict | None) -> dict[str, str]:
+    """What an operator sees of a run in the Dagster UI beside its batch id: the owner (id and display name)
+    and the batch's title, as the person typed them but one printable line and short (the UI is for operators
+    only; titles and names are not secrets). ``doc`` is the batch document, when the store had it."""
+    tags = {"imgpipe/user_id": manifest.user_id, "imgpipe/images": str(len(manifest.images))}
+    title = display_name(manifest.metadata.get("title") or "")
+    owner = display_name((doc or {}).get("owner_name") or "")
+    return {**tags, **({"imgpipe/title": title} if title else {}), **({"imgpipe/owner": owner} if owner else {})}
 
 
 def build_batch_sensor(job, *, settings=None, interval_seconds: int | None = None,

@@ -11,13 +11,28 @@ runs stop at their next write. This sensor closes the rest, for each such batch:
    deleted), and ``cleanup_pending`` is cleared.
 A termination the webserver cannot accept now is asked again next tick; a run that ignores it still stops
 at its next write, so the sweep always comes.
+
+It also records each deletion and restore on the batch's partitions (``note_partitions``): an asset
+observation with ``state: deleted`` (who, when, restorable until) or ``state: restored``, so a deleted batch
+does not read as plain "Materialized" in the Dagster UI while its lineage stays for audit.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import json
+from typing import Callable, Sequence
 
-from dagster import DagsterRunStatus, DefaultSensorStatus, ResourceParam, RunsFilter, SensorEvaluationContext, SkipReason, sensor
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    ResourceParam,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
 
 from orchestration.adapters.dagster_webserver import terminate_runs
 from orchestration.domain import retention
@@ -58,7 +73,35 @@ def stop_deleted(context: SensorEvaluationContext, metadata: MetadataStore, lake
     return counts
 
 
-def build_deletion_sensor(*, settings=None):
+def note_partitions(metadata: MetadataStore, asset_keys: Sequence[AssetKey], noted: list[list[str]]
+                    ) -> tuple[list[AssetObservation], list[list[str]]]:
+    """The observations that record deletes and restores on the batches' partitions, and what to clear next tick.
+
+    ``noted`` (from the cursor) are the ``[batch_id, user_id, state]`` whose observations the last tick
+    returned: Dagster has stored them with that tick, so their marks are cleared now, and only now. A crash
+    in between records a state twice, never not at all."""
+    for batch_id, user_id, state in noted:
+        update(metadata, "batches", batch_id, user_id,
+               lambda d, state=state: {k: v for k, v in d.items() if k != retention.PARTITION_NOTE}
+               if d.get(retention.PARTITION_NOTE) == state else None)
+    done = {tuple(n) for n in noted}
+    events, now_noted = [], []
+    for state in (DELETED, "restored"):
+        for doc in metadata.query("batches", {retention.PARTITION_NOTE: state}, limit=PER_TICK):
+            if (doc["batch_id"], doc["user_id"], state) in done:
+                continue
+            about = ({"state": state, "deleted_at": doc.get("deleted_at"), "deleted_by": doc.get("deleted_by"),
+                      "restorable_until": doc.get("restorable_until")} if state == DELETED
+                     else {"state": state, "restored_at": doc.get("restored_at")})
+            events += [AssetObservation(asset_key=key, partition=doc["batch_id"],
+                                        metadata={k: v for k, v in about.items() if v},
+                                        description=f"batch {state}")
+                       for key in asset_keys]
+            now_noted.append([doc["batch_id"], doc["user_id"], state])
+    return events, now_noted
+
+
+def build_deletion_sensor(*, settings=None, asset_keys: Sequence[AssetKey] = ()):
     settings = settings or load_settings()
 
     @sensor(
@@ -71,6 +114,9 @@ def build_deletion_sensor(*, settings=None):
     def deletion_sensor(context: SensorEvaluationContext, metadata: ResourceParam[MetadataStore],
                         lake: ResourceParam[Lake]):
         counts = stop_deleted(context, metadata, lake, lambda ids: terminate_runs(settings.dagster_api_url or settings.dagster_ui_url, ids))
-        return SkipReason(", ".join(f"{v} {k}" for k, v in counts.items()))
+        events, noted = note_partitions(metadata, asset_keys, json.loads(context.cursor or "[]"))
+        counts["noted on partitions"] = len(noted)
+        return SensorResult(asset_events=events, cursor=json.dumps(noted),
+                            skip_reason=", ".join(f"{v} {k}" for k, v in counts.items()))
 
     return deletion_sensor

@@ -20,7 +20,7 @@ from orchestration.partitions import batches_partitions
 from orchestration.resources import resources_from_settings
 from orchestration.settings import load_settings
 from sensors.batch_sensor import build_failure_sensor, evaluate_batch_sensor
-from sensors.deletion_sensor import stop_deleted
+from sensors.deletion_sensor import build_deletion_sensor, stop_deleted
 from sensors.events_sensor import deliver_pending
 from tests.support.dagster_internals import create_run_for_test
 from tests.support.results import BrokerDown
@@ -182,6 +182,40 @@ def test_the_deletion_sensor_terminates_the_runs_of_a_deleted_batch_then_sweeps(
     assert services.lake.list_deleted(f"processed/{batch_id}/late.webp")  # in the trash, restorable
     assert services.metadata.read("batches", batch_id, "ann")["cleanup_pending"] is False
     assert stop_deleted(ctx, services.metadata, services.lake, lambda ids: {}) == {"stopping": 0, "swept": 0}
+
+
+def test_the_deletion_sensor_records_a_delete_and_a_restore_on_the_batch_partitions(instance, offline_settings,
+                                                                                    batch):
+    """The Dagster UI does not show a deleted batch as plain "Materialized": each of its partitions gets an
+    observation saying who deleted it and until when it can be restored, and another when it is restored.
+    Each is recorded once: the mark is cleared on the tick after Dagster stored the observations."""
+    from dagster import AssetKey
+
+    services, batch_id = batch
+    keys = [AssetKey("renditions"), AssetKey("image_documents")]
+    sensor = build_deletion_sensor(settings=offline_settings, asset_keys=keys)
+
+    def tick(cursor):
+        ctx = build_sensor_context(instance=instance, cursor=cursor,
+                                   resources={"metadata": services.metadata, "lake": services.lake})
+        return sensor(ctx)
+
+    assert tick(None).asset_events == []  # nothing deleted: nothing to say
+    retention.delete_batch(services, batch_id, "ann", deleted_by="ann")
+    first = tick(None)
+    assert sorted((e.asset_key.path[0], e.partition) for e in first.asset_events) == \
+        [("image_documents", batch_id), ("renditions", batch_id)]
+    about = first.asset_events[0].metadata
+    assert about["state"].value == "deleted" and about["deleted_by"].value == "ann"
+    assert about["restorable_until"].value.startswith(str((datetime.now(timezone.utc) + timedelta(days=7)).date()))
+    second = tick(first.cursor)
+    assert second.asset_events == []  # said once; the mark is cleared now that Dagster has stored it
+    assert retention.PARTITION_NOTE not in services.metadata.read("batches", batch_id, "ann")
+
+    retention.restore_batch(services, batch_id, "ann")
+    third = tick(second.cursor)
+    assert {e.metadata["state"].value for e in third.asset_events} == {"restored"} and len(third.asset_events) == 2
+    assert tick(third.cursor).asset_events == []
 
 
 def test_run_keys_of_later_generations():

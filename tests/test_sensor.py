@@ -66,6 +66,20 @@ def test_signalled_batch_becomes_one_run_request_and_message_completes_after_run
     assert json.loads(second.cursor)["pending"] == []
 
 
+def test_the_run_says_whose_batch_it_is_and_its_title_for_operators(instance, res, services):
+    """Runs and partitions in the Dagster UI show more than a batch id: the owner's display name (as they
+    signed in) and the title, each one printable line, short; no tag for what is not known."""
+    photo = [IntakeItem.from_bytes("a.jpg", jpeg_bytes(synthetic_photo(64, 48, 0, "a")))]
+    upload_batch(services, photo, user_id="u-123", owner_name="Ann Example <ann@example.com>",
+                 metadata={"title": "Holiday\n\x1b[31m" + "x" * 300})
+    upload_batch(services, photo, user_id="u-456")  # a script's upload: no title, no display name
+    requests = sorted(_tick(instance, res).run_requests, key=lambda r: r.tags["imgpipe/user_id"])
+    assert requests[0].tags["imgpipe/owner"] == "Ann Example <ann@example.com>"
+    title = requests[0].tags["imgpipe/title"]
+    assert title.startswith("Holiday [31mxxx") and len(title) == 120 and title.isprintable()
+    assert "imgpipe/owner" not in requests[1].tags and "imgpipe/title" not in requests[1].tags
+
+
 def test_no_signal_means_no_receive_until_safety_poll(instance, res, services):
     first = _tick(instance, res, now=1000.0)  # nothing yet; records the receive time
     services.queue.send(b"{}", message_id="quiet")  # the local queue raises the signal on send...

@@ -38,6 +38,7 @@ from orchestration.domain.manifest import (
     ManifestImage,
     Refusal,
     manifest_path,
+    display_name,
     raw_path,
 )
 from orchestration.domain.services import Services
@@ -198,7 +199,10 @@ def upload_batch(
     user_id: str,
     metadata: Mapping[str, str] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    owner_name: str | None = None,
 ) -> UploadResult:
+    """Store, record and queue one batch. ``owner_name`` is how the person is shown to operators (their
+    sign-in name or e-mail): display only, never used to decide who may see what (``user_id`` does)."""
     settings = services.settings
     if not isinstance(user_id, str) or not re.fullmatch(USER_ID_PATTERN, user_id):
         raise IntakeError(f"user id {user_id!r} must be 1-128 letters, digits, '_', '.', '@', '-'")
@@ -215,7 +219,7 @@ def upload_batch(
     except quota.QuotaExceeded as exc:
         raise QuotaExceeded(str(exc)) from None
     try:
-        return _store_batch(services, items, batch_id, user_id, meta, progress)
+        return _store_batch(services, items, batch_id, user_id, meta, progress, display_name(owner_name or ""))
     except BaseException:
         try:
             if services.metadata.read("batches", batch_id, user_id) is None:  # never recorded: give it back
@@ -234,7 +238,7 @@ class NothingAcceptable(IntakeError):
 
 
 def _store_batch(services: Services, items: list, batch_id: str, user_id: str, meta: dict,
-                 progress: Callable[[int, int, str], None] | None) -> UploadResult:
+                 progress: Callable[[int, int, str], None] | None, owner: str) -> UploadResult:
     settings = services.settings
     offered = sum(item.size for item in items if item.size <= settings.max_file_bytes)
     result = UploadResult(batch_id=batch_id)
@@ -288,7 +292,7 @@ def _store_batch(services: Services, items: list, batch_id: str, user_id: str, m
         batch_id=batch_id, user_id=user_id, created_at=datetime.now(timezone.utc), metadata=meta, images=entries
     )
     body = manifest.model_dump_json().encode()
-    doc = {**batch_document(manifest), "bytes": offered, "stored_bytes": stored}
+    doc = {**batch_document(manifest), "bytes": offered, "stored_bytes": stored, **({"owner_name": owner} if owner else {})}
     try:
         services.lake.write(manifest_path(batch_id), body, content_type="application/json")
         services.metadata.upsert("batches", doc)

@@ -45,6 +45,11 @@ class BatchManifest(BaseModel):
     images: list[ManifestImage] = Field(min_length=1, max_length=10_000)
 
 
+def display_name(text: str, limit: int = 120) -> str:
+    """A person's name or e-mail as it may be shown (in run tags, operator pages): printable, one line, short."""
+    return "".join(c for c in " ".join(str(text).split()) if c.isprintable())[:limit]
+
+
 def manifest_path(batch_id: str) -> str:
     return f"raw/{batch_id}/manifest.json"
 

@@ -48,6 +48,11 @@ def _batch_doc(services: Services, batch_id: str, user_id: str | None) -> dict:
     return doc
 
 
+# What the Dagster UI has yet to be told of a batch ("deleted" or "restored"): the deletion sensor records
+# it on the batch's partitions and then clears it.
+PARTITION_NOTE = "partition_note_pending"
+
+
 def delete_batch(services: Services, batch_id: str, user_id: str | None, *, deleted_by: str,
                  now: datetime | None = None) -> dict:
     """Delete a batch (``user_id`` None: an operator, any user's batch). Returns the batch document.
@@ -67,7 +72,8 @@ def delete_batch(services: Services, batch_id: str, user_id: str | None, *, dele
                 "deleted_at": now.isoformat(), "deleted_by": deleted_by,
                 "restorable_until": (now + timedelta(days=period)).isoformat(),
                 "ttl": int(timedelta(days=period).total_seconds()),
-                "cleanup_pending": current.get("status") not in FINISHED}
+                "cleanup_pending": current.get("status") not in FINISHED,
+                PARTITION_NOTE: DELETED}  # for the batch's partition in the Dagster UI (the deletion sensor)
 
     # The batch document first: from this moment pages no longer show it, whatever happens next.
     marked = update(services.metadata, "batches", batch_id, doc["user_id"], mark)
@@ -170,7 +176,7 @@ def restore_batch(services: Services, batch_id: str, user_id: str | None, *,
                     if k not in ("ttl", "deleted_at", "deleted_by", "restorable_until", "status_before_delete",
                                  "cleanup_pending")}
         restored.update(status=status, error=error, restored_at=now.isoformat(), generation=generation,
-                        missing_after_restore=missing[:100])
+                        missing_after_restore=missing[:100], **{PARTITION_NOTE: "restored"})
         if requeue:
             restored.update(requeued_at=now.isoformat(), requeue_attempts=0, queue_error=None)
         return restored

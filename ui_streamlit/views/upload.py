@@ -5,7 +5,7 @@ import streamlit as st
 from assets.core.sniff import ACCEPTED_FORMATS
 from orchestration.domain.intake import IntakeError, upload_batch
 from ui_streamlit import data, guard
-from ui_streamlit.session import current_user, services
+from ui_streamlit.session import current_user, identity, services
 
 svc = services()
 limits = svc.settings
@@ -56,7 +56,7 @@ if send:
         meta.update(data.parse_extra(extra))
         bar = st.progress(0.0, text="Storing files ...")
         result = upload_batch(
-            svc, data.items(files), user_id=current_user(), metadata=meta,
+            svc, data.items(files), user_id=current_user(), metadata=meta, owner_name=identity().display,
             progress=lambda done, total, name: bar.progress(done / total if total else 1.0,
                                                             text=f"Stored {done} of {total} {data.plain(name)}"),
         )
