@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from orchestration.domain.intake import IntakeItem, check_content, check_size
-from orchestration.domain.manifest import BATCH_ID_PATTERN
+from orchestration.domain.manifest import BATCH_ID_PATTERN, raw_path
 from orchestration.domain.status import batch_status, understanding_summary
 from orchestration.domain.services import Services
 
@@ -150,7 +150,8 @@ def batch_for_operator(services: Services, batch_id: str, *, operator: str) -> d
         return None
     logging.getLogger("imgpipe.web").info("operator access: %s opened batch %s of user %s (read-only)", operator,
                                           batch_id, found["user_id"])
-    return {**batch_status(services, batch_id, found["user_id"]), "read_only_for": operator}
+    return {**batch_status(services, batch_id, found["user_id"]), "read_only_for": operator,
+            "owner_name": found.get("owner_name")}
 
 
 def counts_line(status: dict) -> str:
@@ -183,6 +184,14 @@ def rendition(services: Services, user_id: str, batch_id: str, path: str) -> byt
 def label_line(img: dict, top: int = 3) -> str:
     """'tabby 72% · tiger cat 15% · Egyptian cat 13%' (plain text: label names come from a model or a service)."""
     return " · ".join(f"{label['name']} {label['score']:.0%}" for label in (img.get("labels") or [])[:top])
+
+
+def alt_text(img: dict) -> str:
+    """What a screen reader says for a picture: its file name and what it shows (its top labels)."""
+    found = img.get("labels") or []
+    found = found.get("labels") or [] if isinstance(found, dict) else found  # an image document's, or a summary's
+    labels = ", ".join(label["name"] for label in found[:3])
+    return f"{img['name']}" + (f": {labels}" if labels else "")
 
 
 RUNNING = ("received", "processing", "retrying")
@@ -220,11 +229,88 @@ def shown_as(img: dict, settings, batch_status: str) -> str:
     return "checking" if batch_status in RUNNING and moderation is None else "unchecked"
 
 
-def servable_paths(status: dict, settings) -> set[str]:
+def servable_paths(status: dict, settings, *, originals: bool = False) -> set[str]:
     """The rendition paths of a batch (from ``batch_for_user``: the user's own) whose bytes may be sent to its
-    owner: every rendition of every image that is not withheld."""
-    return {r["path"] for i in status["images"] if shown_as(i, settings, status["status"]) != "withheld"
-            for r in i["renditions"]}
+    owner: every rendition of every image that is not withheld; with ``originals``, those images' files as
+    uploaded too (never for an operator's read-only view)."""
+    shown = [i for i in status["images"] if i["renditions"] and shown_as(i, settings, status["status"]) != "withheld"]
+    return {r["path"] for i in shown for r in i["renditions"]} | (
+        {raw_path(status["batch_id"], i["image_id"]) for i in shown} if originals else set())
+
+
+# -- downloads -----------------------------------------------------------------------------------------------
+ORIGINALS = "originals"
+
+
+def download_choices(status: dict, settings) -> list[str]:
+    """What a batch's owner can download as one ZIP: each rendition (name and format) its servable images have,
+    then every rendition, then the originals as uploaded."""
+    servable = servable_paths(status, settings)
+    kinds = dict.fromkeys(f"{r['name']} {r['format']}" for i in status["images"] for r in i["renditions"]
+                          if r["path"] in servable)
+    return [*kinds, *(["all renditions"] if len(kinds) > 1 else []), *([ORIGINALS] if servable else [])]
+
+
+def safe_name(name: str) -> str:
+    """A file name that stays inside the folder it is unpacked into: the last path component, printable,
+    no leading dots."""
+    base = re.split(r"[\\/]", str(name))[-1]
+    base = "".join(c for c in base if c.isprintable() and c not in ':*?"<>|').strip().lstrip(".")
+    return base[:180] or "image"
+
+
+def download_entries(status: dict, settings, choice: str, *, originals: bool = True) -> list[tuple[str, str]]:
+    """``(name in the ZIP, lake path)`` for ``choice`` (one of ``download_choices``), only servable images'
+    (never a withheld one), each name once (two photos both called IMG_1.JPG become IMG_1.JPG, IMG_1-2.JPG).
+    ``originals=False`` (an operator's read-only view) leaves the uploaded files out."""
+    servable = servable_paths(status, settings)
+    picked: list[tuple[str, str]] = []
+    for img in status["images"]:
+        rends = [r for r in img["renditions"] if r["path"] in servable]
+        if not rends:
+            continue
+        stem, _, ext = safe_name(img["name"]).rpartition(".")
+        stem = stem or ext
+        if choice == ORIGINALS:
+            if originals:
+                picked.append((safe_name(img["name"]), raw_path(status["batch_id"], img["image_id"])))
+            continue
+        for r in rends:
+            if choice in ("all renditions", f"{r['name']} {r['format']}"):
+                picked.append((f"{stem}_{r['name']}.{r['path'].rsplit('.', 1)[-1]}", r["path"]))
+    seen: dict[str, int] = {}
+    unique = []
+    for name, path in picked:
+        n = seen[name.lower()] = seen.get(name.lower(), 0) + 1
+        if n > 1:
+            stem, dot, ext = name.rpartition(".")
+            name = f"{stem}-{n}{dot}{ext}" if dot else f"{name}-{n}"
+        unique.append((name, path))
+    return unique
+
+
+def write_zip(entries: list[tuple[str, str]], read, *, spool_bytes: int = 64 * 1024 * 1024):
+    """The files as one ZIP, read one at a time with ``read(path)`` (bytes, or None when the lake cannot give
+    it now: listed in MISSING.txt inside the ZIP instead of failing the download). Stored, not recompressed
+    (JPEG, WebP and AVIF are compressed already); spooled to disk past ``spool_bytes``. Returns the file,
+    at its start."""
+    import tempfile
+    import zipfile
+
+    out = tempfile.SpooledTemporaryFile(max_size=spool_bytes)
+    missing = []
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, path in entries:
+            blob = read(path)
+            if blob is None:
+                missing.append(name)
+                continue
+            z.writestr(name, blob)
+        if missing:
+            z.writestr("MISSING.txt", "Not available when this ZIP was made (try again later):\n"
+                       + "\n".join(missing) + "\n")
+    out.seek(0)
+    return out
 
 
 def on_checkerboard(image: bytes, cell: int = 8) -> bytes:
@@ -309,6 +395,8 @@ def find_by_label(services: Services, user_id: str, text: str, limit: int = 48) 
 def image_frame(services: Services, user_id: str | None) -> pd.DataFrame:
     """One row per image document; all users' when ``user_id`` is None (operators)."""
     where = {"user_id": user_id} if user_id else None
+    # For operators, each person's display name (as they signed in) beside the opaque id.
+    owners = {} if user_id else {d["batch_id"]: d.get("owner_name") for d in services.metadata.query("batches")}
     rows = []
     for d in services.metadata.query("images", where):
         if d.get("deleted"):
@@ -316,6 +404,7 @@ def image_frame(services: Services, user_id: str | None) -> pd.DataFrame:
         facts = d.get("facts") or {}
         rows.append({
             "user_id": d.get("user_id"),
+            "owner": owners.get(d.get("batch_id")),
             "batch_id": d.get("batch_id"),
             "image_id": d.get("image_id"),
             "name": d.get("name"),
@@ -332,7 +421,7 @@ def image_frame(services: Services, user_id: str | None) -> pd.DataFrame:
             "moderation": (d.get("moderation") or {}).get("decision"),
             "faces": (d.get("faces") or {}).get("count"),
         })
-    return pd.DataFrame(rows, columns=["user_id", "batch_id", "image_id", "name", "day", "outcome", "reason_code",
+    return pd.DataFrame(rows, columns=["user_id", "owner", "batch_id", "image_id", "name", "day", "outcome", "reason_code",
                                        "format", "width", "height", "bytes", "processing_ms", "near_duplicates",
                                        "top_label", "moderation", "faces"])
 
@@ -380,12 +469,12 @@ def stats(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def readable(frame: pd.DataFrame) -> pd.DataFrame:
     """The image table as a person reads it: file name first, human column names, the opaque user id last."""
     order = ["name", "outcome", "reason_code", "format", "width", "height", "bytes", "processing_ms", "top_label",
-             "moderation", "faces", "near_duplicates", "day", "batch_id", "image_id", "user_id"]
-    out = frame[[c for c in order if c in frame.columns]].copy()
+             "moderation", "faces", "near_duplicates", "day", "batch_id", "image_id", "owner", "user_id"]
+    out = frame[[c for c in order if c in frame.columns and (c != "owner" or frame[c].notna().any())]].copy()
     out["format"] = out["format"].map(format_name)
     return out.rename(columns={"name": "file", "reason_code": "why rejected", "processing_ms": "ms", "top_label":
                                "shows", "near_duplicates": "near-duplicates", "batch_id": "batch", "image_id": "image",
-                               "user_id": "user id"})
+                               "owner": "person", "user_id": "user id"})
 
 
 def parse_extra(text: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ import streamlit as st
 
 from ui_streamlit import data, guard
 from orchestration.domain import retention
+from orchestration.domain.manifest import raw_path
 from orchestration.wiring import build_user_follower
 from ui_streamlit.session import current_is_operator, current_user, services
 
@@ -35,15 +36,15 @@ def _lake_bytes(path: str) -> bytes:
     return svc.lake.read(path)
 
 
-def _owned_bytes(status: dict, path: str) -> bytes | None:
-    """A rendition's bytes, only if ``path`` is one of this batch's renditions and its image is not withheld by
-    moderation (None otherwise, or when the lake cannot give it now: the caller shows a placeholder).
-    ``status`` came from ``data.batch_for_user`` for the signed-in user, so it is theirs: no further metadata
-    reads."""
-    if path not in data.servable_paths(status, svc.settings):
+def _owned_bytes(status: dict, path: str, *, cached: bool = True) -> bytes | None:
+    """A rendition's bytes (or, for the owner, an original's), only if ``path`` is one of this batch's and its
+    image is not withheld by moderation (None otherwise, or when the lake cannot give it now: the caller shows
+    a placeholder). ``status`` came from ``data.batch_for_user`` for the signed-in user, so it is theirs: no
+    further metadata reads. Downloads pass ``cached=False``: large files are not kept in the page's cache."""
+    if path not in data.servable_paths(status, svc.settings, originals=not status.get("read_only_for")):
         return None
     try:
-        return _lake_bytes(path)
+        return _lake_bytes(path) if cached else svc.lake.read(path)
     except Exception:  # noqa: BLE001 - missing (deleted meanwhile) or the lake is unreachable
         guard.log.warning("rendition %s could not be read", path, exc_info=True)
         return None
@@ -80,6 +81,7 @@ def _picture(img: dict, path: str | None, read, how: str, key: str, where: str) 
     """The thumbnail as moderation allows: clear, blurred behind a Show button (flagged, or no verdict), or
     withheld. ``read()`` gives the clear bytes; it is called only when they are to be sent to the browser."""
     name = data.plain(img["name"])
+    alt = data.alt_text(img)
     if how == "withheld":
         removed = (img.get("moderation") or {}).get("review") == "delete"
         st.info(f"{name}: " + ("removed after an operator's review" if removed else "held for moderation"),
@@ -88,7 +90,7 @@ def _picture(img: dict, path: str | None, read, how: str, key: str, where: str) 
         st.info(f"{name}: preview unavailable", icon=":material/hide_image:")
     elif how in _WHY and not st.session_state.get(key):
         try:
-            st.image(_blurred_bytes(path), caption=f"{name} · {_WHY[how]}")
+            st.image(_blurred_bytes(path), caption=f"{name} · {_WHY[how]}", alt=f"{alt}, blurred: {_WHY[how]}")
         except Exception:  # noqa: BLE001 - missing (deleted meanwhile) or the lake is unreachable
             st.info(f"{name}: preview unavailable", icon=":material/hide_image:")
             return
@@ -98,7 +100,7 @@ def _picture(img: dict, path: str | None, read, how: str, key: str, where: str) 
         clear = read()
         if clear:
             st.image(data.on_checkerboard(clear) if (img.get("facts") or {}).get("has_alpha") else clear,
-                     caption=name + (" · transparent" if (img.get("facts") or {}).get("has_alpha") else ""))
+                     caption=name + (" · transparent" if (img.get("facts") or {}).get("has_alpha") else ""), alt=alt)
         else:
             st.info(f"{name}: preview unavailable", icon=":material/hide_image:")
 
@@ -119,52 +121,86 @@ def _gallery(status: dict) -> None:
     page = st.selectbox("Page", range(1, pages + 1), key=f"page-{status['batch_id']}",
                         format_func=lambda p: f"Page {p} of {pages} ({len(images)} images)") if pages > 1 else 1
     shown = images[(page - 1) * data.PAGE_SIZE: page * data.PAGE_SIZE]
-    cols = st.columns(4)
-    for n, img in enumerate(shown):
-        with cols[n % 4]:
-            if img["outcome"] == "processed":
-                wanted = "WEBP" if (img.get("facts") or {}).get("has_alpha") else "JPEG"  # WebP keeps transparency
-                thumb = next((r for r in img["renditions"] if r["name"] == "thumb" and r["format"] == wanted), None) \
-                    or next((r for r in img["renditions"] if r["name"] == "thumb"), None)
-                path = thumb and thumb["path"]
-                how = data.shown_as(img, svc.settings, status["status"])
-                _picture(img, path, lambda p=path: _owned_bytes(status, p), how,
-                         _reveal_key(status["batch_id"], img), "gallery")
-                if img.get("labels"):
-                    st.caption(data.plain(data.label_line(img)))
-                with st.popover("Details and downloads"):
-                    f = img.get("facts") or {}
-                    st.caption(data.plain(data.details_line(img)))
-                    st.caption(data.plain(f"pHash {f.get('phash')}"))
-                    if img.get("labels"):
-                        st.caption(data.plain("Labels: " + data.label_line(img, top=5)))
-                    if img.get("caption"):
-                        st.caption(data.plain(f"Caption: {img['caption']}"))
-                    if img.get("faces") is not None:
-                        st.caption(f"Faces found: {int(img['faces'])}")
-                    moderation = img.get("moderation") or {}
-                    if moderation.get("decision"):
-                        st.caption(data.plain(f"Moderation: {moderation['decision']}"
-                                              + (f" ({moderation['category']})" if moderation.get("category") else "")
-                                              + (f", reviewed: {moderation['review']}" if moderation.get("review") else "")))
-                    if img.get("near_duplicates"):
-                        d = img["near_duplicates"][0]
-                        st.write(f"Near-duplicate of **{data.plain(d['name'])}** ({d['batch_id']}, distance {d['distance']})")
-                    if how == "withheld":
-                        st.caption("Downloads are available once an operator has reviewed this image.")
-                        continue
-                    for r in img["renditions"]:
-                        # The bytes are read when the button is clicked, not on every refresh.
-                        st.download_button(
-                            data.plain(f"{r['name']} {r['width']}×{r['height']} {r['format']}"),
-                            data=lambda path=r["path"]: _owned_bytes(status, path) or b"",
-                            file_name=f"{img['name'].rsplit('.', 1)[0]}_{r['name']}.{r['path'].rsplit('.', 1)[-1]}",
-                            key=f"dl-{r['path']}",
-                        )
-            elif img["outcome"] == "rejected":
-                st.error(f"**{data.plain(img['name'])}** rejected: {data.plain(img['reason'])}", icon=":material/block:")
-            else:
-                st.info(f"{data.plain(img['name'])}: waiting", icon=":material/hourglass_empty:")
+    # Cards of a fixed width in a row that wraps: 2 per row on a phone, 6 or more on a desktop.
+    with st.container(horizontal=True, gap="small"):
+        for img in shown:
+            with st.container(width=CARD_WIDTH):
+                _card(status, img)
+
+
+CARD_WIDTH = 168
+
+
+def _card(status: dict, img: dict) -> None:
+    if img["outcome"] == "rejected":
+        st.error(f"**{data.plain(img['name'])}** rejected: {data.plain(img['reason'])}", icon=":material/block:")
+        return
+    if img["outcome"] != "processed":
+        st.info(f"{data.plain(img['name'])}: waiting", icon=":material/hourglass_empty:")
+        return
+    wanted = "WEBP" if (img.get("facts") or {}).get("has_alpha") else "JPEG"  # WebP keeps transparency
+    thumb = next((r for r in img["renditions"] if r["name"] == "thumb" and r["format"] == wanted), None) \
+        or next((r for r in img["renditions"] if r["name"] == "thumb"), None)
+    path = thumb and thumb["path"]
+    how = data.shown_as(img, svc.settings, status["status"])
+    _picture(img, path, lambda p=path: _owned_bytes(status, p), how, _reveal_key(status["batch_id"], img), "gallery")
+    if img.get("labels"):
+        st.caption(data.plain(data.label_line(img)))
+    with st.popover("Details", width="stretch"):
+        _details(status, img, how)
+
+
+def _details(status: dict, img: dict, how: str) -> None:
+    f = img.get("facts") or {}
+    st.caption(data.plain(data.details_line(img)))
+    st.caption(data.plain(f"pHash {f.get('phash')}"))
+    if img.get("labels"):
+        st.caption(data.plain("Labels: " + data.label_line(img, top=5)))
+    if img.get("caption"):
+        st.caption(data.plain(f"Caption: {img['caption']}"))
+    if img.get("faces") is not None:
+        st.caption(f"Faces found: {int(img['faces'])}")
+    moderation = img.get("moderation") or {}
+    if moderation.get("decision"):
+        st.caption(data.plain(f"Moderation: {moderation['decision']}"
+                              + (f" ({moderation['category']})" if moderation.get("category") else "")
+                              + (f", reviewed: {moderation['review']}" if moderation.get("review") else "")))
+    if img.get("near_duplicates"):
+        d = img["near_duplicates"][0]
+        st.write(f"Near-duplicate of **{data.plain(d['name'])}** ({d['batch_id']}, distance {d['distance']})")
+    if how == "withheld":
+        st.caption("Downloads are available once an operator has reviewed this image.")
+        return
+    # One choice and one button (not a button per size): the bytes are read when it is clicked.
+    options = [(r["name"], f"{r['name']} {r['width']}×{r['height']} {r['format']}", r["path"]) for r in img["renditions"]]
+    if not status.get("read_only_for"):
+        options.append(("original", f"original, as uploaded ({data.format_name(f.get('format'))})",
+                        raw_path(status["batch_id"], img["image_id"])))
+    key = f"{status['batch_id']}-{img['image_id']}"
+    picked = st.selectbox("File", options, format_func=lambda o: data.plain(o[1]), key=f"pick-{key}")
+    stem = data.safe_name(img["name"]).rpartition(".")[0] or "image"
+    name = data.safe_name(img["name"]) if picked[0] == "original" else f"{stem}_{picked[0]}.{picked[2].rsplit('.', 1)[-1]}"
+    st.download_button(f"Download {picked[0]}", data=lambda path=picked[2]: _owned_bytes(status, path, cached=False) or b"",
+                       file_name=name, key=f"dl-{key}", icon=":material/download:", on_click="ignore")
+
+
+def _downloads(status: dict) -> None:
+    """The batch's files as one ZIP (the owner's renditions, or originals), made when the button is clicked."""
+    choices = data.download_choices(status, svc.settings)
+    if not choices:
+        st.caption("Nothing to download yet.")
+        return
+    mine = not status.get("read_only_for")
+    if not mine:
+        choices = [c for c in choices if c != data.ORIGINALS]
+    choice = st.selectbox("Files", choices, key=f"zip-pick-{status['batch_id']}")
+    entries = data.download_entries(status, svc.settings, choice, originals=mine)
+    title = data.safe_name((status.get("metadata") or {}).get("title") or status["batch_id"])
+    st.download_button(
+        f"Download {len(entries)} file(s) as ZIP",
+        data=lambda: data.write_zip(entries, lambda p: _owned_bytes(status, p, cached=False)),
+        file_name=f"{title}-{choice.replace(' ', '-')}.zip", mime="application/zip", on_click="ignore",
+        key=f"zip-{status['batch_id']}", icon=":material/folder_zip:")
 
 
 def _search() -> None:
@@ -269,8 +305,8 @@ def _live() -> None:
     if follower.error:
         guard.log.warning("live updates: %s", follower.error)  # the address and the exception: log only
         st.warning(guard.live_updates_paused(), icon=":material/cloud_off:")
-    elif fresh:
-        st.toast(f"{len(fresh)} new result(s)")
+    elif fresh:  # (said in place: a toast is a dialog without a name to a screen reader, and covers the page)
+        view["news"] = f"{len(fresh)} new result(s) at {time.strftime('%H:%M:%S')}"
     if selected:
         ids = [selected]
     else:
@@ -297,36 +333,48 @@ def _live() -> None:
     opened = view.setdefault("open", set())
     if not opened:
         opened.add(batches[0]["batch_id"])
+    # Always one line here (it never appears or vanishes, so nothing below it moves).
+    st.caption(view.get("news") or "Live: new results appear here as they come.")
     for status in batches:
-        done, total = data.progress(status)
-        title = data.plain(status["metadata"].get("title") or status["batch_id"])
-        counts = data.counts_line(status)
-        is_open = status["batch_id"] in opened
-        # The open batch shows its gallery; the others show their progress and open on demand, so the page
-        # stays fast however many batches the user has. A stable key keeps each one's state as its label changes.
-        with st.expander(f"**{title}** — {counts}", expanded=is_open, key=f"batch-{status['batch_id']}"):
-            st.caption(f"{status['batch_id']} · {counts} · {done}/{total} done")
-            if status.get("read_only_for"):
-                st.info(f"Read-only: user {status['user_id']}'s batch, opened with the operator role (logged).",
-                        icon=":material/admin_panel_settings:")
-            extra = {k: v for k, v in (status.get("metadata") or {}).items() if k != "title"}
-            if extra:  # the person's own metadata, as they typed it
-                st.caption(data.plain(" · ".join(f"{k}: {v}" for k, v in extra.items())))
-            st.progress(done / total if total else 1.0)
-            if status.get("error"):
-                st.error(data.plain(status["error"]))
-            # (a toggle keeps its value under its key: what the person opened stays open)
-            if is_open or st.toggle("Show images", key=f"open-{status['batch_id']}"):
-                _gallery(status)
-            if status.get("read_only_for"):
-                continue
-            # Two clicks, the second in a box of its own: a batch sliding up under the pointer is never
-            # deleted by the click meant for the one before.
-            with st.popover("Delete batch …", icon=":material/delete:"):
-                st.write(f"Move **{title}** to the trash? You can restore it for "
-                         f"{svc.settings.lake_soft_delete_days:g} days under Recently deleted.")
-                st.button("Move to trash", key=f"del-{status['batch_id']}", type="primary",
-                          on_click=_delete, args=(status["batch_id"],))
+        _batch(status, is_open=status["batch_id"] in opened)
+
+
+def _batch(status: dict, *, is_open: bool) -> None:
+    done, total = data.progress(status)
+    title = data.plain(status["metadata"].get("title") or status["batch_id"])
+    counts = data.counts_line(status)
+    # The open batch shows its gallery; the others show their progress and build their content only when
+    # opened (one tap), so the page stays fast however many batches the user has. A stable key keeps each
+    # one's state as its label changes.
+    box = st.expander(f"**{title}** — {counts}", expanded=is_open, key=f"batch-{status['batch_id']}",
+                      on_change="rerun")
+    if not box.open:
+        return
+    with box:
+        st.caption(f"{status['batch_id']} · {counts} · {done}/{total} done")
+        if status.get("read_only_for"):
+            owner = data.plain(status.get("owner_name") or "this user")
+            st.info(f"Read-only: {owner}'s batch (user {status['user_id']}), opened with the operator role (logged).",
+                    icon=":material/admin_panel_settings:")
+        extra = {k: v for k, v in (status.get("metadata") or {}).items() if k != "title"}
+        if extra:  # the person's own metadata, as they typed it
+            st.caption(data.plain(" · ".join(f"{k}: {v}" for k, v in extra.items())))
+        st.progress(done / total if total else 1.0)
+        if status.get("error"):
+            st.error(data.plain(status["error"]))
+        _gallery(status)
+        # Downloads on the left, Delete on the right, below the images: far from the control that opens the
+        # batch, and two clicks (the second in a box of its own), so a batch sliding up under the pointer is
+        # never deleted by the click meant for the one before.
+        with st.container(horizontal=True, horizontal_alignment="distribute"):
+            with st.popover("Download …", icon=":material/download:"):
+                _downloads(status)
+            if not status.get("read_only_for"):
+                with st.popover("Delete batch …", icon=":material/delete:"):
+                    st.write(f"Move **{title}** to the trash? You can restore it for "
+                             f"{svc.settings.lake_soft_delete_days:g} days under Recently deleted.")
+                    st.button("Move to trash", key=f"del-{status['batch_id']}", type="primary",
+                              on_click=_delete, args=(status["batch_id"],))
 
 
 if svc.settings.understanding != "off":
@@ -337,7 +385,8 @@ live()
 def _deleted_list(docs: list[dict], *, for_operator: bool) -> None:
     for d in docs:
         title = data.plain((d.get("metadata") or {}).get("title") or d["batch_id"])
-        who = f" · user {data.plain(d['user_id'])}" if for_operator else ""
+        who = (f" · {data.plain(d.get('owner_name') or 'user')} ({data.plain(d['user_id'])})" if for_operator
+               else "")
         st.write(f"**{title}** ({d['batch_id']}{who}) — deleted {d['deleted_at'][:16].replace('T', ' ')}, "
                  f"restorable until {d['restorable_until'][:10]}")
         st.button("Restore", key=f"restore-{d['batch_id']}", icon=":material/restore_from_trash:",

@@ -62,10 +62,10 @@ for doc in items:
         if thumb is None:
             st.caption("(no preview)")
         elif st.session_state.get(key):
-            st.image(svc.lake.read(thumb["path"]), caption=data.plain(doc["name"]))
+            st.image(svc.lake.read(thumb["path"]), caption=data.plain(doc["name"]), alt=data.alt_text(doc))
             guard.log.info("operator %s viewed %s/%s (moderation review)", operator, doc["batch_id"], doc["image_id"])
         else:
-            st.image(_blurred(thumb["path"]), caption=data.plain(doc["name"]))
+            st.image(_blurred(thumb["path"]), caption=data.plain(doc["name"]), alt=data.alt_text(doc) + ", blurred")
             st.button("Show", key=f"btn-{key}", on_click=lambda k=key: st.session_state.__setitem__(k, True),
                       icon=":material/visibility:")
     with right:

@@ -33,19 +33,19 @@ c4.metric("With near-duplicates", int((frame["near_duplicates"] > 0).sum()))
 
 tables = data.stats(frame)
 left, right = st.columns(2)
-left.subheader("Images per day")
+left.header("Images per day")
 left.bar_chart(tables["images per day"]["images"])
-right.subheader("Rejection reasons")
+right.header("Rejection reasons")
 if tables["rejection reasons"].empty:
     right.write("None.")
 else:
     right.bar_chart(tables["rejection reasons"])
-left.subheader("Formats")
+left.header("Formats")
 left.bar_chart(tables["formats"], horizontal=True)
-right.subheader("Image sizes")
+right.header("Image sizes")
 right.bar_chart(tables["sizes"])
 if not tables["top labels"].empty:
-    st.subheader("What the images show")
+    st.header("What the images show")
     left, right = st.columns(2)
     left.caption("Most frequent top label")
     left.bar_chart(tables["top labels"], horizontal=True)
@@ -54,13 +54,13 @@ if not tables["top labels"].empty:
     right.metric("Flagged by moderation", f"{flagged / judged:.1%}" if judged else "–",
                  help=f"{flagged} of {judged} images checked")
     right.metric("Images with faces", int((frame["faces"].fillna(0) > 0).sum()))
-st.subheader("Processing time per image")
+st.header("Processing time per image")
 p = tables["processing ms"].iloc[0]
 m1, m2 = st.columns(2)
 m1.metric("Median (p50)", f"{p['p50']:.0f} ms" if pd.notna(p["p50"]) else "–")
 m2.metric("Slowest 5 % from (p95)", f"{p['p95']:.0f} ms" if pd.notna(p["p95"]) else "–")
 if len(tables["processing ms per day"]) > 1:
     st.line_chart(tables["processing ms per day"])
-st.subheader("All images")
+st.header("All images")
 st.dataframe(data.readable(frame), hide_index=True)
 st.download_button("Download CSV", data.csv_bytes(frame), file_name="imgpipe-images.csv", mime="text/csv")

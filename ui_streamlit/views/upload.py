@@ -47,13 +47,21 @@ with st.form("batch"):
     description = st.text_area("Description", max_chars=2000, key=f"description-{round_}")
     tags = st.text_input("Tags", max_chars=500, help="Comma-separated", key=f"tags-{round_}")
     extra = st.text_area("More metadata", max_chars=4000, help="One key=value per line", key=f"extra-{round_}")
-    send = st.form_submit_button("Upload", type="primary", disabled=not files or too_many or not ok)
+    bad_extra = st.session_state.pop("upload-bad-extra", None)
+    if bad_extra:  # said under the field it is about, which keeps what was typed
+        st.error(f"More metadata: {data.plain(bad_extra)}", icon=":material/edit_note:")
+    send = st.form_submit_button(f"Upload {ok} image(s)" if ok else "Upload batch", type="primary",
+                                 disabled=not files or too_many or not ok)
 
 if send:
     meta = {k: v for k, v in {"title": title.strip(), "description": description.strip(),
                                "tags": ",".join(t.strip() for t in tags.split(",") if t.strip())}.items() if v}
     try:
         meta.update(data.parse_extra(extra))
+    except IntakeError as exc:
+        st.session_state["upload-bad-extra"] = str(exc)
+        st.rerun()
+    try:
         bar = st.progress(0.0, text="Storing files ...")
         result = upload_batch(
             svc, data.items(files), user_id=current_user(), metadata=meta, owner_name=identity().display,
