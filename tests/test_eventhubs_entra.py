@@ -94,7 +94,7 @@ def test_entra_mode_needs_the_namespace_and_no_secret(tmp_path):
     assert not s.eventhubs_connection_string.get_secret_value() and not s.kafka_password.get_secret_value()
     with pytest.raises(ConfigurationError) as err:
         check_profile(_settings(tmp_path, kafka_security="eventhubs"))
-    assert "IMGPIPE_EVENTHUBS_NAMESPACE" in str(err.value) and "IMGPIPE_EVENTHUBS_CONNECTION_STRING " not in str(err.value)
+    assert "IMGPIPE_EVENTHUBS_NAMESPACE" in str(err.value) and "CONNECTION_STRING" not in str(err.value)
     for wrong in (f"sb://{NAMESPACE}/", f"{NAMESPACE}:9093", f"https://{NAMESPACE}"):
         with pytest.raises(ValueError, match="eventhubs_namespace"):
             load_settings(data_dir=tmp_path, eventhubs_namespace=wrong)
@@ -115,5 +115,8 @@ def test_a_process_has_one_credential_and_token_closed_after_its_kafka_clients(t
     assert results._options["sasl_oauth_token_provider"] is provider and len(made) == 1
     assert [provider.token(), wiring.kafka_options(s)["sasl_oauth_token_provider"].token()] == ["token-1"] * 2
     assert made[0].scopes == [(SCOPE,)]
+    closed = []
+    monkeypatch.setattr(results, "close", lambda: closed.append("results"))
+    monkeypatch.setattr(made[0], "close", lambda: closed.append("credential"))
     registry.close_all()
-    assert made[0].closed == 1
+    assert closed == ["results", "credential"]  # the producer first, then the credential it signs in with
