@@ -36,7 +36,7 @@ from assets.core.facts import COPYABLE_EXIF
 from assets.core.pool import default_workers
 
 Profile = Literal["local", "emulated", "azure"]
-KafkaSecurity = Literal["plaintext", "eventhubs", "sasl_ssl"]
+KafkaSecurity = Literal["plaintext", "eventhubs", "eventhubs_connection_string", "sasl_ssl"]
 Animated = Literal["first_frame", "reject"]
 OutputFormat = Literal["JPEG", "WEBP", "AVIF", "PNG"]
 UnderstandingBackend = Literal["local", "azure", "off"]
@@ -90,9 +90,14 @@ class Settings(BaseSettings):
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="host:port of the Kafka broker.")
     kafka_topic: str = Field("imgpipe.results", description="Topic the results are published to.")
-    kafka_security: KafkaSecurity = Field("plaintext", description="plaintext | eventhubs | sasl_ssl.")
+    kafka_security: KafkaSecurity = Field("plaintext", description="plaintext | eventhubs (Entra ID) | "
+                                          "eventhubs_connection_string (development only) | sasl_ssl.")
+    eventhubs_namespace: str = Field("", pattern=r"^([A-Za-z0-9-]+\.)+[A-Za-z]{2,}$|^$",
+                                     description="<namespace>.servicebus.windows.net of Event Hubs "
+                                     "(kafka_security=eventhubs; DefaultAzureCredential).")
     eventhubs_connection_string: SecretStr = Field(SecretStr(""), description="Event Hubs connection string "
-                                                   "(kafka_security=eventhubs).")
+                                                   "(kafka_security=eventhubs_connection_string; development "
+                                                   "only).")
     kafka_username: str = Field("", description="SASL user (kafka_security=sasl_ssl).")
     kafka_password: SecretStr = Field(SecretStr(""), description="SASL password (kafka_security=sasl_ssl).")
 
@@ -328,8 +333,12 @@ def check_profile(settings: Settings) -> Settings:
             missing.append("IMGPIPE_CONTENT_SAFETY_ENDPOINT (IMGPIPE_UNDERSTANDING=azure)")
     if settings.moderation_review_threshold > settings.moderation_flag_threshold:
         missing.append("IMGPIPE_MODERATION_REVIEW_THRESHOLD <= IMGPIPE_MODERATION_FLAG_THRESHOLD")
-    if settings.kafka_security == "eventhubs" and not settings.eventhubs_connection_string.get_secret_value():
-        missing.append("IMGPIPE_EVENTHUBS_CONNECTION_STRING (IMGPIPE_KAFKA_SECURITY=eventhubs)")
+    if settings.kafka_security == "eventhubs" and not settings.eventhubs_namespace:
+        missing.append("IMGPIPE_EVENTHUBS_NAMESPACE (IMGPIPE_KAFKA_SECURITY=eventhubs signs in with Entra ID; "
+                       "a connection string needs IMGPIPE_KAFKA_SECURITY=eventhubs_connection_string)")
+    if settings.kafka_security == "eventhubs_connection_string" and \
+            not settings.eventhubs_connection_string.get_secret_value():
+        missing.append("IMGPIPE_EVENTHUBS_CONNECTION_STRING (IMGPIPE_KAFKA_SECURITY=eventhubs_connection_string)")
     if settings.kafka_security == "sasl_ssl" and not (
             settings.kafka_username and settings.kafka_password.get_secret_value()):
         missing.append("IMGPIPE_KAFKA_USERNAME and IMGPIPE_KAFKA_PASSWORD (IMGPIPE_KAFKA_SECURITY=sasl_ssl)")

@@ -20,7 +20,9 @@ Lifecycle — one client per port per process
 every caller in the process: the Dagster resources (``orchestration.resources``) in the code server, where
 every sensor tick therefore uses the same Service Bus receiver, and in a run worker; the CLI; the web app
 (``st.cache_resource`` over this). Create-if-missing of databases, containers and queues happens in the
-adapters' constructors, so once per process. Clients are closed by ``close_all()``, which runs at process
+adapters' constructors, so once per process. The Kafka clients of a process share one Event Hubs token
+provider (``Clients.kafka_token``: one DefaultAzureCredential, one cached token). Clients are closed by
+``close_all()``, in reverse order of creation (a client before the credential it uses), which runs at process
 exit (``atexit``) and which the CLI and tests call themselves. A forked child never reuses (or closes) its
 parent's clients.
 """
@@ -55,21 +57,34 @@ def private_data_dir(settings: Settings) -> None:
         settings.data_dir.chmod(0o700)
 
 
-def kafka_options(settings: Settings) -> dict:
+def kafka_options(settings: Settings, clients: "Clients | None" = None) -> dict:
+    """kafka-python's security settings; with Event Hubs and Entra ID, the process's one token provider."""
     from orchestration.adapters.kafka.connection import client_options
 
-    return client_options(settings.kafka_security,
+    provider = (clients or CLIENTS).kafka_token(settings) if settings.kafka_security == "eventhubs" else None
+    return client_options(settings.kafka_security, token_provider=provider,
                           eventhubs_connection_string=_secret(settings.eventhubs_connection_string),
                           username=settings.kafka_username, password=_secret(settings.kafka_password))
 
 
 def kafka_bootstrap(settings: Settings) -> str:
-    """host:port of the brokers; for Event Hubs it comes from the connection string's namespace."""
-    if settings.kafka_security == "eventhubs":
-        from orchestration.adapters.kafka.connection import eventhubs_bootstrap
+    """host:port of the brokers; for Event Hubs it is always the namespace's Kafka endpoint (a connection
+    string's own namespace, so its key cannot be sent elsewhere)."""
+    from orchestration.adapters.kafka.connection import eventhubs_bootstrap, eventhubs_namespace
 
-        return eventhubs_bootstrap(_secret(settings.eventhubs_connection_string))
+    if settings.kafka_security == "eventhubs":
+        return eventhubs_bootstrap(settings.eventhubs_namespace)
+    if settings.kafka_security == "eventhubs_connection_string":
+        return eventhubs_bootstrap(eventhubs_namespace(_secret(settings.eventhubs_connection_string)))
     return settings.kafka_bootstrap
+
+
+def _kafka_token_provider(settings: Settings) -> Any:
+    from azure.identity import DefaultAzureCredential
+
+    from orchestration.adapters.kafka.connection import EventHubsTokenProvider
+
+    return EventHubsTokenProvider(DefaultAzureCredential(), settings.eventhubs_namespace)
 
 
 # -- the adapters, one builder per (profile, port) -----------------------------------------------------
@@ -163,7 +178,7 @@ def _servicebus_queue(settings: Settings, clients: "Clients") -> BatchQueue:
 def _kafka_results(settings: Settings, clients: "Clients") -> ResultStream:
     from orchestration.adapters.kafka.producer import KafkaResultStream
 
-    return KafkaResultStream(kafka_bootstrap(settings), settings.kafka_topic, options=kafka_options(settings))
+    return KafkaResultStream(kafka_bootstrap(settings), settings.kafka_topic, options=kafka_options(settings, clients))
 
 
 def _understanding(settings: Settings, clients: "Clients") -> Any:
@@ -291,6 +306,12 @@ class Clients:
 
     def results(self, settings: Settings) -> ResultStream:
         return self.get("results", settings)
+
+    def kafka_token(self, settings: Settings):
+        """Event Hubs' OAUTHBEARER token provider (IMGPIPE_KAFKA_SECURITY=eventhubs): one credential and one
+        cached token for every Kafka client of the process (producer, readers, the web app's followers);
+        closed by ``close_all`` after the clients built on it."""
+        return self._get("kafka_token", settings, lambda: _kafka_token_provider(settings))
 
     def understanding(self, settings: Settings):
         """The ImageUnderstanding adapter, or None when IMGPIPE_UNDERSTANDING=off."""

@@ -98,8 +98,11 @@ def test_every_arm_resource_fits_azures_published_schema():
     storage["properties"]["minimumTlsVersion"] = "TLS9"
     queue = next(r for r in broken if r["type"] == "Microsoft.ServiceBus/namespaces/queues")
     queue["properties"]["maxDeliveryCount"] = "ten"
+    hubs = next(r for r in broken if r["type"] == "Microsoft.EventHub/namespaces")
+    hubs["properties"]["disableLocalAuth"] = "yes"  # a boolean (or an ARM expression) in the schema
     errors = [e for r in broken if r["type"] not in NO_PUBLISHED_SCHEMA for e in armschema.resource_errors(r)]
     assert any("minimumTlsVersion" in e for e in errors) and any("maxDeliveryCount" in e for e in errors)
+    assert any("Microsoft.EventHub/namespaces" in e and "disableLocalAuth" in e for e in errors)
 
 
 def test_the_arm_template_agrees_with_the_code():
@@ -287,6 +290,92 @@ def test_the_understanding_accounts_are_entra_only_and_the_workloads():
     shape = copy.deepcopy(account(t, "ComputerVision"))
     shape["properties"].update(publicNetworkAccess="Open", disableLocalAuth="true", localAuth=False)
     assert len(_cognitive_account_shape_errors(shape)) == 3
+
+
+# -- results on Event Hubs: Entra ID only, no secret anywhere --------------------------------------
+
+EVENT_HUBS_DATA_ROLES = {"Azure Event Hubs Data Sender": "2b629674-e913-4c01-ae53-ef4638d8f975",
+                         "Azure Event Hubs Data Receiver": "a638d3c7-ab3a-418d-83e6-5f17a39d4fde"}
+RESULTS_HUB_SCOPE = "[format('Microsoft.EventHub/namespaces/{0}/eventhubs/imgpipe.results', variables('eventHubs'))]"
+SECRET_TEXT = re.compile(r"SharedAccessKey|ConnectionString|CONNECTION_STRING|KAFKA_PASSWORD|listKeys|authorizationRules",
+                         re.IGNORECASE)
+
+
+def _settings_map() -> dict:
+    return yaml.safe_load((DEPLOY / "k8s" / "settings.yaml").read_text())["data"]
+
+
+def _event_hubs_errors(t: dict, settings: dict, values_text: str) -> list[str]:
+    """What the Kafka adapter's Entra ID sign-in needs of the deployment, and what must not be there: the
+    namespace with local (SAS) auth off, the workload identity Data Sender and Data Receiver on the results
+    hub, the settings selecting IMGPIPE_KAFKA_SECURITY=eventhubs with the namespace an output names, and no
+    access rule, key or connection string in the template, its outputs, the settings or the Helm values."""
+    errors = []
+    [namespace] = [r for r in t["resources"] if r["type"] == "Microsoft.EventHub/namespaces"] or [{}]
+    if (namespace.get("properties") or {}).get("disableLocalAuth") is not True:
+        errors.append("Event Hubs: local (SAS) auth is not disabled")
+    errors += [f"Event Hubs access rule {r['type']}" for r in t["resources"]
+               if r["type"].startswith("Microsoft.EventHub/") and r["type"].endswith("/authorizationRules")]
+    app_principal = next(r["properties"]["principalId"] for r in t["resources"]
+                         if r["type"] == "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments")
+    assignments = [r for r in t["resources"] if r["type"] == "Microsoft.Authorization/roleAssignments"]
+    for role, guid in EVENT_HUBS_DATA_ROLES.items():
+        granted = [a for a in assignments if a["properties"]["roleDefinitionId"].endswith(f"'{guid}')]")]
+        if not any(a["scope"] == RESULTS_HUB_SCOPE and a["properties"]["principalId"] == app_principal for a in granted):
+            errors.append(f"the workload identity is no {role} on the results hub")
+        errors += [f"{role} scoped to {a['scope']}" for a in granted if a["scope"] != RESULTS_HUB_SCOPE]
+    host = t["outputs"].get("eventHubsHost", {}).get("value")
+    if host != "[format('{0}.servicebus.windows.net', variables('eventHubs'))]":
+        errors.append(f"output eventHubsHost is not the namespace's host: {host!r}")
+    if settings.get("IMGPIPE_KAFKA_SECURITY") != "eventhubs":
+        errors.append(f"settings: IMGPIPE_KAFKA_SECURITY={settings.get('IMGPIPE_KAFKA_SECURITY')!r}, not eventhubs")
+    if settings.get("IMGPIPE_EVENTHUBS_NAMESPACE") != "<eventHubsHost>":
+        errors.append("settings: IMGPIPE_EVENTHUBS_NAMESPACE is not the eventHubsHost output")
+    for where, text in (("template", json.dumps(t)), ("settings", json.dumps(settings)), ("Helm values", values_text)):
+        errors += [f"{where}: {m}" for m in sorted(set(SECRET_TEXT.findall(text)))]
+    if re.search(r"^\s*envSecrets:", values_text, re.MULTILINE):  # the PostgreSQL password is the chart's own
+        errors.append("Helm values: envSecrets")
+    return errors
+
+
+def test_event_hubs_is_entra_only_and_no_secret_is_deployed():
+    t, settings = _template(), _settings_map()
+    values_text = (DEPLOY / "helm" / "values.yaml").read_text()
+    assert _event_hubs_errors(t, settings, values_text) == []
+
+    # Each part of the check fails where it should.
+    def broken(change, *, settings_=None, values_=values_text) -> list[str]:
+        b = copy.deepcopy(t)
+        change(b)
+        return _event_hubs_errors(b, settings_ or settings, values_)
+
+    def namespace(b):
+        return next(r for r in b["resources"] if r["type"] == "Microsoft.EventHub/namespaces")
+
+    assert broken(lambda b: namespace(b)["properties"].update(disableLocalAuth=False)) == [
+        "Event Hubs: local (SAS) auth is not disabled"]
+    receiver = EVENT_HUBS_DATA_ROLES["Azure Event Hubs Data Receiver"]
+    assert broken(lambda b: b["resources"].remove(next(r for r in b["resources"] if receiver in json.dumps(r)))) == [
+        "the workload identity is no Azure Event Hubs Data Receiver on the results hub"]
+
+    def widen(b):
+        next(r for r in b["resources"] if EVENT_HUBS_DATA_ROLES["Azure Event Hubs Data Sender"] in json.dumps(r))[
+            "scope"] = "[resourceGroup().id]"
+    assert "Azure Event Hubs Data Sender scoped to [resourceGroup().id]" in broken(widen)
+    rule = {"type": "Microsoft.EventHub/namespaces/eventhubs/authorizationRules", "apiVersion": "2024-01-01",
+            "name": "[format('{0}/imgpipe.results/imgpipe-app', variables('eventHubs'))]",
+            "properties": {"rights": ["Send", "Listen"]}}
+    assert "Event Hubs access rule Microsoft.EventHub/namespaces/eventhubs/authorizationRules" in broken(
+        lambda b: b["resources"].append(rule))
+    assert "template: listKeys" in broken(lambda b: b["outputs"].update(eventHubsConnection={
+        "type": "string", "value": "[listKeys(resourceId('Microsoft.EventHub/namespaces/authorizationRules', "
+                                   "variables('eventHubs'), 'RootManageSharedAccessKey'), '2024-01-01').primaryConnectionString]"}))
+    old_settings = {**settings, "IMGPIPE_KAFKA_SECURITY": "eventhubs_connection_string",
+                    "IMGPIPE_EVENTHUBS_CONNECTION_STRING": "Endpoint=sb://x/;SharedAccessKey=abc"}
+    assert {"settings: IMGPIPE_KAFKA_SECURITY='eventhubs_connection_string', not eventhubs",
+            "settings: SharedAccessKey", "settings: CONNECTION_STRING"} <= set(broken(lambda b: None, settings_=old_settings))
+    assert broken(lambda b: None, values_=values_text + "envSecrets: [{name: imgpipe-eventhubs}]\n") == [
+        "Helm values: envSecrets"]
 
 
 # -- checkov on the template, the manifests and the Dockerfile ------------------------------------

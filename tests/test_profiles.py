@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from tests.support.procs import probe
-from orchestration.adapters.kafka.connection import ResultStreamError, client_options, eventhubs_bootstrap
+from orchestration.adapters.kafka.connection import (ResultStreamError, client_options, eventhubs_bootstrap,
+                                                      eventhubs_namespace)
 from orchestration.settings import ConfigurationError, check_profile, load_settings
 
 
@@ -22,7 +23,7 @@ def test_azure_profile_names_every_missing_setting(tmp_path):
         check_profile(load_settings(data_dir=tmp_path, profile="azure", kafka_security="eventhubs"))
     text = str(err.value)
     for name in ("IMGPIPE_STORAGE_CONNECTION_STRING", "IMGPIPE_COSMOS_ENDPOINT", "IMGPIPE_SERVICEBUS_CONNECTION_STRING",
-                 "IMGPIPE_EVENTHUBS_CONNECTION_STRING"):
+                 "IMGPIPE_EVENTHUBS_NAMESPACE"):
         assert name in text
 
 
@@ -52,18 +53,24 @@ def test_cli_fails_at_start_naming_the_setting(tmp_path):
     assert proc.returncode == 2 and "IMGPIPE_STORAGE_CONNECTION_STRING" in proc.stderr
 
 
-def test_kafka_options_for_event_hubs():
+def test_azure_profile_with_an_event_hubs_connection_string_needs_it(tmp_path):
+    with pytest.raises(ConfigurationError, match="IMGPIPE_EVENTHUBS_CONNECTION_STRING"):
+        check_profile(load_settings(data_dir=tmp_path, kafka_security="eventhubs_connection_string"))
+
+
+def test_kafka_options_for_an_event_hubs_connection_string():
+    """The development path (a namespace with local auth on); Entra ID: tests/test_eventhubs_entra.py."""
     conn = "Endpoint=sb://imgpipe-ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=abc"
-    assert eventhubs_bootstrap(conn) == "imgpipe-ns.servicebus.windows.net:9093"
-    opts = client_options("eventhubs", eventhubs_connection_string=conn)
+    assert eventhubs_bootstrap(eventhubs_namespace(conn)) == "imgpipe-ns.servicebus.windows.net:9093"
+    opts = client_options("eventhubs_connection_string", eventhubs_connection_string=conn)
     assert opts == {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
                     "sasl_plain_username": "$ConnectionString", "sasl_plain_password": conn}
     assert client_options("plaintext") == {"security_protocol": "PLAINTEXT"}
     assert client_options("sasl_ssl", username="u", password="p")["sasl_plain_username"] == "u"
     with pytest.raises(ResultStreamError, match="EVENTHUBS"):
-        client_options("eventhubs")
+        client_options("eventhubs_connection_string")
     with pytest.raises(ResultStreamError):
-        eventhubs_bootstrap("SharedAccessKey=abc")
+        eventhubs_namespace("SharedAccessKey=abc")
 
 
 def test_kafka_producer_accepts_the_event_hubs_settings():
@@ -73,5 +80,5 @@ def test_kafka_producer_accepts_the_event_hubs_settings():
     conn = "Endpoint=sb://imgpipe-ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=abc"
     with pytest.raises(Exception) as err:  # no network: it must fail on connecting, not on the settings
         KafkaProducer(bootstrap_servers="127.0.0.1:1", bootstrap_timeout_ms=1000,
-                      **client_options("eventhubs", eventhubs_connection_string=conn))
+                      **client_options("eventhubs_connection_string", eventhubs_connection_string=conn))
     assert "Unrecognized configs" not in str(err.value)

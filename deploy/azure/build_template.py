@@ -8,7 +8,8 @@ from orchestration/domain/lifecycle_rules.json (the same rules the local houseke
 the Cosmos DB containers' partition keys from the MetadataStore port, the Service Bus queue's lock,
 delivery count and duplicate window from Settings' defaults; the image understanding accounts (Azure AI Vision,
 Azure AI Content Safety) are Entra ID only, as the Azure adapter (orchestration/adapters/azure/understanding.py)
-signs in: DefaultAzureCredential, never a key. tests/test_deploy.py checks the file is
+signs in: DefaultAzureCredential, never a key; so is Event Hubs (local auth off, no access rule: the Kafka
+adapter signs in with Entra ID tokens, IMGPIPE_KAFKA_SECURITY=eventhubs). tests/test_deploy.py checks the file is
 current, validates every resource against Azure's published schemas and runs checkov on it.
 
 One function per Azure resource or tight group of resources (storage_account(), lake_filesystem(),
@@ -180,7 +181,8 @@ def outputs() -> dict:
         "storageBlobEndpoint": {"type": "string", "value": f"[reference({STORAGE_ID}, '{API['storage']}').primaryEndpoints.blob]"},
         "cosmosEndpoint": {"type": "string", "value": f"[reference({COSMOS_ID}, '{API['cosmos']}').documentEndpoint]"},
         "serviceBusHost": {"type": "string", "value": "[format('{0}.servicebus.windows.net', variables('serviceBus'))]"},
-        "eventHubsKafkaEndpoint": {"type": "string", "value": "[format('{0}.servicebus.windows.net:9093', variables('eventHubs'))]"},
+        # IMGPIPE_EVENTHUBS_NAMESPACE: the Kafka endpoint is <host>:9093; access is Entra ID only (no keys).
+        "eventHubsHost": {"type": "string", "value": "[format('{0}.servicebus.windows.net', variables('eventHubs'))]"},
         "identityClientId": {"type": "string", "value": f"[reference({IDENTITY_ID}, '{API['identity']}').clientId]"},
         "tenantId": {"type": "string", "value": "[subscription().tenantId]"},
         "acrLoginServer": {"type": "string", "value": f"[reference(resourceId('Microsoft.ContainerRegistry/registries', variables('acr')), '{API['acr']}').loginServer]"},
@@ -425,7 +427,9 @@ def eventgrid_subscription() -> dict:
 
 
 def event_hubs() -> list[dict]:
-    """Results: Event Hubs Standard (the Kafka endpoint), the results hub and the app's access rule."""
+    """Results: Event Hubs Standard (the Kafka endpoint) and the results hub. Entra ID only: local (SAS) auth
+    is off and there is no access rule; the workload identity is Data Sender and Data Receiver on the hub
+    (role_assignments()), and the Kafka adapter signs in with OAUTHBEARER tokens (IMGPIPE_KAFKA_SECURITY=eventhubs)."""
     return [
         {
             "type": "Microsoft.EventHub/namespaces", "apiVersion": API["eventhub"],
@@ -433,9 +437,7 @@ def event_hubs() -> list[dict]:
             "sku": {"name": "Standard", "tier": "Standard", "capacity": 1},
             "properties": {
                 "kafkaEnabled": True, "minimumTlsVersion": "1.2", "publicNetworkAccess": "Enabled",
-                # Kept on: the Kafka adapter signs in with SASL PLAIN and a hub-scoped connection string
-                # (Secret imgpipe-eventhubs); Entra (OAUTHBEARER) is not implemented in it yet.
-                "disableLocalAuth": False,
+                "disableLocalAuth": True,
             },
         },
         {
@@ -444,12 +446,6 @@ def event_hubs() -> list[dict]:
             "dependsOn": [f"[{EVENT_HUBS_ID}]"],
             "properties": {"partitionCount": p("eventHubPartitions"),
                            "retentionDescription": {"cleanupPolicy": "Delete", "retentionTimeInHours": 24}},
-        },
-        {
-            "type": "Microsoft.EventHub/namespaces/eventhubs/authorizationRules", "apiVersion": API["eventhub"],
-            "name": f"[format('{{0}}/{RESULTS_HUB}/imgpipe-app', variables('eventHubs'))]",
-            "dependsOn": [f"[resourceId('Microsoft.EventHub/namespaces/eventhubs', variables('eventHubs'), '{RESULTS_HUB}')]"],
-            "properties": {"rights": ["Send", "Listen"]},
         },
     ]
 
