@@ -96,6 +96,12 @@ def _button(at, label):
     return next(b for b in at.button if b.label == label)
 
 
+def _send_button(at):
+    """The form's button: it names what it sends ("Upload 2 image(s)"), unlike the Upload page's link."""
+    [button] = [b for b in at.button if b.label.startswith("Upload ") or b.label == "Upload batch"]
+    return button
+
+
 def _process(settings, batch_id):
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(batches_partitions.name, [batch_id])
@@ -117,7 +123,7 @@ def test_upload_shows_per_file_reasons_and_sends_through_intake(env):
     at.text_input[0].input("Alps")
     at.text_input[1].input("snow, trip")
     at.text_area[1].input("camera=phone")
-    _button(at, "Upload").click().run()
+    _send_button(at).click().run()
     [success] = at.success
     batch_id = success.value.split("**")[1]
     doc = env.metadata.read("batches", batch_id, uid(ALICE_PLUS))  # stored under the opaque id
@@ -136,7 +142,7 @@ def test_after_an_upload_the_results_page_still_shows_every_batch(env):
     at.switch_page("views/upload.py").run()
     at.file_uploader(key="files-0").set_value([("new.jpg", JPEG, "image/jpeg")]).run()
     at.text_input[0].input("Newest")
-    _button(at, "Upload").click().run()
+    _send_button(at).click().run()
     assert at.success
     at.switch_page("views/results.py").run()
     labels = [e.label for e in at.expander if not e.label.startswith("Recently deleted")]
@@ -146,9 +152,13 @@ def test_after_an_upload_the_results_page_still_shows_every_batch(env):
 def test_bad_metadata_is_reported_not_sent(env):
     at = _app(ALICE_PLUS)
     at.file_uploader(key="files-0").set_value([("good.jpg", JPEG, "image/jpeg")]).run()
-    at.text_area[1].input("no equals sign here")
-    _button(at, "Upload").click().run()
-    assert any("key=value" in e.value for e in at.error)
+    at.text_input[0].input("Kept")
+    at.text_area[1].input("camera=phone\nno equals sign here")
+    _send_button(at).click().run()
+    # Said under the field it is about (inside the form, after it), naming the line; what was typed stays.
+    [error] = at.error
+    assert error.value.startswith("More metadata: metadata line 2") and "key=value" in error.value
+    assert at.text_input[0].value == "Kept" and at.text_area[1].value.startswith("camera=phone")
     assert env.queue.active_message_count() == 0
 
 
@@ -162,7 +172,14 @@ def test_results_show_own_batches_only(env, settings):
     assert any(e.label.endswith("— completed · 1 processed · 1 rejected") for e in at.expander)  # failures show
     assert any("b\\.txt" in e.value and "rejected" in e.value for e in at.error)
     assert len(at.get("image")) == 1  # the processed image's thumbnail in the gallery
-    assert len(at.get("download_button")) == 6  # 3 sizes x (JPEG, WebP)
+    assert at.get("image")[0].proto.imgs[0].alt.startswith("a.jpg")  # what a screen reader says
+    # One download per image (a choice of 3 sizes x (JPEG, WebP) and the original) and one ZIP for the batch.
+    [one, whole] = at.get("download_button")
+    assert one.proto.label == "Download large" and whole.proto.label == "Download 1 file(s) as ZIP"
+    [pick, zip_pick] = [s for s in at.selectbox if s.key in (f"pick-{mine}-i0001", f"zip-pick-{mine}")]
+    assert len(pick.options) == 7 and "original" in pick.options[-1]
+    assert sorted(zip_pick.options[:6]) == ["large JPEG", "large WEBP", "medium JPEG", "medium WEBP", "thumb JPEG",
+                                            "thumb WEBP"] and zip_pick.options[6:] == ["all renditions", "originals"]
 
     other = _app(ALICE_DASH, "views/results.py")
     assert any("No batches yet" in i.value for i in other.info)
@@ -531,11 +548,11 @@ def test_after_an_upload_the_form_is_empty_and_the_same_files_are_flagged(env):
     at = _app(ALICE_PLUS)
     at.file_uploader(key="files-0").set_value([("good.jpg", JPEG, "image/jpeg")]).run()
     at.text_input[0].input("Once")
-    _button(at, "Upload").click().run()
+    _send_button(at).click().run()
     [success] = at.success
     assert success.value.startswith("Uploaded as batch **b-")
     batch_id = success.value.split("**")[1]
-    assert _button(at, "Upload").disabled and at.text_input[0].value == ""  # an empty form
+    assert _send_button(at).disabled and at.text_input[0].value == ""  # an empty form
     assert env.queue.active_message_count() == 1
     at.file_uploader(key="files-1").set_value([("same-again.jpg", JPEG, "image/jpeg")]).run()
     assert any(f"uploaded just now as batch {batch_id}" in w.value for w in at.warning), [w.value for w in at.warning]
@@ -545,7 +562,7 @@ def test_an_upload_with_nothing_acceptable_cannot_be_sent(env):
     at = _app(ALICE_PLUS)
     at.file_uploader(key="files-0").set_value([("notes.jpg", b"just text", "image/jpeg")]).run()
     assert any("None of these files can be processed" in w.value for w in at.warning)
-    assert _button(at, "Upload").disabled
+    assert _send_button(at).disabled
     assert env.queue.active_message_count() == 0
 
 
@@ -593,6 +610,7 @@ def test_an_operator_opens_any_batch_read_only_and_it_is_logged(env, settings, c
     assert any("Help me" in e.label for e in ops.expander) and ops.get("image")
     assert any("Read-only" in i.value for i in ops.info)
     assert not [b for b in ops.button if b.label == "Move to trash"]  # nothing to change
+    assert "originals" not in ops.selectbox(key=f"zip-pick-{batch}").options  # the person's own files stay theirs
     assert any(f"operator access: {uid(OPS)} opened batch {batch} of user {uid(ALICE_PLUS)}" in r.getMessage()
                for r in caplog.records)
 

@@ -128,7 +128,7 @@ def _gallery(status: dict) -> None:
                 _card(status, img)
 
 
-CARD_WIDTH = 168
+CARD_WIDTH = 144
 
 
 def _card(status: dict, img: dict) -> None:
