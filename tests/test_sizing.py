@@ -4,7 +4,10 @@ setting (IMGPIPE_RUN_SIZE_BANDS), which refuses what cannot be meant, naming the
 from __future__ import annotations
 
 import json
+import os
+import re
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -113,3 +116,21 @@ def test_a_band_whose_memory_cannot_hold_its_workers_is_refused_at_start_up(tmp_
     assert check_profile(load_settings(data_dir=tmp_path, worker_memory_mb=512,
                                        run_size_bands=s.run_size_bands))  # smaller workers fit
     assert check_profile(load_settings(data_dir=tmp_path))  # the defaults fit
+
+
+def test_the_operations_guide_shows_the_default_bands():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    rows = re.findall(r"^\| `([a-z-]+)` \| [^|]+ \| (\S+) / (\S+) \| (\S+) / (\S+) \| (\d+) \| `(\w+)` \|$", text, re.M)
+    assert rows == [(b.name, b.cpu, b.limits["cpu"], b.memory, b.limits["memory"], str(b.workers), b.pool)
+                    for b in BANDS]
+
+
+def test_custom_bands_reach_a_second_shell_through_stack_json(tmp_path):
+    from orchestration.devtools.dev_settings import load_dev_settings
+    from orchestration.devtools.stack import stack_values
+    from orchestration.settings import write_stack_file
+
+    bands = [{"name": "only", "cpu": "1", "memory": "2Gi"}]
+    s = load_dev_settings(data_dir=tmp_path, run_size_bands=bands)
+    write_stack_file(s, stack_values(s), pid=os.getpid())
+    assert load_settings(data_dir=tmp_path).run_size_bands == s.run_size_bands
