@@ -137,7 +137,8 @@ class SizeBand(BaseModel):
 
     @model_validator(mode="after")
     def _limits_cover_requests(self):
-        if cpu_cores(self.limits["cpu"]) < cpu_cores(self.cpu) or memory_mib(self.limits["memory"]) < memory_mib(self.memory):
+        limits = self.limits
+        if cpu_cores(limits["cpu"]) < cpu_cores(self.cpu) or memory_mib(limits["memory"]) < memory_mib(self.memory):
             raise ValueError(f"band {self.name!r}: a limit is below its request")
         return self
 
@@ -247,8 +248,8 @@ class Settings(BaseSettings):
     run_launcher: Literal["local", "k8s"] = Field("local", description="How runs are launched: 'local' (processes "
                                                   "of this machine) or 'k8s' (a pod per run, K8sRunLauncher): then "
                                                   "the batch sensor sizes each run's pod by its batch.")
-    run_size_bands: Annotated[tuple[SizeBand, ...], NoDecode] = Field(DEFAULT_SIZE_BANDS, description="Run pod sizes as JSON, smallest "
-                                                 "first; a batch gets the first band it fits.")
+    run_size_bands: Annotated[tuple[SizeBand, ...], NoDecode] = Field(
+        DEFAULT_SIZE_BANDS, description="Run pod sizes as JSON, smallest first; a batch gets the first band it fits.")
 
     # Processing: the image core's limits and outputs; defaults are the core's own (assets/core/config.py)
     workers: int = Field(0, ge=0, description="Image worker processes per batch run; 0 = number of CPUs.")
