@@ -25,10 +25,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from assets.core.config import DEFAULT_RENDITIONS, CoreConfig, Limits, RenditionSpec
@@ -65,6 +76,107 @@ def _csv(value):
 
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_csv)]  # IMGPIPE_X="a, b" -> ("a", "b")
 AbsolutePath = Annotated[Path, AfterValidator(lambda path: path.expanduser().resolve())]
+
+# -- run pod sizes (IMGPIPE_RUN_SIZE_BANDS; the choice is orchestration.domain.sizing) --------------------
+
+_CPU = re.compile(r"^(?:[0-9]+m|[0-9]+(?:\.[0-9]{1,3})?)$")
+_MEMORY = re.compile(r"^[0-9]+(Mi|Gi)$")
+
+
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity ('500m', '0.5', '2') in cores."""
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def memory_mib(quantity: str) -> int:
+    """A Kubernetes memory quantity in Mi or Gi ('512Mi', '2Gi') in MiB."""
+    return int(quantity[:-2]) * (1024 if quantity.endswith("Gi") else 1)
+
+
+def _quantity(pattern: re.Pattern, amount, example: str):
+    def check(value):
+        text = str(value)  # JSON numbers (2, 0.5) are CPU quantities too
+        if not pattern.match(text) or amount(text) <= 0:
+            raise ValueError(f"{value!r} is not a positive quantity like {example}")
+        return text
+    return BeforeValidator(check)
+
+
+CpuQuantity = Annotated[str, _quantity(_CPU, cpu_cores, "'500m', '0.5' or '2'")]
+MemoryQuantity = Annotated[str, _quantity(_MEMORY, memory_mib, "'512Mi' or '2Gi'")]
+
+
+class SizeBand(BaseModel):
+    """One run-pod size: batches of at most ``max_images`` images *and* ``max_bytes`` bytes (None: no bound)
+    get ``cpu``/``memory`` requested (limits default to the requests) and one image worker per requested
+    CPU (at least one), on the node pool ``pool`` (label ``imgpipe.io/pool=<pool>``, taint
+    ``imgpipe.io/<pool>=true:NoSchedule``; None: the run launcher's own placement)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    max_images: int | None = Field(None, ge=1)
+    max_bytes: int | None = Field(None, ge=1)
+    cpu: CpuQuantity
+    memory: MemoryQuantity
+    cpu_limit: CpuQuantity | None = None
+    memory_limit: MemoryQuantity | None = None
+    pool: str | None = Field(None, pattern=r"^[a-z][a-z0-9]{0,11}$")  # an AKS node pool name
+
+    @property
+    def workers(self) -> int:
+        """Image workers to match: one per requested CPU, at least one."""
+        return max(1, int(cpu_cores(self.cpu)))
+
+    @property
+    def requests(self) -> dict[str, str]:
+        return {"cpu": self.cpu, "memory": self.memory}
+
+    @property
+    def limits(self) -> dict[str, str]:
+        return {"cpu": self.cpu_limit or self.cpu, "memory": self.memory_limit or self.memory}
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self):
+        limits = self.limits
+        if cpu_cores(limits["cpu"]) < cpu_cores(self.cpu) or memory_mib(limits["memory"]) < memory_mib(self.memory):
+            raise ValueError(f"band {self.name!r}: a limit is below its request")
+        return self
+
+
+def _bounds(band: SizeBand) -> tuple[float, float]:
+    return (band.max_images or float("inf"), band.max_bytes or float("inf"))
+
+
+def check_bands(bands: tuple[SizeBand, ...]) -> tuple[SizeBand, ...]:
+    """Smallest first, each band's bounds at or above the previous band's and not both equal, distinct names;
+    the last band has no bound, so that every batch has one."""
+    if not bands:
+        raise ValueError("at least one band is needed")
+    if len({b.name for b in bands}) < len(bands):
+        raise ValueError(f"band names repeat: {[b.name for b in bands]}")
+    for smaller, larger in zip(bands, bands[1:]):
+        low, high = _bounds(smaller), _bounds(larger)
+        if any(h < lo for lo, h in zip(low, high)) or low == high:
+            raise ValueError(f"bands must ascend: {larger.name!r} (max_images {larger.max_images}, max_bytes "
+                             f"{larger.max_bytes}) is not above {smaller.name!r} (max_images {smaller.max_images}, "
+                             f"max_bytes {smaller.max_bytes})")
+    if _bounds(bands[-1]) != (float("inf"), float("inf")):
+        raise ValueError(f"the last band ({bands[-1].name!r}) must have no max_images or max_bytes: "
+                         f"every batch needs a band")
+    return bands
+
+
+# Sized for the run pool's Standard_D4ds_v5 nodes (deploy/azure: 4 vCPU / 16 GiB, about 3.86 CPU allocatable
+# before the node's daemon sets): the largest pod leaves room for those. Memory limits hold every worker at
+# its address-space cap (IMGPIPE_WORKER_MEMORY_MB) plus the run process (check_profile).
+DEFAULT_SIZE_BANDS = (
+    SizeBand(name="small", max_images=8, max_bytes=64 * 1024**2, cpu="500m", memory="1Gi", cpu_limit="1",
+             memory_limit="2Gi", pool="runs"),
+    SizeBand(name="medium", max_images=100, max_bytes=1024**3, cpu="2", memory="2Gi", memory_limit="4Gi",
+             pool="runs"),
+    SizeBand(name="large", cpu="3", memory="6Gi", memory_limit="8Gi", pool="runs"),
+)
+RUN_PROCESS_MIB = 512  # the run worker itself (Dagster, the code, the understanding models' client or models)
 
 
 class Settings(BaseSettings):
@@ -137,6 +249,13 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Receive from the queue at least this often even without a signal."
     )
 
+    # Run pods (Kubernetes): sized by their batch (orchestration/domain/sizing.py, docs/operations.md)
+    run_launcher: Literal["local", "k8s"] = Field("local", description="How runs are launched: 'local' (processes "
+                                                  "of this machine) or 'k8s' (a pod per run, K8sRunLauncher): then "
+                                                  "the batch sensor sizes each run's pod by its batch.")
+    run_size_bands: Annotated[tuple[SizeBand, ...], NoDecode] = Field(
+        DEFAULT_SIZE_BANDS, description="Run pod sizes as JSON, smallest first; a batch gets the first band it fits.")
+
     # Processing: the image core's limits and outputs; defaults are the core's own (assets/core/config.py)
     workers: int = Field(0, ge=0, description="Image worker processes per batch run; 0 = number of CPUs.")
     max_pixels: int = Field(_LIMITS.max_pixels, gt=0, description="Largest source image, width x height.")
@@ -206,6 +325,16 @@ class Settings(BaseSettings):
     @classmethod
     def _formats(cls, value):
         return tuple(f.upper() for f in _csv(value))
+
+    @field_validator("run_size_bands", mode="before")
+    @classmethod
+    def _bands_json(cls, value):
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("run_size_bands")
+    @classmethod
+    def _bands(cls, value):
+        return check_bands(value)
 
     @field_validator("keep_exif", mode="before")
     @classmethod
@@ -277,6 +406,8 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             if isinstance(value, bool):
                 text = str(value).lower()
+            elif isinstance(value, tuple) and value and isinstance(value[0], BaseModel):
+                text = json.dumps([v.model_dump(exclude_none=True) for v in value])
             elif isinstance(value, tuple):
                 text = ",".join(value)
             else:
@@ -333,6 +464,11 @@ def check_profile(settings: Settings) -> Settings:
             missing.append("IMGPIPE_CONTENT_SAFETY_ENDPOINT (IMGPIPE_UNDERSTANDING=azure)")
     if settings.moderation_review_threshold > settings.moderation_flag_threshold:
         missing.append("IMGPIPE_MODERATION_REVIEW_THRESHOLD <= IMGPIPE_MODERATION_FLAG_THRESHOLD")
+    for band in settings.run_size_bands:
+        if memory_mib(band.limits["memory"]) < band.workers * settings.worker_memory_mb + RUN_PROCESS_MIB:
+            missing.append(f"IMGPIPE_RUN_SIZE_BANDS: band {band.name!r}'s memory limit {band.limits['memory']} < "
+                           f"{band.workers} worker(s) × IMGPIPE_WORKER_MEMORY_MB {settings.worker_memory_mb} MiB "
+                           f"+ {RUN_PROCESS_MIB} MiB for the run process")
     if settings.kafka_security == "eventhubs" and not settings.eventhubs_namespace:
         missing.append("IMGPIPE_EVENTHUBS_NAMESPACE (IMGPIPE_KAFKA_SECURITY=eventhubs signs in with Entra ID; "
                        "a connection string needs IMGPIPE_KAFKA_SECURITY=eventhubs_connection_string)")

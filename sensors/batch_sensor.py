@@ -15,7 +15,8 @@ The queue gives *at-least-once* delivery (peek-lock); Dagster gives *at-most-onc
    it is a redelivery after a crash further down.
 4. Otherwise the tick returns ``RunRequest(run_key=batch_id, partition_key=batch_id)`` plus the request
    to add the dynamic partition, and remembers the message's lock in the cursor. It does *not* complete
-   the message yet: Dagster creates the run only after the tick returns.
+   the message yet: Dagster creates the run only after the tick returns. The run is tagged with its size
+   band (``size_tags``; on Kubernetes also its pod's resources, node pool and image workers).
 5. The next tick completes every remembered message whose run now exists.
 
 Settlement across ticks (why step 5 works on Service Bus)
@@ -69,11 +70,12 @@ from pydantic import ValidationError
 
 from orchestration.domain.batches import DELETED, BatchDeleted, change_batch, parse_run_key, set_batch
 from orchestration.domain.manifest import BatchManifest, display_name
+from orchestration.domain.sizing import batch_load, choose_band
 from orchestration.partitions import batches_partitions
 from orchestration.ports.metadata import MetadataStore
 from orchestration.ports.queue import BatchQueue, MessageLockLost, ReceivedMessage
 from orchestration.ports.signal import Signal
-from orchestration.settings import load_settings
+from orchestration.settings import Settings, SizeBand, env_var, load_settings
 
 # Messages received per tick. Dagster's sensor daemon starts a round of ticks every 5 s at most (every 1 s
 # under the local stack's dev tuning), and a burst of uploads waits for ticks: 100 per tick drains a burst
@@ -81,6 +83,34 @@ from orchestration.settings import load_settings
 RECEIVE_BATCH = 100
 INVALID_MANIFEST = "InvalidManifest"
 RUN_KEY_TAG = "dagster/run_key"
+SIZE_BAND_TAG = "imgpipe/size-band"
+K8S_CONFIG_TAG = "dagster-k8s/config"  # dagster-k8s's per-run Kubernetes config, merged over runK8sConfig
+POOL_LABEL = "imgpipe.io/pool"  # node label of a pool; its taint is imgpipe.io/<pool>=true:NoSchedule (deploy/azure)
+
+
+def k8s_config(band: SizeBand) -> dict:
+    """A size band as the run's ``dagster-k8s/config``: the container's resources and image workers
+    (``IMGPIPE_WORKERS``: a container's ``env`` wins over the settings ConfigMap), and the node pool. Deep-merged
+    by the K8sRunLauncher over the Helm values' runK8sConfig. Sizes and placement only: nothing secret."""
+    config: dict = {"container_config": {"resources": {"requests": band.requests, "limits": band.limits},
+                                         "env": [{"name": env_var("workers"), "value": str(band.workers)}]}}
+    if band.pool:
+        config["pod_spec_config"] = {
+            "nodeSelector": {POOL_LABEL: band.pool},
+            "tolerations": [{"key": f"imgpipe.io/{band.pool}", "operator": "Equal", "value": "true",
+                             "effect": "NoSchedule"}],
+        }
+    return config
+
+
+def size_tags(manifest: BatchManifest, settings: Settings) -> dict[str, str]:
+    """The run's size band; on Kubernetes (``IMGPIPE_RUN_LAUNCHER=k8s``) also its pod's config. Locally the
+    band is for reading only: runs are processes of the machine, with its IMGPIPE_WORKERS."""
+    band = choose_band(settings.run_size_bands, *batch_load(manifest))
+    tags = {SIZE_BAND_TAG: band.name}
+    if settings.run_launcher == "k8s":
+        tags[K8S_CONFIG_TAG] = json.dumps(k8s_config(band), separators=(",", ":"))
+    return tags
 
 
 def _run_exists(context: SensorEvaluationContext, batch_id: str) -> bool:
@@ -128,6 +158,7 @@ def evaluate_batch_sensor(
     *,
     safety_poll_seconds: float,
     now: float | None = None,
+    settings: Settings | None = None,
 ) -> SensorResult | SkipReason:
     now = time.time() if now is None else now
     state = json.loads(context.cursor) if context.cursor else {}
@@ -152,6 +183,7 @@ def evaluate_batch_sensor(
     if not (signals or state.get("backlog") or due):
         return SensorResult(cursor=json.dumps({**state, "pending": pending}), skip_reason="no new batches signalled")
 
+    settings = settings or load_settings()
     run_requests, new_partitions = [], []
     received = q.receive(max_messages=RECEIVE_BATCH)
     for msg in received:
@@ -185,7 +217,7 @@ def evaluate_batch_sensor(
             RunRequest(
                 run_key=msg.message_id,  # the batch id (a restored batch's next generation: <id>~n)
                 partition_key=manifest.batch_id,
-                tags=run_tags(manifest, doc),
+                tags={**run_tags(manifest, doc), **size_tags(manifest, settings)},
             )
         )
         pending.append(_encode(msg))
@@ -231,7 +263,8 @@ def build_batch_sensor(job, *, settings=None, interval_seconds: int | None = Non
         signal: ResourceParam[Signal],
         metadata: ResourceParam[MetadataStore],
     ):
-        return evaluate_batch_sensor(context, queue, signal, metadata, safety_poll_seconds=safety)
+        return evaluate_batch_sensor(context, queue, signal, metadata, safety_poll_seconds=safety,
+                                     settings=settings)
 
     return batch_sensor
 

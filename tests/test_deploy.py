@@ -506,6 +506,65 @@ def test_the_run_pod_gets_its_own_resources_identity_and_no_secret_literal(tmp_p
     assert wrong == broken["dagster-user-deployments"]["deployments"][0]["resources"] != meant
 
 
+# What a run pool node has left for run pods, by VM size: its vCPUs and memory less the node's own reservations
+# and daemon sets (AKS reserves about 0.14 CPU and 0.7 GiB on a 4-vCPU/16-GiB node; with Azure network policy,
+# Container Insights and the CSI drivers the daemon sets request about 0.6 CPU more): kept on the safe side.
+RUN_NODE_ROOM = {"Standard_D4ds_v5": (3.25, 12 * 1024)}  # (CPUs, MiB)
+
+
+@needs_chart
+@pytest.mark.parametrize("images,band,cpu,memory,workers", [
+    (1, "small", ("500m", "1"), ("1Gi", "2Gi"), 1),
+    (16, "medium", ("2", "2"), ("2Gi", "4Gi"), 2),
+    (2000, "large", ("3", "3"), ("6Gi", "8Gi"), 3),
+])
+def test_the_run_pod_is_sized_by_its_batch(tmp_path, monkeypatch, images, band, cpu, memory, workers):
+    """The batch sensor's tags for a batch, with the deployed settings (the imgpipe-settings ConfigMap), through
+    the real K8sRunLauncher: the pod gets the band's resources, pool and image workers, and the run uses them."""
+    from orchestration.resources import resources_from_settings
+    from orchestration.settings import load_settings
+    from sensors.batch_sensor import size_tags
+    from tests.support.batches import manifest_of
+
+    config_map = next(d for d in _manifests() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "imgpipe-settings")
+    for name, value in config_map["data"].items():
+        monkeypatch.setenv(name, value)
+    tags = size_tags(manifest_of(images), load_settings())
+    assert tags["imgpipe/size-band"] == band
+    values = deploycheck.load_values()
+    job = deploycheck.run_job(values, tmp_path, tags=tags)
+    assert deploycheck.k8s_errors(job) == [] and deploycheck.secret_literals(job) == []
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["resources"] == {"requests": {"cpu": cpu[0], "memory": memory[0]},
+                                      "limits": {"cpu": cpu[1], "memory": memory[1]}}
+    launcher_pod = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]
+    assert pod["nodeSelector"] == {"imgpipe.io/pool": "runs"} and pod["tolerations"] == launcher_pod["tolerations"]
+    # The run reads its settings from the ConfigMap (envFrom) and the container's env, which wins in Kubernetes:
+    # the image workers the run's processing resource starts follow the band.
+    assert {"configMapRef": {"name": "imgpipe-settings"}} in container["envFrom"]
+    for e in container["env"]:
+        if e["name"].startswith("IMGPIPE_"):
+            monkeypatch.setenv(e["name"], e["value"])
+    monkeypatch.setenv("IMGPIPE_EVENTHUBS_CONNECTION_STRING", "Endpoint=sb://x/")  # a Secret's, not in the ConfigMap
+    processing = resources_from_settings(load_settings())["processing"].create_resource(None)
+    assert processing.workers == workers  # (the ConfigMap alone says 2)
+
+
+def test_every_size_band_fits_a_node_of_its_pool():
+    from orchestration.settings import Settings, cpu_cores, memory_mib
+
+    aks = next(r for r in _template()["resources"] if r["type"] == "Microsoft.ContainerService/managedClusters")
+    pools = {p["nodeLabels"]["imgpipe.io/pool"]: p for p in aks["properties"]["agentPoolProfiles"] if p.get("nodeLabels")}
+    vm_size = _template()["parameters"]["runPoolVmSize"]["defaultValue"]
+    for band in Settings().run_size_bands:
+        pool = pools[band.pool]  # the band's pool exists, and its taint is the one the band tolerates
+        assert pool["nodeTaints"] == [f"imgpipe.io/{band.pool}=true:NoSchedule"]
+        assert pool["vmSize"] == "[parameters('runPoolVmSize')]"
+        cpus, mib = RUN_NODE_ROOM[vm_size]
+        assert cpu_cores(band.cpu) <= cpus and memory_mib(band.memory) <= mib, band  # else it never schedules
+
+
 # -- the web app's manifests -----------------------------------------------------------------------
 
 

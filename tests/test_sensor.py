@@ -10,6 +10,7 @@ import time
 
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
+from tests.support.batches import manifest_of
 from tests.support.dagster_internals import create_run_for_test
 
 from orchestration.domain.intake import IntakeItem, upload_batch
@@ -34,9 +35,10 @@ def res(offline_settings):
     return {"queue": wiring.CLIENTS.queue(s), "signal": wiring.CLIENTS.signal(s), "metadata": wiring.CLIENTS.metadata(s)}
 
 
-def _tick(instance: DagsterInstance, res, cursor=None, *, safety=30.0, now=None):
+def _tick(instance: DagsterInstance, res, cursor=None, *, safety=30.0, now=None, settings=None):
     ctx = build_sensor_context(instance=instance, cursor=cursor)
-    return evaluate_batch_sensor(ctx, res["queue"], res["signal"], res["metadata"], safety_poll_seconds=safety, now=now)
+    return evaluate_batch_sensor(ctx, res["queue"], res["signal"], res["metadata"], safety_poll_seconds=safety, now=now,
+                                 settings=settings)
 
 
 def _upload(services: Services, user="alice"):
@@ -183,3 +185,52 @@ def test_sensor_definition_runs_with_code_location_resources(instance, offline_s
                                definitions=definitions.defs)
     result = sensor_def(ctx)
     assert [r.run_key for r in result.run_requests] == [batch]
+
+
+# -- run pods sized by the batch ---------------------------------------------------------------------
+
+
+def _queue_manifest(services: Services, images: int) -> str:
+    """A batch as intake queues it (only its manifest: the sensor reads nothing else), ``images`` images."""
+    manifest = manifest_of(images)
+    services.queue.send(manifest.model_dump_json().encode(), message_id=manifest.batch_id)
+    return manifest.batch_id
+
+
+def _pod(requests: dict, limits: dict, workers: int) -> dict:
+    return {"container_config": {"resources": {"requests": requests, "limits": limits},
+                                 "env": [{"name": "IMGPIPE_WORKERS", "value": str(workers)}]},
+            "pod_spec_config": {"nodeSelector": {"imgpipe.io/pool": "runs"},
+                                "tolerations": [{"key": "imgpipe.io/runs", "operator": "Equal", "value": "true",
+                                                 "effect": "NoSchedule"}]}}
+
+
+SIZED = {  # images → (band, the run pod's dagster-k8s/config)
+    1: ("small", _pod({"cpu": "500m", "memory": "1Gi"}, {"cpu": "1", "memory": "2Gi"}, 1)),
+    16: ("medium", _pod({"cpu": "2", "memory": "2Gi"}, {"cpu": "2", "memory": "4Gi"}, 2)),
+    2000: ("large", _pod({"cpu": "3", "memory": "6Gi"}, {"cpu": "3", "memory": "8Gi"}, 3)),
+}
+
+
+@pytest.mark.parametrize("images", sorted(SIZED))
+def test_on_kubernetes_the_run_pod_is_sized_by_its_batch(instance, res, services, offline_settings, images):
+    from dagster_k8s.job import USER_DEFINED_K8S_CONFIG_KEY, get_user_defined_k8s_config
+
+    batch = _queue_manifest(services, images)
+    k8s = offline_settings.model_copy(update={"run_launcher": "k8s"})
+    [req] = _tick(instance, res, settings=k8s).run_requests
+    band, pod = SIZED[images]
+    assert req.run_key == batch and req.tags["imgpipe/size-band"] == band
+    assert json.loads(req.tags[USER_DEFINED_K8S_CONFIG_KEY]) == pod
+    assert len(req.tags[USER_DEFINED_K8S_CONFIG_KEY]) < 1000  # a compact tag
+    parsed = get_user_defined_k8s_config(req.tags)  # what the K8sRunLauncher reads from the run's tags
+    assert parsed.container_config["resources"] == pod["container_config"]["resources"]
+    assert parsed.pod_spec_config["node_selector"] == {"imgpipe.io/pool": "runs"}  # (snake_cased)
+
+
+def test_locally_runs_get_their_band_but_no_kubernetes_config(instance, res, services, offline_settings):
+    _queue_manifest(services, 16)
+    [req] = _tick(instance, res, settings=offline_settings).run_requests
+    assert offline_settings.run_launcher == "local"
+    assert req.tags["imgpipe/size-band"] == "medium"
+    assert not [t for t in req.tags if t.startswith("dagster-k8s/")]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterInvalidConfigError, materialize
 from dagster import serialize_value
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from assets.core.config import CoreConfig
 from tests.support.procs import probe
@@ -32,6 +32,8 @@ def _render_default(value) -> str:
         value = value.get_secret_value()
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple) and value and isinstance(value[0], BaseModel):
+        return json.dumps([v.model_dump(exclude_none=True) for v in value])
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, float):

@@ -23,7 +23,7 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from orchestration.adapters.kafka.admin import ensure_topic
 from orchestration.devtools import dagster_tuning, kafka_broker, processes, webstack
@@ -83,7 +83,8 @@ def stack_values(settings: DevSettings) -> dict:
             continue
         if isinstance(value, SecretStr) and not (settings.profile == "emulated" and name in EMULATOR_SECRETS):
             continue
-        values[name] = list(value) if isinstance(value, tuple) else value
+        values[name] = ([v.model_dump(exclude_none=True) if isinstance(v, BaseModel) else v for v in value]
+                        if isinstance(value, tuple) else value)  # (JSON for stack.json: size bands as dicts)
     return values
 
 
