@@ -529,6 +529,8 @@ def test_the_run_pod_is_sized_by_its_batch(tmp_path, monkeypatch, images, band, 
     config_map = next(d for d in _manifests() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "imgpipe-settings")
     for name, value in config_map["data"].items():
         monkeypatch.setenv(name, value)
+    # (the template's output fills the namespace in at deploy time; here, a name of the right shape)
+    monkeypatch.setenv("IMGPIPE_EVENTHUBS_NAMESPACE", "imgpipe-test.servicebus.windows.net")
     tags = size_tags(manifest_of(images), load_settings())
     assert tags["imgpipe/size-band"] == band
     values = deploycheck.load_values()
@@ -546,7 +548,7 @@ def test_the_run_pod_is_sized_by_its_batch(tmp_path, monkeypatch, images, band, 
     for e in container["env"]:
         if e["name"].startswith("IMGPIPE_"):
             monkeypatch.setenv(e["name"], e["value"])
-    monkeypatch.setenv("IMGPIPE_EVENTHUBS_CONNECTION_STRING", "Endpoint=sb://x/")  # a Secret's, not in the ConfigMap
+    monkeypatch.setenv("IMGPIPE_EVENTHUBS_NAMESPACE", "imgpipe-test.servicebus.windows.net")
     processing = resources_from_settings(load_settings())["processing"].create_resource(None)
     assert processing.workers == workers  # (the ConfigMap alone says 2)
 
