@@ -175,7 +175,7 @@ def test_results_show_own_batches_only(env, settings):
     assert at.get("image")[0].proto.imgs[0].alt.startswith("a.jpg")  # what a screen reader says
     # One download per image (a choice of 3 sizes x (JPEG, WebP) and the original) and one ZIP for the batch.
     [one, whole] = at.get("download_button")
-    assert one.proto.label == "Download large" and whole.proto.label == "Download 1 file(s) as ZIP"
+    assert one.proto.label == "Download large" and whole.proto.label == "Download large JPEG as ZIP (1 file)"
     [pick, zip_pick] = [s for s in at.selectbox if s.key in (f"pick-{mine}-i0001", f"zip-pick-{mine}")]
     assert len(pick.options) == 7 and "original" in pick.options[-1]
     assert sorted(zip_pick.options[:6]) == ["large JPEG", "large WEBP", "medium JPEG", "medium WEBP", "thumb JPEG",
@@ -644,8 +644,10 @@ def test_a_new_batch_arriving_does_not_collapse_the_one_being_viewed(env, settin
     newer = upload_batch(env, [IntakeItem.from_bytes("b.jpg", JPEG)], user_id=uid(ALICE_PLUS),
                          metadata={"title": "Arrived"}).batch_id
     _process(settings, newer)
-    at.session_state[f"results-view-{uid(ALICE_PLUS)}"]["ids"] = None  # as when its event arrives
+    follower = at.session_state["follower"]
+    follower.poll = lambda: [{"batch_id": newer}]  # its event arrives (from the user's Kafka partition)
     at.run()
     arrived = next(e for e in at.expander if "Arrived" in e.label)
     assert viewing().proto.expanded and not arrived.proto.expanded  # the one being looked at stays open
-    assert len(at.get("image")) == 1  # its gallery too; the new one waits, collapsed, on top
+    assert len(at.get("image")) == 1  # its gallery too; the new one waits, collapsed, below it (nothing moves)
+    assert [e.label.split("**")[1] for e in at.expander if "**" in e.label] == ["Viewing", "Arrived"]

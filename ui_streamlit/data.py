@@ -154,6 +154,14 @@ def batch_for_operator(services: Services, batch_id: str, *, operator: str) -> d
             "owner_name": found.get("owner_name")}
 
 
+def keep_order(shown: list[str] | None, newest_first: list[str]) -> list[str]:
+    """The batches to show, in the order the page already shows them: what arrived since goes below, so nothing
+    the person is looking at moves (or closes) when a batch arrives. The first read is newest first."""
+    if shown is None:
+        return newest_first
+    return [b for b in shown if b in newest_first] + [b for b in reversed(newest_first) if b not in shown]
+
+
 def counts_line(status: dict) -> str:
     """'completed · 32 processed · 2 rejected' (failures are never hidden in a full bar)."""
     images = status["images"]
@@ -289,11 +297,11 @@ def download_entries(status: dict, settings, choice: str, *, originals: bool = T
     return unique
 
 
-def write_zip(entries: list[tuple[str, str]], read, *, spool_bytes: int = 64 * 1024 * 1024):
+def write_zip(entries: list[tuple[str, str]], read, *, spool_bytes: int = 64 * 1024 * 1024) -> bytes:
     """The files as one ZIP, read one at a time with ``read(path)`` (bytes, or None when the lake cannot give
     it now: listed in MISSING.txt inside the ZIP instead of failing the download). Stored, not recompressed
-    (JPEG, WebP and AVIF are compressed already); spooled to disk past ``spool_bytes``. Returns the file,
-    at its start."""
+    (JPEG, WebP and AVIF are compressed already); spooled to disk past ``spool_bytes`` while it is made.
+    Returned as bytes: Streamlit's download hands the browser a whole file from memory, never a stream."""
     import tempfile
     import zipfile
 
@@ -310,7 +318,8 @@ def write_zip(entries: list[tuple[str, str]], read, *, spool_bytes: int = 64 * 1
             z.writestr("MISSING.txt", "Not available when this ZIP was made (try again later):\n"
                        + "\n".join(missing) + "\n")
     out.seek(0)
-    return out
+    with out:
+        return out.read()
 
 
 def on_checkerboard(image: bytes, cell: int = 8) -> bytes:

@@ -197,7 +197,7 @@ def _downloads(status: dict) -> None:
     entries = data.download_entries(status, svc.settings, choice, originals=mine)
     title = data.safe_name((status.get("metadata") or {}).get("title") or status["batch_id"])
     st.download_button(
-        f"Download {len(entries)} file(s) as ZIP",
+        f"Download {choice} as ZIP ({len(entries)} file{'' if len(entries) == 1 else 's'})",
         data=lambda: data.write_zip(entries, lambda p: _owned_bytes(status, p, cached=False)),
         file_name=f"{title}-{choice.replace(' ', '-')}.zip", mime="application/zip", on_click="ignore",
         key=f"zip-{status['batch_id']}", icon=":material/folder_zip:")
@@ -311,7 +311,7 @@ def _live() -> None:
         ids = [selected]
     else:
         if view["ids"] is None or stale or (changed - set(view["ids"])):
-            view["ids"] = [b["id"] for b in data.user_batches(svc, user, limit=10)]
+            view["ids"] = data.keep_order(view["ids"], [b["id"] for b in data.user_batches(svc, user, limit=10)])
         ids = view["ids"]
     statuses = view["statuses"]
     for batch_id in ids:

@@ -25,11 +25,11 @@ if frame.empty:
     st.info("No processed images yet.")
     st.stop()
 
-c1, c2, c3, c4 = st.columns(4)
-c1.metric("Batches", frame["batch_id"].nunique())
-c2.metric("Images", len(frame))
-c3.metric("Rejected", int((frame["outcome"] == "rejected").sum()))
-c4.metric("With near-duplicates", int((frame["near_duplicates"] > 0).sum()))
+with st.container(horizontal=True):  # four in a row on a desktop, two by two on a phone
+    for label, value in [("Batches", frame["batch_id"].nunique()), ("Images", len(frame)),
+                         ("Rejected", int((frame["outcome"] == "rejected").sum())),
+                         ("With near-duplicates", int((frame["near_duplicates"] > 0).sum()))]:
+        st.metric(label, value, width=160)
 
 tables = data.stats(frame)
 left, right = st.columns(2)
