@@ -37,7 +37,7 @@ from orchestration.domain import understanding as understand
 from orchestration.domain.batches import DELETED, BatchDeleted, change_batch, ensure_live, set_batch, write_image
 from orchestration.domain.processing import Processing
 from assets.core import processing_version
-from orchestration.partitions import batches_partitions
+from orchestration.partitions import REPROCESS_TAG, batches_partitions
 from orchestration.ports.lake import Lake
 from orchestration.ports.metadata import MetadataStore
 from orchestration.ports.results import ResultStream
@@ -131,6 +131,18 @@ def raw_images(context: AssetExecutionContext, lake: LakePort, metadata: Metadat
     )
 
 
+def _forced_redo_runs(context: AssetExecutionContext, stored: dict[str, dict]) -> set[str] | None:
+    """None for a run that may take over any earlier attempt's finished images (a retry, a re-execution, a
+    run of a restored batch). A reprocess (``REPROCESS_TAG``, which its retries inherit) redoes the batch:
+    of the runs that wrote ``stored``, only its own (the run and its re-executions) count."""
+    run = context.run
+    if REPROCESS_TAG not in run.tags:
+        return None
+    root = run.root_run_id or run.run_id
+    writers = {d.get("dagster_run_id") for d in stored.values()} - {None}
+    return {w for w in writers if (r := context.instance.get_run_by_id(w)) and (r.root_run_id or r.run_id) == root}
+
+
 @asset(
     partitions_def=batches_partitions,
     deps=[raw_images],
@@ -139,7 +151,8 @@ def raw_images(context: AssetExecutionContext, lake: LakePort, metadata: Metadat
     kinds={"pillow", LAKE_KIND},
     output_required=False,
     description="Resized renditions of every image (auto-oriented, sRGB, metadata stripped); a bad image "
-    "becomes a rejection with a reason and never fails the batch.",
+    "becomes a rejection with a reason and never fails the batch. A retry takes over the images an earlier "
+    "attempt finished under the same processing ('resumed') and processes only the rest.",
 )
 @stops_when_deleted
 def renditions(
@@ -150,8 +163,12 @@ def renditions(
     manifest = steps.load_manifest(lake_client, context.partition_key)
     workers = processing.workers
     batch_doc = ensure_live(store, manifest.batch_id, manifest.user_id)
-    # The stored documents (one query), whose history each new document carries forward.
+    # The stored documents (one query), whose history each new document carries forward, and what an
+    # earlier attempt already finished under this processing (a retry redoes only the rest).
     previous = {d["id"]: d for d in store.query("images", partition_key=manifest.batch_id)}
+    resume = steps.resumable(manifest, previous, steps.processing_stamp(processing.config),
+                             set(lake_client.list(f"processed/{manifest.batch_id}/")) if previous else set(),
+                             runs=_forced_redo_runs(context, previous))
     streamed: list[str] = []
     streaming = True
 
@@ -176,7 +193,7 @@ def renditions(
 
     try:
         report = steps.process_batch(lake_client, manifest, workers=workers, config=processing.config,
-                                     on_outcome=progress, server=processing.server)
+                                     on_outcome=progress, server=processing.server, resume=resume)
     finally:  # (also when the step fails: a retry then does not send these again)
         if streamed and streaming:
             try:
@@ -186,6 +203,7 @@ def renditions(
             else:
                 steps.record_sent(store, manifest, streamed)
     outcomes = report.outcomes
+    fresh = [o for o in outcomes if o["image_id"] not in resume]
     rejected = [o for o in outcomes if o["outcome"] == "rejected"]
     for o in rejected:
         context.log.warning(f"{o['name']} ({o['image_id']}) rejected: {o['code']}: {o['reason']}")
@@ -194,9 +212,11 @@ def renditions(
         metadata={
             "processed": len(outcomes) - len(rejected),
             "rejected": len(rejected),
+            "resumed": report.resumed,  # finished by an earlier attempt of the batch, taken over
+            "images_this_run": len(fresh),  # the rest: processed (or rejected) by this run
             "rejection_codes": MetadataValue.json(sorted({o["code"] for o in rejected})),
             "renditions": sum(len(o["renditions"]) for o in outcomes),
-            "bytes_written": sum(r["bytes"] for o in outcomes for r in o["renditions"]),
+            "bytes_written": sum(r["bytes"] for o in fresh for r in o["renditions"]),
             "median_ms_per_image": times[len(times) // 2],
             "workers": workers,
             "peak_worker_rss_mb": report.peak_worker_rss_mb,

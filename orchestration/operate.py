@@ -139,7 +139,7 @@ def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = 
     shows it under Backfills; ``dagster/backfill`` tags its runs). A batch that never reached a run has no
     partition yet: the missing ones are added first (``addDynamicPartition``)."""
     from orchestration.definitions import defs
-    from orchestration.partitions import batches_partitions
+    from orchestration.partitions import REPROCESS_TAG, batches_partitions
 
     if not batch_ids:
         raise OperateError("no batch selected: nothing to reprocess")
@@ -158,7 +158,7 @@ def submit_reprocess(settings: Settings, batch_ids: list[str], *, reason: str = 
     params = {
         "partitionNames": list(batch_ids),
         "assetSelection": keys,
-        "tags": [{"key": "imgpipe/reprocess", "value": "cli"}],
+        "tags": [{"key": REPROCESS_TAG, "value": "cli"}],
         "title": f"imgpipe reprocess{'' if asset == 'all' else ' --asset ' + asset}: {len(batch_ids)} batch(es)",
         "description": reason or "submitted by `imgpipe reprocess`",
     }

@@ -3,7 +3,8 @@ then turn the outcomes into metadata documents and Kafka events. ``assets.batch`
 assets; keeping them here makes them testable on their own and keeps the asset code thin.
 
 Idempotency: every write is keyed by (batch id, image id, rendition name) — lake paths, document ids
-and event ids — so a re-executed run overwrites instead of duplicating.
+and event ids — so a re-executed run overwrites instead of duplicating. Resumption: a re-executed run takes
+over what an earlier attempt finished under the same processing (``resumable``) and processes only the rest.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import io
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable, Mapping
 
 from assets.core import PROCESSING_VERSION, CoreConfig, hamming, library_versions, processing_version
 from assets.core.pool import Outcome, WorkerPool
@@ -103,23 +104,67 @@ class BatchReport:
     peak_worker_rss_mb: float
     worker_restarts: int
     workers_from: str = ""
+    resumed: int = 0  # outcomes taken over from an earlier attempt (``resumable``), not produced again
+
+
+def processing_stamp(config: CoreConfig) -> dict:
+    """What an image's outcome was made under, recorded on it: the processing version (the code and the
+    settings that shape the output), a digest of the whole configuration (its limits decide what is
+    refused) and the image libraries. Two outcomes with the same stamp and source bytes are the same."""
+    return {"processing_version": processing_version(config),
+            "processing_config": hashlib.sha256(repr(config).encode()).hexdigest()[:12],
+            "libraries": library_versions()}
+
+
+# An outcome's fields (as process_batch makes them); an image document holds them and more.
+OUTCOME_FIELDS = ("image_id", "name", "outcome", "code", "reason", "sha256", "size", "sniffed_type", "facts",
+                  "renditions", "processing_ms", "processing_version", "processing_config", "libraries")
+
+
+def resumable(manifest: BatchManifest, stored: Mapping[str, dict], stamp: Mapping[str, object],
+              existing: Collection[str], runs: Collection[str] | None = None) -> dict[str, dict]:
+    """The outcomes a retried or re-executed run of the batch takes over instead of processing the images
+    again, by image id. An image's stored document (``stored``: image id → document) counts only when it is
+    live (not deleted), of the manifest's bytes (sha256), made under ``stamp`` (``processing_stamp``: a
+    new version, configuration or library redoes it) and finished: processed with every rendition still
+    in the lake (``existing``: the paths listed under the batch's prefix) or rejected with a reason (a
+    missing upload is looked for again). With ``runs`` (a forced redo and its retries) it must also have
+    been written by one of those runs."""
+    done = {}
+    for img in manifest.images:
+        doc = stored.get(img.image_id)
+        if (doc is None or doc.get("deleted") or doc.get("sha256") != img.sha256
+                or any(doc.get(key) != value for key, value in stamp.items())
+                or (runs is not None and doc.get("dagster_run_id") not in runs)):
+            continue
+        paths = [r["path"] for r in doc.get("renditions") or ()]
+        if ((doc.get("outcome") == "processed" and paths and all(p in existing for p in paths))
+                or (doc.get("outcome") == "rejected" and doc.get("reason") and not paths
+                    and doc.get("code") != "raw_missing")):
+            done[img.image_id] = {key: doc.get(key) for key in OUTCOME_FIELDS}
+    return done
 
 
 def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: CoreConfig = CoreConfig(),
-                  on_outcome: Callable[[dict], None] | None = None, server: str = "") -> BatchReport:
+                  on_outcome: Callable[[dict], None] | None = None, server: str = "",
+                  resume: Mapping[str, dict] | None = None) -> BatchReport:
     """All images of the batch through the worker pool (time and memory limits per image). The parent
     reads an image's bytes only when a worker is free, and writes each result to the lake as it arrives,
     so memory is bounded by the number of workers, not by the batch size. ``on_outcome`` hears of each
     image as soon as it is done (progress for people watching). ``server``: an image worker server to fork
-    the workers from (``Processing.server``). Writes outcomes.json."""
+    the workers from (``Processing.server``). ``resume``: outcomes of earlier attempts (``resumable``),
+    taken as they are (no worker, no ``on_outcome``). Writes outcomes.json over the whole batch."""
     by_id = {img.image_id: img for img in manifest.images}
-    outcomes: dict[str, dict] = {}
-    version, libraries = processing_version(config), library_versions()
+    resume = resume or {}
+    outcomes: dict[str, dict] = dict(resume)
+    stamp = processing_stamp(config)
     tasks = []
     for img in manifest.images:
+        if img.image_id in resume:
+            continue
         early = _precheck(lake, img)
         if early is not None:
-            early["processing_version"], early["libraries"] = version, libraries
+            early.update(stamp)
             outcomes[img.image_id] = early
             if on_outcome:
                 on_outcome(early)
@@ -129,9 +174,8 @@ def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: 
     if tasks:
         with WorkerPool(min(workers, len(tasks)), config, server=server or None) as pool:
             for outcome in pool.map(tasks):
-                outcomes[outcome.key] = _store_renditions(lake, manifest.batch_id, by_id[outcome.key], outcome)
-                outcomes[outcome.key]["processing_version"] = version
-                outcomes[outcome.key]["libraries"] = libraries
+                outcomes[outcome.key] = {**_store_renditions(lake, manifest.batch_id, by_id[outcome.key], outcome),
+                                         **stamp}
                 if on_outcome:
                     on_outcome(outcomes[outcome.key])
                 peak = max(peak, outcome.peak_rss_mb or 0.0)
@@ -139,11 +183,11 @@ def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: 
     ordered = [outcomes[img.image_id] for img in manifest.images]
     lake.write(
         outcomes_path(manifest.batch_id),
-        json.dumps({"processing_version": version, "images": ordered}, indent=1).encode(),
+        json.dumps({"processing_version": stamp["processing_version"], "images": ordered}, indent=1).encode(),
         content_type="application/json",
     )
     remove_stale_renditions(lake, manifest.batch_id, ordered)
-    return BatchReport(ordered, round(peak, 1), restarts, workers_from)
+    return BatchReport(ordered, round(peak, 1), restarts, workers_from, resumed=len(resume))
 
 
 def remove_stale_renditions(lake: Lake, batch_id: str, outcomes: Iterable[dict]) -> list[str]:
