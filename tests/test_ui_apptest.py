@@ -615,6 +615,19 @@ def test_an_operator_opens_any_batch_read_only_and_it_is_logged(env, settings, c
                for r in caplog.records)
 
 
+def test_operators_see_who_a_batch_belongs_to_by_name_beside_the_id(env):
+    """The statistics table and CSV give operators each person's display name (as they signed in) beside the
+    opaque user id; a person's own statistics have no such column."""
+    upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS), owner_name="alice+x@example.com")
+    upload_batch(env, [IntakeItem.from_bytes("b.jpg", JPEG)], user_id="script-7")  # a script's: no name
+    _process(env.settings, next(iter(env.metadata.query("batches", {"user_id": "script-7"})))["batch_id"])
+    _process(env.settings, next(iter(env.metadata.query("batches", {"user_id": uid(ALICE_PLUS)})))["batch_id"])
+    everyone = data.readable(data.image_frame(env, None))
+    assert dict(zip(everyone["user id"], everyone["person"])) == {uid(ALICE_PLUS): "alice+x@example.com",
+                                                                   "script-7": ""}
+    assert "person" not in data.readable(data.image_frame(env, uid(ALICE_PLUS))).columns
+
+
 def test_statistics_read_at_a_glance():
     """One name per format (never a MIME type beside JPEG), sizes in bands, p50/p95, the file name first."""
     frame = pd.DataFrame([

@@ -242,6 +242,8 @@ def test_the_newcomer_path(stack, browser, tmp_path, device):
     mine.get_by_text(re.compile(r"completed · 2 processed")).first.wait_for(timeout=120_000)
     assert mine.count() == 1
     mine.get_by_test_id("stImage").nth(1).wait_for(timeout=30_000)
+    first, second = (mine.get_by_test_id("stImage").nth(i).bounding_box() for i in (0, 1))
+    assert abs(first["y"] - second["y"]) < 2 and second["x"] > first["x"]  # side by side, on a phone too
     page.get_by_text(re.compile("place:\u2060? Kiel")).wait_for()  # the person's own metadata comes back
     mine.get_by_role("button", name="Details", exact=True).first.click()
     details = page.get_by_text(re.compile(r"1600×1200 JPEG · [\d.]+ [KM]B"))

@@ -481,6 +481,8 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
              "moderation", "faces", "near_duplicates", "day", "batch_id", "image_id", "owner", "user_id"]
     out = frame[[c for c in order if c in frame.columns and (c != "owner" or frame[c].notna().any())]].copy()
     out["format"] = out["format"].map(format_name)
+    if "owner" in out.columns:
+        out["owner"] = out["owner"].fillna("")  # (a script's upload has no display name)
     return out.rename(columns={"name": "file", "reason_code": "why rejected", "processing_ms": "ms", "top_label":
                                "shows", "near_duplicates": "near-duplicates", "batch_id": "batch", "image_id": "image",
                                "owner": "person", "user_id": "user id"})
