@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -20,6 +26,23 @@ def write_results(results: dict, out: str | Path) -> Path:
     path.write_text(json.dumps(results, indent=1))
     print(f"written to {path}")
     return path
+
+
+def median_ms(fn, repeat: int, clock=time.perf_counter) -> float:
+    """Median time of ``fn`` in ms: wall time, or ``clock=time.process_time`` for CPU time (all threads)."""
+    times = []
+    for _ in range(repeat):
+        t = clock()
+        fn()
+        times.append((clock() - t) * 1000)
+    return statistics.median(times)
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    x = np.asarray(a.convert("RGB"), dtype=np.float64)
+    y = np.asarray(b.convert("RGB"), dtype=np.float64)
+    mse = np.mean((x - y) ** 2)
+    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ JPEG q85 and WebP q80 (the same WebP method for both contenders) → pHash + cha
 - quality: PSNR of each 2048 JPEG rendition against a full-resolution Lanczos reference made from a full
   decode, next to the PSNR of that reference itself encoded the same way (the difference is what the
   shortcuts cost);
-- WebP method: size and time of methods 2..6 on the 2048 rendition (to choose the default);
+- (each encoder's share and settings: bench/encoders.py)
 - scaling: the worker pool with 1 and 2 workers on the same images (images/s ratio);
 - memory: peak RSS of the parent and of the largest worker for a 10-image and a --big-batch batch, each
   in a fresh process;
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import platform
 import random
@@ -47,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from assets.core import CoreConfig, process_image  # noqa: E402
-from bench.common import write_results  # noqa: E402
+from bench.common import median_ms, psnr, write_results  # noqa: E402
 from assets.core import facts as F  # noqa: E402
 
 
@@ -94,23 +93,6 @@ def ours_job(data: bytes, config: CoreConfig):
     return process_image(data, config)
 
 
-def median_ms(fn, repeat: int, clock=time.perf_counter) -> float:
-    """Median time of ``fn`` in ms: wall time, or ``clock=time.process_time`` for CPU time (all threads)."""
-    times = []
-    for _ in range(repeat):
-        t = clock()
-        fn()
-        times.append((clock() - t) * 1000)
-    return statistics.median(times)
-
-
-def psnr(a: Image.Image, b: Image.Image) -> float:
-    x = np.asarray(a.convert("RGB"), dtype=np.float64)
-    y = np.asarray(b.convert("RGB"), dtype=np.float64)
-    mse = np.mean((x - y) ** 2)
-    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
-
-
 def quality(data: bytes, ours: list, vips: dict) -> dict:
     """PSNR of every JPEG rendition against a full-resolution Lanczos reference of the same size, minus
     the PSNR of that reference encoded the same way (0 = as good as the reference; negative = worse)."""
@@ -132,22 +114,6 @@ def quality(data: bytes, ours: list, vips: dict) -> dict:
     out["worst_pyvips_minus_reference_db"] = min(
         v["pyvips_minus_reference_db"] for k, v in out.items() if isinstance(v, dict))
     return out
-
-
-def webp_methods(data: bytes) -> list[dict]:
-    big = process_image(data, CoreConfig()).renditions[0]
-    img = Image.open(io.BytesIO(big.data)).convert("RGB")
-    rows = []
-    for method in range(2, 7):
-        def enc(m=method):
-            b = io.BytesIO()
-            img.save(b, "WEBP", quality=80, method=m)
-            return b.getvalue()
-        ms = median_ms(enc, 3)
-        size = len(enc())
-        rows.append({"method": method, "ms_2048": round(ms, 1), "bytes_2048": size,
-                     "psnr_db": round(psnr(Image.open(io.BytesIO(enc())), img), 2)})
-    return rows
 
 
 def pool_throughput(datas: list[bytes], workers: int, config: CoreConfig) -> float:
@@ -348,11 +314,6 @@ def main() -> int:
     ours_med = statistics.median(s["ours_ms"] for s in speed)
     vips_med = statistics.median(s["pyvips_ms"] for s in speed)
 
-    print("WebP methods on the 2048 rendition:", flush=True)
-    methods = webp_methods(datas[0])
-    for row in methods:
-        print(f"  method {row['method']}: {row['ms_2048']:6.1f} ms, {row['bytes_2048']:8d} bytes, {row['psnr_db']} dB")
-
     print("worker pool scaling:", flush=True)
     pool_images = [datas[i % len(datas)] for i in range(12)]
     one = pool_throughput(pool_images, 1, config)
@@ -381,7 +342,6 @@ def main() -> int:
         "images_per_second_per_core": {"ours": round(1000 / ours_med, 3), "pyvips": round(1000 / vips_med, 3),
                                        "ratio_ours_to_pyvips": round(vips_med / ours_med, 3)},
         "psnr_worst_ours_minus_reference_db": min(s["psnr"]["worst_ours_minus_reference_db"] for s in speed),
-        "webp_methods": methods,
         "pool": {"one_worker_img_s": round(one, 3), "two_workers_img_s": round(two, 3), "ratio": round(two / one, 3)},
         "memory": {"small_batch": small, "big_batch": big},
         "per_format": formats,

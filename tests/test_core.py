@@ -232,3 +232,13 @@ def test_a_webp_header_that_is_not_one_gives_no_size():
     assert webp_dimensions(b"RIFF\0\0\0\0WEBPVP8L" + b"\0" * 20) is None  # no lossless signature
     assert webp_dimensions(b"RIFF\0\0\0\0WEBPVP8L\0\0\0\0\x2f") is None  # truncated
     assert webp_dimensions(b"RIFF\0\0\0\0WEBPALPH" + b"\0" * 20) is None  # a chunk that cannot come first
+
+
+def test_encoder_effort_is_part_of_the_processing_version():
+    """Renditions made with another WebP method or AVIF speed carry another processing version, so they show
+    as changed and ``--changed`` reprocesses them (issue 25 moved the WebP default from 4 to 2)."""
+    from assets.core import processing_version
+
+    default = processing_version(CoreConfig())
+    assert processing_version(CoreConfig(webp_method=4)) != default
+    assert processing_version(CoreConfig(avif_speed=9)) != default

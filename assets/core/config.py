@@ -57,10 +57,11 @@ class CoreConfig:
     limits: Limits = field(default_factory=Limits)
     jpeg_quality: int = 85
     webp_quality: int = 80
-    # WebP encoder effort. Measured on a 12 MP photo → 2048/1024/256 (bench/core_speed.py): method 4
-    # costs ~2x method 2 for a few % smaller files. We take 4, libwebp's own default, which keeps
-    # parity with pyvips in the benchmark; see docs/benchmarks.md.
-    webp_method: int = 4
+    # Encoder effort, chosen by bench/encoders.py on the standard 12 MP job (docs/benchmarks.md, "Encoder
+    # settings"). WebP method 2: the same bytes (+0.5 %) and quality (-0.06 dB PSNR, same SSIMULACRA2) as
+    # libwebp's default 4 for ~3x less time; WebP was ~2/3 of the job. AVIF speed 8: 9 and 10 are faster
+    # but +4 % bytes, 6 and 7 save 1-3 % bytes for 3x the time.
+    webp_method: int = 2
     avif_quality: int = 60
     avif_speed: int = 8
     background: tuple[int, int, int] = (255, 255, 255)  # flattening colour where the format has no alpha
