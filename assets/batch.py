@@ -117,7 +117,8 @@ def stops_when_deleted(step):
 def raw_images(context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort):
     batch_id = context.partition_key
     manifest = steps.load_manifest(lake, batch_id)
-    stored = [img for img in manifest.images if img.lake_path and lake.exists(img.lake_path)]
+    listed = set(lake.list(f"raw/{batch_id}/"))  # one listing (a few pages), not a request per image
+    stored = [img for img in manifest.images if img.lake_path and img.lake_path in listed]
     set_batch(metadata, batch_id, manifest.user_id, status="processing", dagster_run_id=context.run.run_id)
     yield MaterializeResult(
         metadata={

@@ -296,6 +296,9 @@ class Settings(BaseSettings):
                                  "(IMGPIPE_UNDERSTANDING=azure; DefaultAzureCredential).")
     content_safety_endpoint: str = Field("", description="https://<account>.cognitiveservices.azure.com/ of Azure AI "
                                          "Content Safety (IMGPIPE_UNDERSTANDING=azure; DefaultAzureCredential).")
+    understanding_parallel: int = Field(8, ge=1, le=64, description="Requests in flight to Azure AI Vision and "
+                                        "Content Safety per step (IMGPIPE_UNDERSTANDING=azure): about the accounts' "
+                                        "rate limit (S1: 20 per second) times a request's latency.")
 
     # Who may sign in, and who is an operator (see orchestration/domain/identity.py)
     oidc_issuers: CommaList = Field((), description="Accepted token issuers (iss), e.g. "

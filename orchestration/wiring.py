@@ -188,7 +188,8 @@ def _understanding(settings: Settings, clients: "Clients") -> Any:
         from orchestration.adapters.azure.understanding import AzureUnderstanding
 
         return AzureUnderstanding.from_endpoints(settings.vision_endpoint, settings.content_safety_endpoint,
-                                                 DefaultAzureCredential(), min_person_score=settings.face_min_score)
+                                                 DefaultAzureCredential(), min_person_score=settings.face_min_score,
+                                                 parallel=settings.understanding_parallel)
     if settings.understanding == "off":
         return None
     from orchestration.adapters.local.understanding import LocalUnderstanding

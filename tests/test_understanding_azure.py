@@ -275,3 +275,41 @@ def test_a_request_the_service_refuses_fails_the_step_instead_of_every_image(dou
     monkeypatch.setattr(double_module, "VISION_FEATURES", {f for f in double_module.VISION_FEATURES if f != "caption"})
     with pytest.raises(UnderstandingError, match="400.*caption"):
         adapter.analyze([image(double, "cat"), image(double, "person-with-dog")], ["labels"])
+
+
+def test_requests_in_flight_follow_the_setting(credential):
+    """IMGPIPE_UNDERSTANDING_PARALLEL requests at a time per step: enough to reach the accounts' rate limit,
+    never more (a 10,000-image batch at 4 in flight would take longer than its renditions)."""
+    import threading
+    import time
+
+    class Counting(AzureAIDouble):
+        def __init__(self):
+            super().__init__()
+            self.now = self.most = self.seen = 0
+            self._count = threading.Lock()
+            self._three = threading.Barrier(3, timeout=10)  # the first three calls meet: 3 are in flight at once
+
+        def send(self, request, **kwargs):
+            with self._count:
+                self.now += 1
+                self.seen += 1
+                self.most = max(self.most, self.now)
+                first = self.seen <= 3
+            if first:
+                self._three.wait()
+            time.sleep(0.005)
+            try:
+                return super().send(request, **kwargs)
+            finally:
+                with self._count:
+                    self.now -= 1
+
+    double = Counting()
+    understanding = AzureUnderstanding.from_endpoints(VISION_ENDPOINT, SAFETY_ENDPOINT, credential, transport=double,
+                                                      parallel=3)
+    try:
+        understanding.analyze([image(double, "cat")] * 12, ["labels"])
+    finally:
+        understanding.close()
+    assert double.most == 3

@@ -33,7 +33,6 @@ from orchestration.ports.understanding import TOP_LABELS, ModelInfo, Understandi
 VISION_API = "2023-10-01"          # Image Analysis 4.0 GA
 CONTENT_SAFETY_API = "2023-10-01"  # Content Safety GA
 _SEVERITY_MAX = 6.0
-_PARALLEL = 4  # requests in flight per step (the accounts' default rate limits allow more)
 # Image Analysis' inner error codes that mean "this image", not "this request".
 _IMAGE_ERRORS = {"InvalidImageSize", "InvalidImageFormat", "NotSupportedImage", "InvalidImageUrl"}
 
@@ -67,20 +66,22 @@ def azure_models(vision_host: str, safety_host: str, min_person_score: float = 0
 
 class AzureUnderstanding:
     def __init__(self, vision: ImageAnalysisClient, safety: ContentSafetyClient, *, vision_host: str = "",
-                 safety_host: str = "", min_person_score: float = 0.6):
+                 safety_host: str = "", min_person_score: float = 0.6, parallel: int = 8):
         self._vision, self._safety = vision, safety
+        self._parallel = parallel  # requests in flight per step (IMGPIPE_UNDERSTANDING_PARALLEL)
         self._vision_host, self._safety_host = vision_host, safety_host
         self._min_person_score = min_person_score
 
     @classmethod
     def from_endpoints(cls, vision_endpoint: str, safety_endpoint: str, credential, *, min_person_score: float = 0.6,
-                       **client_kwargs):
+                       parallel: int = 8, **client_kwargs):
         """Clients authenticated with ``credential`` (a TokenCredential: DefaultAzureCredential); never a key."""
         vision_endpoint, safety_endpoint = vision_endpoint.rstrip("/"), safety_endpoint.rstrip("/")
         return cls(ImageAnalysisClient(vision_endpoint, credential, **client_kwargs),
                    ContentSafetyClient(safety_endpoint, credential, **client_kwargs),
                    vision_host=urlparse(vision_endpoint).hostname or "",
-                   safety_host=urlparse(safety_endpoint).hostname or "", min_person_score=min_person_score)
+                   safety_host=urlparse(safety_endpoint).hostname or "", min_person_score=min_person_score,
+                   parallel=parallel)
 
     def models(self) -> dict[str, ModelInfo]:
         return azure_models(self._vision_host, self._safety_host, self._min_person_score)
@@ -145,7 +146,7 @@ class AzureUnderstanding:
         return out
 
     def analyze(self, images: Sequence[bytes], tasks: Collection[str]) -> list[dict[str, dict]]:
-        with ThreadPoolExecutor(max_workers=min(_PARALLEL, max(1, len(images)))) as pool:
+        with ThreadPoolExecutor(max_workers=min(self._parallel, max(1, len(images)))) as pool:
             return list(pool.map(lambda data: self._one(data, tasks), images))
 
     def close(self) -> None:
