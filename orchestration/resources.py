@@ -104,7 +104,7 @@ class LakeStepIOManager(IOManager):
                                                            context.upstream_output.get_identifier())))
 
 
-@io_manager(required_resource_keys={"lake"}, description="Step outputs of a batch run as JSON in the lake.")
+@io_manager(config_schema={}, required_resource_keys={"lake"}, description="Step outputs of a batch run as JSON in the lake.")
 def lake_step_io_manager(init_context) -> LakeStepIOManager:
     return LakeStepIOManager(init_context.resources.lake)
 
