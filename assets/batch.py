@@ -21,14 +21,26 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
+    AssetIn,
     AssetKey,
     AssetSpec,
+    Backoff,
+    DynamicOut,
+    DynamicOutput,
+    In,
     MaterializeResult,
     MetadataValue,
+    Nothing,
+    OpExecutionContext,
+    Out,
+    Output,
     ResourceParam,
+    RetryPolicy,
     asset,
     asset_check,
+    graph_asset,
     multi_asset,
+    op,
 )
 
 from orchestration.domain import processing as steps  # the Dagster-free work of each asset
@@ -38,6 +50,7 @@ from orchestration.domain.batches import DELETED, BatchDeleted, change_batch, en
 from orchestration.domain.processing import Processing
 from assets.core import processing_version
 from orchestration.partitions import REPROCESS_TAG, batches_partitions
+from orchestration.resources import STEP_IO
 from orchestration.ports.lake import Lake
 from orchestration.ports.metadata import MetadataStore
 from orchestration.ports.results import ResultStream
@@ -80,7 +93,7 @@ def understanding_code_version(task: str) -> str:
 
 
 def stops_when_deleted(step):
-    """Deleted wins, for a batch asset (a generator): when the step fails because its batch was deleted —
+    """Deleted wins, for a batch asset or op (a generator): when the step fails because its batch was deleted —
     a writer refused (``BatchDeleted``) or an upload it was reading went to the trash — it trashes what the
     run wrote after the delete and ends without output, so the steps after it are skipped and the run
     neither fails nor retries. Any other failure is the step's own."""
@@ -144,31 +157,53 @@ def _forced_redo_runs(context: AssetExecutionContext, stored: dict[str, dict]) -
     return {w for w in writers if (r := context.instance.get_run_by_id(w)) and (r.root_run_id or r.run_id) == root}
 
 
-@asset(
-    partitions_def=batches_partitions,
-    deps=[raw_images],
-    group_name=_GROUP,
-    code_version=PROCESSING_CODE_VERSION,
-    kinds={"pillow", LAKE_KIND},
-    output_required=False,
-    description="Resized renditions of every image (auto-oriented, sRGB, metadata stripped); a bad image "
-    "becomes a rejection with a reason and never fails the batch. A retry takes over the images an earlier "
-    "attempt finished under the same processing ('resumed') and processes only the rest.",
-)
+# -- renditions: a graph of three ops ------------------------------------------------------------
+# plan_chunks cuts the batch into chunks (one chunk below IMGPIPE_FANOUT_MIN_IMAGES), render_chunk is mapped
+# over them (a failed chunk is retried alone; re-execution from failure redoes only failed chunks), and
+# merge_chunks writes outcomes.json and the asset's materialization. The same graph runs in one process
+# (process_batch) or fanned out, a step per chunk (process_batch_fanout: processes locally, pods on AKS);
+# values cross steps through the lake (orchestration.resources.LakeStepIOManager).
+
+CHUNK_POOL = "imgpipe-chunks"  # the concurrency pool of chunk steps (a limit across runs, set on AKS)
+CHUNK_RETRY = RetryPolicy(max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL)
+
+
+@op(ins={"raw_images": In(Nothing)}, out=DynamicOut(list, io_manager_key=STEP_IO, is_required=False),
+    description="The batch's chunks: the image ids of each, a few hundred per chunk (one chunk for a batch below "
+    "IMGPIPE_FANOUT_MIN_IMAGES).")
 @stops_when_deleted
-def renditions(
-    context: AssetExecutionContext, lake: LakePort, metadata: MetadataPort, processing: ProcessingParam,
-    results: ResultsPort,
-):
-    lake_client, store = lake, metadata
-    manifest = steps.load_manifest(lake_client, context.partition_key)
-    workers = processing.workers
+def plan_chunks(context: OpExecutionContext, lake: LakePort, metadata: MetadataPort, processing: ProcessingParam):
+    manifest = steps.load_manifest(lake, context.partition_key)
+    ensure_live(metadata, manifest.batch_id, manifest.user_id)
+    chunks = steps.plan_chunks(manifest, min_images=processing.fanout_min_images,
+                               chunk_images=processing.chunk_images)
+    for number, image_ids in enumerate(chunks):
+        yield DynamicOutput(image_ids, mapping_key=f"c{number:04d}")
+
+
+@op(out=Out(dict, io_manager_key=STEP_IO, is_required=False), retry_policy=CHUNK_RETRY, pool=CHUNK_POOL,
+    description="Renditions of one chunk's images (the same processing as any batch), each image's document "
+    "and event streamed as it is done.")
+@stops_when_deleted
+def render_chunk(context: OpExecutionContext, image_ids: list, lake: LakePort, metadata: MetadataPort,
+                 processing: ProcessingParam, results: ResultsPort):
+    report = render_images(context, image_ids, lake, metadata, processing, results)
+    yield Output({"outcomes": report.outcomes, "peak_worker_rss_mb": report.peak_worker_rss_mb,
+                  "worker_restarts": report.worker_restarts, "image_workers_from": report.workers_from,
+                  "resumed": report.resumed, "bytes_written": report.bytes_written})
+
+
+def render_images(context: OpExecutionContext, image_ids: list[str] | None, lake: Lake, store: MetadataStore,
+                  processing: Processing, results: ResultStream) -> steps.BatchReport:
+    """Renditions of the batch's images ``image_ids`` (None: all): ``steps.process_images`` with each image's
+    document and event out as soon as it is done."""
+    manifest = steps.load_manifest(lake, context.partition_key)
     batch_doc = ensure_live(store, manifest.batch_id, manifest.user_id)
     # The stored documents (one query), whose history each new document carries forward, and what an
     # earlier attempt already finished under this processing (a retry redoes only the rest).
     previous = {d["id"]: d for d in store.query("images", partition_key=manifest.batch_id)}
     resume = steps.resumable(manifest, previous, steps.processing_stamp(processing.config),
-                             set(lake_client.list(f"processed/{manifest.batch_id}/")) if previous else set(),
+                             set(lake.list(f"processed/{manifest.batch_id}/")) if previous else set(),
                              runs=_forced_redo_runs(context, previous))
     streamed: list[str] = []
     streaming = True
@@ -193,8 +228,9 @@ def renditions(
                     context.log.warning(f"results not streamed per image (result_events will send them): {exc}")
 
     try:
-        report = steps.process_batch(lake_client, manifest, workers=workers, config=processing.config,
-                                     on_outcome=progress, server=processing.server, resume=resume)
+        return steps.process_images(lake, manifest, image_ids, workers=processing.workers,
+                                    config=processing.config, on_outcome=progress, server=processing.server,
+                                    resume=resume)
     finally:  # (also when the step fails: a retry then does not send these again)
         if streamed and streaming:
             try:
@@ -203,29 +239,52 @@ def renditions(
                 context.log.warning(f"per-image events not acknowledged (result_events will send them): {exc}")
             else:
                 steps.record_sent(store, manifest, streamed)
-    outcomes = report.outcomes
-    fresh = [o for o in outcomes if o["image_id"] not in resume]
+
+
+@op(out=Out(Nothing, is_required=False), description="The batch's outcomes.json from its chunks, and the "
+    "renditions materialization (counts, sizes, workers).")
+@stops_when_deleted
+def merge_chunks(context: OpExecutionContext, chunks: list, lake: LakePort, metadata: MetadataPort,
+                 processing: ProcessingParam):
+    manifest = steps.load_manifest(lake, context.partition_key)
+    ensure_live(metadata, manifest.batch_id, manifest.user_id)
+    by_id = {o["image_id"]: o for chunk in chunks for o in chunk["outcomes"]}
+    outcomes = [by_id[img.image_id] for img in manifest.images]
+    steps.write_outcomes(lake, manifest.batch_id, outcomes, config=processing.config)
     rejected = [o for o in outcomes if o["outcome"] == "rejected"]
     for o in rejected:
         context.log.warning(f"{o['name']} ({o['image_id']}) rejected: {o['code']}: {o['reason']}")
     times = sorted(o["processing_ms"] for o in outcomes if o["outcome"] == "processed") or [0.0]
-    yield MaterializeResult(
-        metadata={
-            "processed": len(outcomes) - len(rejected),
-            "rejected": len(rejected),
-            "resumed": report.resumed,  # finished by an earlier attempt of the batch, taken over
-            "images_this_run": len(fresh),  # the rest: processed (or rejected) by this run
-            "rejection_codes": MetadataValue.json(sorted({o["code"] for o in rejected})),
-            "renditions": sum(len(o["renditions"]) for o in outcomes),
-            "bytes_written": sum(r["bytes"] for o in fresh for r in o["renditions"]),
-            "median_ms_per_image": times[len(times) // 2],
-            "workers": workers,
-            "peak_worker_rss_mb": report.peak_worker_rss_mb,
-            "worker_restarts": report.worker_restarts,
-            "image_workers_from": report.workers_from,
-            "processing_version": PROCESSING_CODE_VERSION,
-        }
-    )
+    yield Output(None, metadata={
+        "processed": len(outcomes) - len(rejected),
+        "rejected": len(rejected),
+        "resumed": sum(c["resumed"] for c in chunks),  # finished by an earlier attempt of the batch, taken over
+        "images_this_run": len(outcomes) - sum(c["resumed"] for c in chunks),  # the rest: done by this run
+        "rejection_codes": MetadataValue.json(sorted({o["code"] for o in rejected})),
+        "renditions": sum(len(o["renditions"]) for o in outcomes),
+        "bytes_written": sum(c["bytes_written"] for c in chunks),  # by this run
+        "median_ms_per_image": times[len(times) // 2],
+        "workers": processing.workers,
+        "chunks": len(chunks),
+        "peak_worker_rss_mb": max((c["peak_worker_rss_mb"] for c in chunks), default=0.0),
+        "worker_restarts": sum(c["worker_restarts"] for c in chunks),
+        "image_workers_from": ", ".join(sorted({c["image_workers_from"] for c in chunks} - {""})),
+        "processing_version": PROCESSING_CODE_VERSION,
+    })
+
+
+@graph_asset(
+    partitions_def=batches_partitions,
+    ins={"raw_images": AssetIn("raw_images", dagster_type=Nothing)},
+    group_name=_GROUP,
+    code_version=PROCESSING_CODE_VERSION,
+    kinds={"pillow", LAKE_KIND},
+    description="Resized renditions of every image (auto-oriented, sRGB, metadata stripped); a bad image "
+    "becomes a rejection with a reason and never fails the batch. Made in chunks (one for a batch below "
+    "IMGPIPE_FANOUT_MIN_IMAGES), merged into the batch's outcomes.",
+)
+def renditions(raw_images):
+    return merge_chunks(plan_chunks(raw_images).map(render_chunk).collect())
 
 
 _UNDERSTANDING_DESCRIPTIONS = {

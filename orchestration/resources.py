@@ -16,9 +16,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from dagster import ConfigurableResource, InitResourceContext
+import json
 
+from dagster import ConfigurableResource, InitResourceContext, InputContext, IOManager, OutputContext, io_manager
+
+from orchestration.domain.manifest import step_output_path
 from orchestration.domain.processing import Processing
+from orchestration.ports.lake import Lake
 from orchestration.settings import Settings, check_profile, load_settings
 from orchestration.wiring import CLIENTS
 
@@ -78,8 +82,34 @@ class ProcessingResource(_PortResource):
 
     def create_resource(self, context: InitResourceContext) -> Processing:
         s = self._settings()
-        return Processing(workers=s.effective_workers, config=s.core_config(), server=s.image_worker_server)
+        return Processing(workers=s.effective_workers, config=s.core_config(), server=s.image_worker_server,
+                          fanout_min_images=s.fanout_min_images, chunk_images=s.fanout_chunk_images)
 
+
+class LakeStepIOManager(IOManager):
+    """Hands a step's output (JSON) to the next step through the lake: in a fanned-out run the chunk lists and
+    chunk results cross processes (locally) or pods (k8s_job_executor), which share no disk. One object per
+    output under the batch's processed/ prefix (``step_output_path``), named by the run that made it, so a
+    re-execution from failure reads what its parent run's chunks left."""
+
+    def __init__(self, lake: Lake):
+        self._lake = lake
+
+    def handle_output(self, context: OutputContext, obj) -> None:
+        path = step_output_path(context.partition_key, context.get_identifier())
+        self._lake.write(path, json.dumps(obj).encode(), content_type="application/json")
+
+    def load_input(self, context: InputContext):
+        return json.loads(self._lake.read(step_output_path(context.partition_key,
+                                                           context.upstream_output.get_identifier())))
+
+
+@io_manager(config_schema={}, required_resource_keys={"lake"}, description="Step outputs of a batch run as JSON in the lake.")
+def lake_step_io_manager(init_context) -> LakeStepIOManager:
+    return LakeStepIOManager(init_context.resources.lake)
+
+
+STEP_IO = "lake_step_io"  # the key assets name as io_manager_key
 
 RESOURCES: dict[str, type[_PortResource]] = {
     "lake": LakeResource, "metadata": MetadataResource, "queue": QueueResource, "signal": SignalResource,
@@ -87,10 +117,12 @@ RESOURCES: dict[str, type[_PortResource]] = {
 }
 
 
-def resources_from_settings(settings: Settings | None = None) -> dict[str, ConfigurableResource]:
-    """Every resource, bound to ``settings`` (default: the process's, from the environment). The binding is a
-    class attribute, not config: Dagster rebuilds resources from their config, which is empty."""
+def resources_from_settings(settings: Settings | None = None) -> dict:
+    """Every resource, bound to ``settings`` (default: the process's, from the environment), and the IO manager
+    on the lake. The binding is a class attribute, not config: Dagster rebuilds resources from their config,
+    which is empty."""
     s = check_profile(settings or load_settings())
-    return {name: type(cls.__name__, (cls,), {"settings": s, "__doc__": cls.__doc__,
-                                              "__module__": __name__})()
-            for name, cls in RESOURCES.items()}
+    return {**{name: type(cls.__name__, (cls,), {"settings": s, "__doc__": cls.__doc__,
+                                                 "__module__": __name__})()
+               for name, cls in RESOURCES.items()},
+            STEP_IO: lake_step_io_manager}

@@ -256,6 +256,16 @@ class Settings(BaseSettings):
     run_size_bands: Annotated[tuple[SizeBand, ...], NoDecode] = Field(
         DEFAULT_SIZE_BANDS, description="Run pod sizes as JSON, smallest first; a batch gets the first band it fits.")
 
+    # Fan-out of very large batches (docs/operations.md "Fan-out of very large batches")
+    fanout_min_images: int = Field(1000, ge=1, description="A batch with at least this many images runs the "
+                                   "job process_batch_fanout: its renditions step fans out in chunks, each its own "
+                                   "step (a process locally, a pod on Kubernetes).")
+    fanout_chunk_images: int = Field(250, ge=1, description="Images per chunk of a fanned-out batch: few, long "
+                                     "chunks (minutes each), not one step per image.")
+    fanout_max_concurrent: int = Field(4, ge=1, description="Steps (chunks) of one fanned-out run running at once "
+                                       "(the executor's max_concurrent; on AKS the concurrency pool "
+                                       "imgpipe-chunks also bounds all runs together).")
+
     # Processing: the image core's limits and outputs; defaults are the core's own (assets/core/config.py)
     workers: int = Field(0, ge=0, description="Image worker processes per batch run; 0 = number of CPUs.")
     max_pixels: int = Field(_LIMITS.max_pixels, gt=0, description="Largest source image, width x height.")

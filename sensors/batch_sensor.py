@@ -70,6 +70,7 @@ from pydantic import ValidationError
 
 from orchestration.domain.batches import DELETED, BatchDeleted, change_batch, parse_run_key, set_batch
 from orchestration.domain.manifest import BatchManifest, display_name
+from orchestration.domain.processing import fans_out
 from orchestration.domain.sizing import batch_load, choose_band
 from orchestration.partitions import batches_partitions
 from orchestration.ports.metadata import MetadataStore
@@ -85,6 +86,7 @@ INVALID_MANIFEST = "InvalidManifest"
 RUN_KEY_TAG = "dagster/run_key"
 SIZE_BAND_TAG = "imgpipe/size-band"
 K8S_CONFIG_TAG = "dagster-k8s/config"  # dagster-k8s's per-run Kubernetes config, merged over runK8sConfig
+FANOUT_BAND = "fanout"  # the size-band tag of a fanned-out run
 POOL_LABEL = "imgpipe.io/pool"  # node label of a pool; its taint is imgpipe.io/<pool>=true:NoSchedule (deploy/azure)
 
 
@@ -103,11 +105,22 @@ def k8s_config(band: SizeBand) -> dict:
     return config
 
 
+def step_k8s_config(settings: Settings) -> dict:
+    """The pods of a fanned-out run's steps (k8s_job_executor's ``step_k8s_config``, over the run launcher's
+    runK8sConfig): sized by the band of a chunk's images (IMGPIPE_FANOUT_CHUNK_IMAGES), on its node pool."""
+    return k8s_config(choose_band(settings.run_size_bands, settings.fanout_chunk_images, 0))
+
+
 def size_tags(manifest: BatchManifest, settings: Settings) -> dict[str, str]:
     """The run's size band; on Kubernetes (``IMGPIPE_RUN_LAUNCHER=k8s``) also its pod's config. Locally the
-    band is for reading only: runs are processes of the machine, with its IMGPIPE_WORKERS."""
-    band = choose_band(settings.run_size_bands, *batch_load(manifest))
-    tags = {SIZE_BAND_TAG: band.name}
+    band is for reading only: runs are processes of the machine, with its IMGPIPE_WORKERS. A fanned-out run's
+    own pod only coordinates its step pods (``step_k8s_config``): the smallest band."""
+    if fans_out(manifest, settings.fanout_min_images):
+        band = settings.run_size_bands[0]
+        tags = {SIZE_BAND_TAG: FANOUT_BAND}
+    else:
+        band = choose_band(settings.run_size_bands, *batch_load(manifest))
+        tags = {SIZE_BAND_TAG: band.name}
     if settings.run_launcher == "k8s":
         tags[K8S_CONFIG_TAG] = json.dumps(k8s_config(band), separators=(",", ":"))
     return tags
@@ -159,7 +172,10 @@ def evaluate_batch_sensor(
     safety_poll_seconds: float,
     now: float | None = None,
     settings: Settings | None = None,
+    jobs: tuple[str, str] | None = None,
 ) -> SensorResult | SkipReason:
+    """One tick (the module's docstring). ``jobs``: (the job of a batch, the job of a batch that fans out) when
+    the sensor targets both; None: the sensor's one job runs every batch."""
     now = time.time() if now is None else now
     state = json.loads(context.cursor) if context.cursor else {}
     pending: list[dict] = state.get("pending", [])
@@ -216,6 +232,7 @@ def evaluate_batch_sensor(
         run_requests.append(
             RunRequest(
                 run_key=msg.message_id,  # the batch id (a restored batch's next generation: <id>~n)
+                job_name=jobs[fans_out(manifest, settings.fanout_min_images)] if jobs else None,
                 partition_key=manifest.batch_id,
                 tags={**run_tags(manifest, doc), **size_tags(manifest, settings)},
             )
@@ -243,15 +260,18 @@ def run_tags(manifest: BatchManifest, doc: dict | None) -> dict[str, str]:
     return {**tags, **({"imgpipe/title": title} if title else {}), **({"imgpipe/owner": owner} if owner else {})}
 
 
-def build_batch_sensor(job, *, settings=None, interval_seconds: int | None = None,
+def build_batch_sensor(job, *, fanout_job=None, settings=None, interval_seconds: int | None = None,
                        safety_poll_seconds: float | None = None):
+    """The batch sensor of ``job``; with ``fanout_job``, a batch of IMGPIPE_FANOUT_MIN_IMAGES images or more
+    runs that one instead (the same assets, one run and one partition per batch either way)."""
     settings = settings or load_settings()
     interval = interval_seconds or settings.sensor_interval_seconds
     safety = safety_poll_seconds or settings.sensor_safety_poll_seconds
+    jobs = (job.name, fanout_job.name) if fanout_job is not None else None
 
     @sensor(
         name="batch_sensor",
-        job=job,
+        jobs=[job, fanout_job] if fanout_job is not None else [job],
         minimum_interval_seconds=interval,
         default_status=DefaultSensorStatus.RUNNING,
         description="Receives batch manifests from the queue (woken by the signal, with a safety-net poll) "
@@ -264,7 +284,7 @@ def build_batch_sensor(job, *, settings=None, interval_seconds: int | None = Non
         metadata: ResourceParam[MetadataStore],
     ):
         return evaluate_batch_sensor(context, queue, signal, metadata, safety_poll_seconds=safety,
-                                     settings=settings)
+                                     settings=settings, jobs=jobs)
 
     return batch_sensor
 

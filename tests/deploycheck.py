@@ -8,6 +8,9 @@
   launcher configured as the chart configures it from the values (instance ConfigMap template
   ``dagsterYaml.runLauncher.k8s``) and the code server's container context as the user-deployments chart
   passes it (``dagsterUserDeployments.k8sContainerContext``, only when includeConfigInLaunchedRuns is on);
+- ``step_job``: the Job the real ``dagster_k8s`` step handler (k8s_job_executor) creates for a step of a
+  fanned-out batch run, the executor configured as the code location configures it, on an instance whose run
+  launcher is the chart's;
 - ``k8s_errors``: kubernetes-validate --strict on any manifest.
 Facts these rest on: ../shared/notes/deploy.md."""
 
@@ -126,23 +129,7 @@ def _snake(d):
     return {names[k]: v for k, v in (d or {}).items() if k in names}
 
 
-def run_job(ours: dict, tmp_path: Path, *, tags: dict | None = None) -> dict:
-    """The Job (as the API server would receive it, JSON-ready) that the real K8sRunLauncher makes for a
-    batch run under these values."""
-    from dagster import instance_for_test
-
-    from tests.support.dagster_internals import (
-        JobPythonOrigin,
-        LaunchRunContext,
-        ModuleCodePointer,
-        RepositoryPythonOrigin,
-        create_run_for_test,
-    )
-    from dagster_k8s import K8sRunLauncher
-    from kubernetes.client import ApiClient
-
-    top, sub = helm_values(ours)
-    cfg = top["runLauncher"]["config"]["k8sRunLauncher"]
+def _kubeconfig(tmp_path: Path) -> str:
     tmp_path.mkdir(parents=True, exist_ok=True)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
@@ -150,15 +137,20 @@ def run_job(ours: dict, tmp_path: Path, *, tags: dict | None = None) -> dict:
         "clusters": [{"name": "x", "cluster": {"server": "https://127.0.0.1:9"}}],
         "users": [{"name": "x", "user": {"token": "unused"}}],
         "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}]}))
-    batch_api = _CapturingBatchApi()
+    return str(kubeconfig)
+
+
+def _launcher_config(top: dict, kubeconfig: str) -> dict:
+    """The K8sRunLauncher's config as the chart's instance ConfigMap gives it (dagsterYaml.runLauncher.k8s)."""
+    cfg = top["runLauncher"]["config"]["k8sRunLauncher"]
     global_ = top.get("global") or {}
-    launcher = K8sRunLauncher(
+    config = dict(
         service_account_name=global_.get("serviceAccountName") or top["serviceAccount"].get("name") or "dagster",
         instance_config_map="dagster-instance",
         postgres_password_secret=global_.get("postgresqlSecretName") or "dagster-postgresql-secret",
         dagster_home="/opt/dagster/dagster_home",
         image_pull_policy=cfg.get("imagePullPolicy"),
-        load_incluster_config=False, kubeconfig_file=str(kubeconfig),
+        load_incluster_config=False, kubeconfig_file=kubeconfig,
         job_namespace=cfg.get("jobNamespace") or "imgpipe",
         env_config_maps=[c["name"] for c in cfg.get("envConfigMaps") or []] or None,
         env_secrets=[s["name"] for s in cfg.get("envSecrets") or []] or None,
@@ -167,28 +159,84 @@ def run_job(ours: dict, tmp_path: Path, *, tags: dict | None = None) -> dict:
         labels=cfg.get("labels") or None, resources=cfg.get("resources") or None,
         security_context=cfg.get("securityContext") or None,
         run_k8s_config=_snake(cfg.get("runK8sConfig")) or None,
-        k8s_client_batch_api=batch_api,
     )
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def _origin(top: dict, sub: dict, job_name: str):
+    from tests.support.dagster_internals import JobPythonOrigin, ModuleCodePointer, RepositoryPythonOrigin
+
     deployment = sub["deployments"][0]
     image = f"{deployment['image']['repository']}:{deployment['image']['tag']}"
-    origin = JobPythonOrigin(
-        "process_batch",
+    return JobPythonOrigin(
+        job_name,
         RepositoryPythonOrigin(executable_path="/usr/local/bin/python",
                                code_pointer=ModuleCodePointer("orchestration.definitions", "defs", None),
                                container_image=image, container_context=_container_context(top, sub)),
     )
-    (tmp_path / "home").mkdir(exist_ok=True)
-    with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
-        launcher.register_instance(instance)
-        run = create_run_for_test(instance, job_name="process_batch", job_code_origin=origin,
-                                  tags={"imgpipe/user_id": "u-abc", "dagster/partition": "b-1", **(tags or {})})
-        launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+
+
+def _serialized(batch_api: _CapturingBatchApi) -> dict:
+    from kubernetes.client import ApiClient
+
     [(body, namespace)] = batch_api.jobs
     job = ApiClient().sanitize_for_serialization(body)
     job.setdefault("apiVersion", "batch/v1")
     job.setdefault("kind", "Job")
     job["metadata"]["namespace"] = namespace
     return job
+
+
+def run_job(ours: dict, tmp_path: Path, *, tags: dict | None = None) -> dict:
+    """The Job (as the API server would receive it, JSON-ready) that the real K8sRunLauncher makes for a
+    batch run under these values."""
+    from dagster import instance_for_test
+
+    from tests.support.dagster_internals import LaunchRunContext, create_run_for_test
+    from dagster_k8s import K8sRunLauncher
+
+    top, sub = helm_values(ours)
+    batch_api = _CapturingBatchApi()
+    launcher = K8sRunLauncher(**_launcher_config(top, _kubeconfig(tmp_path)), k8s_client_batch_api=batch_api)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    with instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        launcher.register_instance(instance)
+        run = create_run_for_test(instance, job_name="process_batch", job_code_origin=_origin(top, sub, "process_batch"),
+                                  tags={"imgpipe/user_id": "u-abc", "dagster/partition": "b-1", **(tags or {})})
+        launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+    return _serialized(batch_api)
+
+
+def step_job(ours: dict, tmp_path: Path, settings, *, step: str = "renditions.render_chunk[c0000]") -> dict:
+    """The Job (JSON-ready) that the real k8s_job_executor's step handler makes for one step of a fanned-out
+    batch run (``process_batch_fanout`` with IMGPIPE_RUN_LAUNCHER=k8s; by default its first chunk): the
+    executor configured as ``orchestration.definitions.fanout_executor`` configures it from ``settings``, on an
+    instance whose run launcher is the chart's (its runK8sConfig reaches step pods too)."""
+    from dagster import AssetSelection, Definitions, define_asset_job, instance_for_test
+
+    from assets.batch import batch_asset_checks, batch_assets
+    from orchestration.definitions import fanout_executor
+    from orchestration.resources import resources_from_settings
+    from tests.support.dagster_internals import create_run_for_test, step_handler_context
+
+    top, sub = helm_values(ours)
+    job_def = Definitions(
+        assets=batch_assets, asset_checks=batch_asset_checks,
+        jobs=[define_asset_job("process_batch_fanout", selection=AssetSelection.assets(*batch_assets),
+                               executor_def=fanout_executor(settings))],
+        resources=resources_from_settings(settings)).resolve_job_def("process_batch_fanout")
+    launcher = {"module": "dagster_k8s", "class": "K8sRunLauncher",
+                "config": _launcher_config(top, _kubeconfig(tmp_path))}
+    (tmp_path / "home").mkdir(exist_ok=True)
+    batch_api = _CapturingBatchApi()
+    with instance_for_test(temp_dir=str(tmp_path / "home"), overrides={"run_launcher": launcher}) as instance:
+        run = create_run_for_test(instance, job_name="process_batch_fanout",
+                                  job_code_origin=_origin(top, sub, "process_batch_fanout"),
+                                  tags={"imgpipe/user_id": "u-abc", "dagster/partition": "b-1"})
+        handler, context = step_handler_context(job_def, run, instance, step, batch_api,
+                                                dynamic_mappings={"renditions.plan_chunks": {"result": ["c0000"]}})
+        list(handler.launch_step(context))
+    return _serialized(batch_api)
 
 
 def k8s_errors(manifest: dict) -> list[str]:

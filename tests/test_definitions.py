@@ -53,6 +53,10 @@ def test_asset_graph_snapshot():
         AssetKey("labels")}
     job = defs.resolve_job_def("process_batch")
     assert job.executor_def.name == "in_process"
+    # Very large batches: the same assets, steps apart (locally processes; on AKS pods, tests/test_deploy.py).
+    fanout = defs.resolve_job_def("process_batch_fanout")
+    assert fanout.executor_def.name == "multiprocess_fanout"
+    assert {k for k in fanout.asset_layer.selected_asset_keys} == {k for k in job.asset_layer.selected_asset_keys}
     assert {s.name for s in defs.sensors} == {"batch_sensor", "batch_failure_sensor", "intake_reconciler",
                                               "deletion_sensor", "events_sensor", "batch_cancel_sensor"}
 

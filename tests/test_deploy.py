@@ -476,6 +476,12 @@ def test_helm_lint_passes(tmp_path):
     assert _helm_lint(broken, tmp_path).returncode == 1
 
 
+def _selects(selector: dict, labels: dict) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions with In) selects these labels."""
+    return selector.get("matchLabels", {}).items() <= labels.items() and all(
+        e["operator"] == "In" and labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", ()))
+
+
 @needs_chart
 def test_the_run_pod_gets_its_own_resources_identity_and_no_secret_literal(tmp_path):
     values = deploycheck.load_values()
@@ -496,7 +502,7 @@ def test_the_run_pod_gets_its_own_resources_identity_and_no_secret_literal(tmp_p
     assert pod["spec"]["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
     assert job["spec"]["backoffLimit"] == 0
     egress = next(d for d in _manifests() if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "run-pods-egress")
-    assert egress["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()  # it applies
+    assert _selects(egress["spec"]["podSelector"], pod["metadata"]["labels"])  # it applies
 
     # The check catches what it is for: with the chart's default includeConfigInLaunchedRuns (as in the
     # values before this fix) the code server's container context wins and the run gets its resources.
@@ -516,7 +522,9 @@ RUN_NODE_ROOM = {"Standard_D4ds_v5": (3.25, 12 * 1024)}  # (CPUs, MiB)
 @pytest.mark.parametrize("images,band,cpu,memory,workers", [
     (1, "small", ("500m", "1"), ("1Gi", "2Gi"), 1),
     (16, "medium", ("2", "2"), ("2Gi", "4Gi"), 2),
-    (2000, "large", ("3", "3"), ("6Gi", "8Gi"), 3),
+    (900, "large", ("3", "3"), ("6Gi", "8Gi"), 3),
+    # At IMGPIPE_FANOUT_MIN_IMAGES (1000) and above the run fans out: its own pod only coordinates step pods.
+    (2000, "fanout", ("500m", "1"), ("1Gi", "2Gi"), 1),
 ])
 def test_the_run_pod_is_sized_by_its_batch(tmp_path, monkeypatch, images, band, cpu, memory, workers):
     """The batch sensor's tags for a batch, with the deployed settings (the imgpipe-settings ConfigMap), through
@@ -551,6 +559,51 @@ def test_the_run_pod_is_sized_by_its_batch(tmp_path, monkeypatch, images, band, 
     monkeypatch.setenv("IMGPIPE_EVENTHUBS_NAMESPACE", "imgpipe-test.servicebus.windows.net")
     processing = resources_from_settings(load_settings())["processing"].create_resource(None)
     assert processing.workers == workers  # (the ConfigMap alone says 2)
+
+
+@needs_chart
+def test_a_fanned_out_runs_step_pod_is_a_valid_job_sized_for_a_chunk_on_the_run_pool(tmp_path, monkeypatch):
+    """Issue 25, item 3: a step of process_batch_fanout (a chunk of renditions) as the real k8s_job_executor's step
+    handler makes its Job, with the deployed settings and our Helm values: valid for Kubernetes, the band of a
+    chunk's images (resources and image workers), on the run pool, with the run pods' identity, settings and
+    no secret literal; and the executor bounds the run's parallel steps."""
+    from orchestration.definitions import fanout_executor
+    from orchestration.settings import load_settings
+    from sensors.batch_sensor import step_k8s_config
+
+    config_map = next(d for d in _manifests() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "imgpipe-settings")
+    for name, value in config_map["data"].items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("IMGPIPE_EVENTHUBS_NAMESPACE", "imgpipe-test.servicebus.windows.net")
+    settings = load_settings()
+    assert settings.run_launcher == "k8s" and fanout_executor(settings).name == "k8s_fanout"
+    values = deploycheck.load_values()
+    job = deploycheck.step_job(values, tmp_path, settings)
+    assert deploycheck.k8s_errors(job) == []
+    assert deploycheck.secret_literals(job) == ["DAGSTER_RUN_STEP_KEY"]  # (Dagster's step key: not a secret)
+    pod = job["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    chunk = step_k8s_config(settings)["container_config"]
+    assert container["resources"] == chunk["resources"] == {"requests": {"cpu": "3", "memory": "6Gi"},
+                                                            "limits": {"cpu": "3", "memory": "8Gi"}}
+    assert {"name": "IMGPIPE_WORKERS", "value": "3"} in container["env"]  # wins over the ConfigMap's 2
+    assert {"name": "DAGSTER_RUN_STEP_KEY", "value": "renditions.render_chunk[c0000]"} in container["env"]
+    assert "execute_step" in container["args"]
+    launcher_pod = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]
+    assert pod["spec"]["nodeSelector"] == {"imgpipe.io/pool": "runs"}
+    assert pod["spec"]["tolerations"] == launcher_pod["tolerations"]
+    assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert pod["spec"]["serviceAccountName"] == values["global"]["serviceAccountName"]
+    assert container["image"] == "<acrLoginServer>/imgpipe:0.1.0"
+    assert {"configMapRef": {"name": "imgpipe-settings"}} in container["envFrom"]
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+    assert job["spec"]["backoffLimit"] == 0  # a failed chunk is retried by its RetryPolicy (a new Job), not here
+    egress = next(d for d in _manifests() if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "run-pods-egress")
+    assert _selects(egress["spec"]["podSelector"], pod["metadata"]["labels"])  # (component step_worker)
+    # One batch cannot take the whole run pool: at most IMGPIPE_FANOUT_MAX_CONCURRENT steps per run, and the
+    # chunk steps' pool is bounded across runs by the instance (the chart's concurrency.pools).
+    assert values["concurrency"]["enabled"] and values["concurrency"]["pools"]["defaultLimit"] >= settings.fanout_max_concurrent
+    assert "runs" not in values["concurrency"]  # (the run queue stays dagsterDaemon.runCoordinator's)
 
 
 def test_every_size_band_fits_a_node_of_its_pool():

@@ -185,7 +185,7 @@ def test_a_run_killed_halfway_is_retried_for_the_rest_only(instance, offline_set
     killed = _run(instance, offline_settings, services, batch_id, recorder,
                   metadata=DyingStore(services.metadata, after=N))
     assert not killed.success
-    assert [e.step_key for e in killed.all_events if e.event_type_value == "STEP_FAILURE"] == ["renditions"]
+    assert [e.step_key for e in killed.all_events if e.event_type_value == "STEP_FAILURE"] == ["renditions.render_chunk[c0000]"]
     assert len(list(services.metadata.query("images", partition_key=batch_id))) == N
     assert len(_image_events(recorder)) == N  # each stored image was announced at once
 

@@ -217,7 +217,8 @@ def test_on_kubernetes_the_run_pod_is_sized_by_its_batch(instance, res, services
     from dagster_k8s.job import USER_DEFINED_K8S_CONFIG_KEY, get_user_defined_k8s_config
 
     batch = _queue_manifest(services, images)
-    k8s = offline_settings.model_copy(update={"run_launcher": "k8s"})
+    # (a batch that runs in one pod: below the fan-out threshold; fanned out, see the next test)
+    k8s = offline_settings.model_copy(update={"run_launcher": "k8s", "fanout_min_images": 5000})
     [req] = _tick(instance, res, settings=k8s).run_requests
     band, pod = SIZED[images]
     assert req.run_key == batch and req.tags["imgpipe/size-band"] == band
@@ -226,6 +227,33 @@ def test_on_kubernetes_the_run_pod_is_sized_by_its_batch(instance, res, services
     parsed = get_user_defined_k8s_config(req.tags)  # what the K8sRunLauncher reads from the run's tags
     assert parsed.container_config["resources"] == pod["container_config"]["resources"]
     assert parsed.pod_spec_config["node_selector"] == {"imgpipe.io/pool": "runs"}  # (snake_cased)
+
+
+def test_a_batch_at_the_fanout_threshold_runs_the_fanout_job_with_a_small_coordinating_pod(
+        instance, res, services, offline_settings):
+    """IMGPIPE_FANOUT_MIN_IMAGES: a batch of that many images or more runs process_batch_fanout, one below it
+    process_batch; either way one run per batch (run_key = batch id) and its partition. The fanned-out run's own
+    pod only coordinates its step pods: the smallest band, tagged 'fanout'."""
+    from sensors.batch_sensor import FANOUT_BAND
+
+    settings = offline_settings.model_copy(update={"run_launcher": "k8s", "fanout_min_images": 16})
+    small, large = _queue_manifest(services, 15), _queue_manifest(services, 16)
+    ctx = build_sensor_context(instance=instance)
+    requests = {r.run_key: r for r in evaluate_batch_sensor(
+        ctx, res["queue"], res["signal"], res["metadata"], safety_poll_seconds=30.0, settings=settings,
+        jobs=("process_batch", "process_batch_fanout")).run_requests}
+    assert {k: (r.job_name, r.partition_key) for k, r in requests.items()} == {
+        small: ("process_batch", small), large: ("process_batch_fanout", large)}
+    assert requests[small].tags["imgpipe/size-band"] == "medium"
+    assert requests[large].tags["imgpipe/size-band"] == FANOUT_BAND
+    assert json.loads(requests[large].tags["dagster-k8s/config"]) == SIZED[1][1]  # the smallest band's pod
+
+
+def test_the_batch_sensor_targets_both_jobs():
+    from orchestration.definitions import defs
+
+    sensor_def = defs.resolve_sensor_def("batch_sensor")
+    assert sorted(t.job_name for t in sensor_def.targets) == ["process_batch", "process_batch_fanout"]
 
 
 def test_locally_runs_get_their_band_but_no_kubernetes_config(instance, res, services, offline_settings):

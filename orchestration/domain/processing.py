@@ -88,11 +88,14 @@ def _store_renditions(lake: Lake, batch_id: str, image: ManifestImage, outcome: 
 class Processing:
     """How a run processes images, as the ``processing`` resource hands it to the assets: the number of
     worker processes, the image core's configuration and where workers come from (all built from Settings;
-    ``server``: an image worker server's socket, empty for a forkserver of the run's own)."""
+    ``server``: an image worker server's socket, empty for a forkserver of the run's own; how a large batch is
+    cut into chunks: ``plan_chunks``)."""
 
     workers: int
     config: CoreConfig
     server: str = ""
+    fanout_min_images: int = 1000  # IMGPIPE_FANOUT_MIN_IMAGES: plan_chunks
+    chunk_images: int = 250  # IMGPIPE_FANOUT_CHUNK_IMAGES
 
 
 CONTENT_TYPES = {"JPEG": "image/jpeg", "WEBP": "image/webp", "AVIF": "image/avif", "PNG": "image/png"}
@@ -105,6 +108,7 @@ class BatchReport:
     worker_restarts: int
     workers_from: str = ""
     resumed: int = 0  # outcomes taken over from an earlier attempt (``resumable``), not produced again
+    bytes_written: int = 0  # the renditions this call wrote (not those of resumed outcomes)
 
 
 def processing_stamp(config: CoreConfig) -> dict:
@@ -148,18 +152,32 @@ def resumable(manifest: BatchManifest, stored: Mapping[str, dict], stamp: Mappin
 def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: CoreConfig = CoreConfig(),
                   on_outcome: Callable[[dict], None] | None = None, server: str = "",
                   resume: Mapping[str, dict] | None = None) -> BatchReport:
-    """All images of the batch through the worker pool (time and memory limits per image). The parent
-    reads an image's bytes only when a worker is free, and writes each result to the lake as it arrives,
-    so memory is bounded by the number of workers, not by the batch size. ``on_outcome`` hears of each
-    image as soon as it is done (progress for people watching). ``server``: an image worker server to fork
-    the workers from (``Processing.server``). ``resume``: outcomes of earlier attempts (``resumable``),
-    taken as they are (no worker, no ``on_outcome``). Writes outcomes.json over the whole batch."""
-    by_id = {img.image_id: img for img in manifest.images}
-    resume = resume or {}
+    """All images of the batch (``process_images``), then its outcomes.json (``write_outcomes``)."""
+    report = process_images(lake, manifest, None, workers=workers, config=config, on_outcome=on_outcome,
+                            server=server, resume=resume)
+    write_outcomes(lake, manifest.batch_id, report.outcomes, config=config)
+    return report
+
+
+def process_images(lake: Lake, manifest: BatchManifest, image_ids: Iterable[str] | None, *, workers: int,
+                   config: CoreConfig = CoreConfig(), on_outcome: Callable[[dict], None] | None = None,
+                   server: str = "", resume: Mapping[str, dict] | None = None) -> BatchReport:
+    """The images ``image_ids`` of the batch (None: all; a chunk of a fanned-out batch: some) through the worker
+    pool (time and memory limits per image): the one place an image is processed, whichever way the batch
+    runs. The parent reads an image's bytes only when a worker is free, and writes each result to the lake as
+    it arrives, so memory is bounded by the number of workers, not by the batch size. ``on_outcome`` hears of
+    each image as soon as it is done (progress for people watching). ``server``: an image worker server to
+    fork the workers from (``Processing.server``). ``resume``: outcomes of earlier attempts (``resumable``),
+    taken as they are (no worker, no ``on_outcome``). Returns the outcomes in manifest order; writes no
+    outcomes.json (``write_outcomes``)."""
+    wanted = None if image_ids is None else set(image_ids)
+    images = [img for img in manifest.images if wanted is None or img.image_id in wanted]
+    by_id = {img.image_id: img for img in images}
+    resume = {k: v for k, v in (resume or {}).items() if k in by_id}
     outcomes: dict[str, dict] = dict(resume)
     stamp = processing_stamp(config)
     tasks = []
-    for img in manifest.images:
+    for img in images:
         if img.image_id in resume:
             continue
         early = _precheck(lake, img)
@@ -180,14 +198,35 @@ def process_batch(lake: Lake, manifest: BatchManifest, *, workers: int, config: 
                     on_outcome(outcomes[outcome.key])
                 peak = max(peak, outcome.peak_rss_mb or 0.0)
             restarts, workers_from = pool.restarts, pool.source
-    ordered = [outcomes[img.image_id] for img in manifest.images]
+    written = sum(r["bytes"] for key, o in outcomes.items() if key not in resume for r in o.get("renditions") or ())
+    return BatchReport([outcomes[img.image_id] for img in images], round(peak, 1), restarts, workers_from,
+                       resumed=len(resume), bytes_written=written)
+
+
+def write_outcomes(lake: Lake, batch_id: str, ordered: list[dict], *, config: CoreConfig = CoreConfig()) -> None:
+    """The batch's outcomes.json (every image, in manifest order), then the removal of what it no longer
+    names (``remove_stale_renditions``; a fanned-out run's chunk results under ``_chunks/`` too)."""
     lake.write(
-        outcomes_path(manifest.batch_id),
-        json.dumps({"processing_version": stamp["processing_version"], "images": ordered}, indent=1).encode(),
+        outcomes_path(batch_id),
+        json.dumps({"processing_version": processing_version(config), "images": ordered}, indent=1).encode(),
         content_type="application/json",
     )
-    remove_stale_renditions(lake, manifest.batch_id, ordered)
-    return BatchReport(ordered, round(peak, 1), restarts, workers_from, resumed=len(resume))
+    remove_stale_renditions(lake, batch_id, ordered)
+
+
+def fans_out(manifest: BatchManifest, min_images: int) -> bool:
+    """Whether the batch is large enough to run fanned out (IMGPIPE_FANOUT_MIN_IMAGES): the batch sensor's
+    choice of job and the renditions step's plan of chunks follow this one rule."""
+    return len(manifest.images) >= min_images
+
+
+def plan_chunks(manifest: BatchManifest, *, min_images: int, chunk_images: int) -> list[list[str]]:
+    """The image ids of each chunk of the batch's renditions step, in manifest order: one chunk (the whole
+    batch) below ``min_images``, else chunks of ``chunk_images`` (few and long: a step per chunk costs a
+    process or a pod, and thousands of dynamic steps are slow in Dagster)."""
+    ids = [img.image_id for img in manifest.images]
+    size = chunk_images if fans_out(manifest, min_images) else max(len(ids), 1)
+    return [ids[i:i + size] for i in range(0, len(ids), size)] or [[]]
 
 
 def remove_stale_renditions(lake: Lake, batch_id: str, outcomes: Iterable[dict]) -> list[str]:
