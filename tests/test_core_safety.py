@@ -354,3 +354,23 @@ def test_warming_up_is_never_what_stops_a_worker_from_starting(monkeypatch):
     assert warm.warm_up() == ["JPEG", "PNG"]
     monkeypatch.setattr(warm, "process_image", lambda *a, **k: (_ for _ in ()).throw(ImageRejected("x", "y")))
     assert warm.warm_up() == []
+
+
+def test_the_vectorised_near_duplicate_search_finds_exactly_what_hamming_finds():
+    """Every pair within the distance, with its distance, and nothing else, across block edges and for hashes
+    with the top bit set (64-bit words, not signed)."""
+    import random
+
+    from assets.core.facts import within_distance
+
+    rnd = random.Random(7)
+    base = [rnd.getrandbits(64) for _ in range(40)]
+    # near copies: 0..12 bits flipped, so some fall on each side of the limit
+    hashes = [f"{h:016x}" for h in base] + [f"{b ^ sum(1 << rnd.randrange(64) for _ in range(k)):016x}"
+                                            for k, b in enumerate(base[:13])] + ["ffffffffffffffff", "7fffffffffffffff"]
+    pool = hashes + [f"{rnd.getrandbits(64):016x}" for _ in range(30)]
+    for limit in (0, 6, 10):
+        got = within_distance(hashes, pool, limit, block=7)
+        want = [[(j, hamming(q, p)) for j, p in enumerate(pool) if hamming(q, p) <= limit] for q in hashes]
+        assert got == want
+    assert (len(hashes) - 1, 1) in within_distance(["ffffffffffffffff"], hashes, 1)[0]

@@ -3,7 +3,7 @@ that enforces time and memory limits. No Dagster here (a test checks it)."""
 
 from assets.core.config import DEFAULT_RENDITIONS, CoreConfig, Limits, RenditionSpec
 from assets.core.decode import ImageRejected
-from assets.core.facts import hamming
+from assets.core.facts import hamming, within_distance
 from assets.core.process import (
     PROCESSING_VERSION, ProcessedImage, Rendition, fit_long_edge, library_versions, process_image,
     processing_version,
@@ -22,6 +22,7 @@ __all__ = [
     "SUPPORTED_IMAGE_TYPES",
     "fit_long_edge",
     "hamming",
+    "within_distance",
     "library_versions",
     "process_image",
     "processing_version",

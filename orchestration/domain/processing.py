@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable, Mapping
 
-from assets.core import PROCESSING_VERSION, CoreConfig, hamming, library_versions, processing_version
+from assets.core import PROCESSING_VERSION, CoreConfig, library_versions, processing_version, within_distance
 from assets.core.pool import Outcome, WorkerPool
 from assets.core.sniff import webp_dimensions
 from orchestration.domain.batches import change_batch, ensure_live
@@ -327,15 +327,13 @@ def find_near_duplicates(store: MetadataStore, manifest: BatchManifest, docs: li
         if d["batch_id"] != manifest.batch_id and d.get("facts", {}).get("phash") and not d.get("deleted")
     ]
     hashed = [d for d in docs if d["outcome"] == "processed" and d["facts"].get("phash")]
-    for doc in hashed:
-        mine = doc["facts"]["phash"]
-        matches = []
-        for other in hashed:
-            if other is not doc and (dist := hamming(mine, other["facts"]["phash"])) <= DUPLICATE_MAX_DISTANCE:
-                matches.append({"batch_id": manifest.batch_id, "image_id": other["image_id"], "name": other["name"], "distance": dist})
-        for other in earlier:
-            if (dist := hamming(mine, other["facts"]["phash"])) <= DUPLICATE_MAX_DISTANCE:
-                matches.append({"batch_id": other["batch_id"], "image_id": other["image_id"], "name": other["name"], "distance": dist})
+    pool = hashed + earlier  # this batch's images first (the same index as in ``hashed``), then earlier ones
+    found = within_distance([d["facts"]["phash"] for d in hashed], [d["facts"]["phash"] for d in pool],
+                            DUPLICATE_MAX_DISTANCE)
+    for n, (doc, near) in enumerate(zip(hashed, found)):
+        matches = [{"batch_id": manifest.batch_id if j < len(hashed) else pool[j]["batch_id"],
+                    "image_id": pool[j]["image_id"], "name": pool[j]["name"], "distance": dist}
+                   for j, dist in near if j != n]
         doc["near_duplicates"] = sorted(matches, key=lambda m: (m["distance"], m["batch_id"], m["image_id"]))
 
 
