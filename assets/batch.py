@@ -46,7 +46,8 @@ from dagster import (
 from orchestration.domain import processing as steps  # the Dagster-free work of each asset
 from orchestration.domain import retention
 from orchestration.domain import understanding as understand
-from orchestration.domain.batches import DELETED, BatchDeleted, change_batch, ensure_live, set_batch, write_image
+from orchestration.domain.batches import (DELETED, BatchDeleted, change_batch, ensure_live, set_batch, write_image,
+                                          write_images)
 from orchestration.domain.processing import Processing
 from assets.core import processing_version
 from orchestration.partitions import REPROCESS_TAG, batches_partitions
@@ -392,8 +393,7 @@ def image_documents(context: AssetExecutionContext, lake: LakePort, metadata: Me
     steps.find_near_duplicates(store, manifest, docs)
     summary = steps.summarize(docs)
     run_id = context.run.run_id
-    for doc in docs:
-        write_image(store, doc)
+    write_images(store, docs)
     # Still 'processing': the batch is 'completed' once its checks have passed (result_events).
     change_batch(store, manifest.batch_id, manifest.user_id, lambda batch_doc: {
         **batch_doc, "status": "processing", "error": None, "dagster_run_id": run_id,

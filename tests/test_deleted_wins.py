@@ -357,3 +357,35 @@ def test_two_sweeps_racing_over_the_same_object_both_end_quietly(tmp_path, monke
     with pytest.raises(ObjectNotFound):  # ...after this one had looked
         lake.delete("processed/b/i1/thumb.jpg")
     assert len(lake.list_deleted("processed/b/")) == 1  # no empty trash entry left behind
+
+
+def test_documents_written_in_parallel_stop_when_the_batch_is_deleted(offline_settings, batch):
+    """image_documents writes many documents at a time (two round trips each); a delete in the middle stops
+    what has not started, raises BatchDeleted, and leaves each written document in the trash."""
+    from orchestration.domain.batches import write_images
+
+    services, batch_id = batch
+
+    class Deleting:
+        def __init__(self, store, at):
+            self.store, self.at, self.upserts = store, at, 0
+
+        def upsert(self, container, doc):
+            self.upserts += 1
+            if self.upserts == self.at:
+                retention.delete_batch(services, batch_id, "ann", deleted_by="ann")
+            return self.store.upsert(container, doc)
+
+        def __getattr__(self, name):
+            return getattr(self.store, name)
+
+    docs = [{"id": f"x{n:04d}", "image_id": f"x{n:04d}", "batch_id": batch_id, "user_id": "ann", "outcome": "processed"}
+            for n in range(200)]
+    write_images(services.metadata, docs[:50])
+    assert len([d for d in services.metadata.query("images", partition_key=batch_id) if d["id"].startswith("x")]) == 50
+    store = Deleting(services.metadata, at=10)
+    with pytest.raises(BatchDeleted):
+        write_images(store, docs, parallel=4)
+    assert store.upserts < 40  # not the other 160+: what had not started was cancelled
+    written = [d for d in services.metadata.query("images", partition_key=batch_id) if d["id"].startswith("x")]
+    assert written and all(d.get("deleted") for d in written)

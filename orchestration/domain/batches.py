@@ -104,6 +104,24 @@ def write_image(store: MetadataStore, doc: dict) -> dict:
     return stored
 
 
+def write_images(store: MetadataStore, docs: list[dict], *, parallel: int = 8) -> None:
+    """``write_image`` of many documents, ``parallel`` at a time (each is two round trips to the store: a
+    10,000-image batch one after another is minutes against Cosmos DB). Deleted wins as for one: the first
+    ``BatchDeleted`` is raised once the writes in flight are done."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    if len(docs) <= 1 or parallel <= 1:
+        for doc in docs:
+            write_image(store, doc)
+        return
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="imgpipe-docs")
+    try:
+        for done in as_completed([pool.submit(write_image, store, doc) for doc in docs]):
+            done.result()  # the first failure (BatchDeleted, a store error) stops what has not started
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def change_image(store: MetadataStore, batch_id: str, user_id: str, image_id: str,
                  change: Callable[[dict], dict | None]) -> dict | None:
     """``update`` of one image document (conditional on its etag), deleted wins: a trashed document is left
