@@ -423,6 +423,12 @@ query {
 }"""
 
 
+RUN_STEPS = """
+query ($id: ID!) {
+  runOrError(runId: $id) { ... on Run { jobName tags { key value } stepStats { stepKey status } } }
+}"""
+
+
 def _sensor_tick_gap(settings) -> float:
     """The median time between the batch sensor's last ticks, as the Dagster UI's sensor page lists them."""
     import statistics
@@ -439,8 +445,12 @@ def _sensor_tick_gap(settings) -> float:
 def test_the_stack_runs_a_batch_with_and_without_the_dev_tuning(tmp_path, tuning):
     """IMGPIPE_DEV_TUNING=off is the plain stack: Dagster's own `dagster api grpc` and `dagster-daemon run`, no
     patch anywhere, and a batch still goes through. What the sensor tuning changes is seen from outside: the
-    batch sensor's ticks, as the UI lists them, come every second instead of every five."""
-    env = local_env(tmp_path, IMGPIPE_DEV_TUNING=tuning)
+    batch sensor's ticks, as the UI lists them, come every second instead of every five.
+
+    The batch is over a small fan-out threshold (3 images, chunks of 2): the sensor starts the fan-out job,
+    whose chunks run as processes of their own (the multiprocess executor) and merge into one
+    materialization of the batch's partition."""
+    env = local_env(tmp_path, IMGPIPE_DEV_TUNING=tuning, IMGPIPE_FANOUT_MIN_IMAGES="3", IMGPIPE_FANOUT_CHUNK_IMAGES="2")
     proc = DevStack(env, "--no-sample")
     try:
         proc.ready()
@@ -459,6 +469,17 @@ def test_the_stack_runs_a_batch_with_and_without_the_dev_tuning(tmp_path, tuning
         status = batch_status(services, batch, "erin")
         assert status["status"] == "completed", status
         assert sum(i["outcome"] == "processed" for i in status["images"]) == 5
+        from orchestration.operate import graphql
+
+        run = graphql(settings, RUN_STEPS, {"id": services.metadata.read("batches", batch, "erin")["dagster_run_id"]})
+        run = run["runOrError"]
+        assert run["jobName"] == "process_batch_fanout" and run["tags"] and \
+            {"key": "dagster/partition", "value": batch} in run["tags"], run
+        chunks = sorted(s["stepKey"] for s in run["stepStats"] if "render_chunk" in s["stepKey"])
+        expected = -(-len(status["images"]) // 2)  # every file of the batch in chunks of 2 (refused ones too)
+        assert expected >= 3 and chunks == [f"renditions.render_chunk[c{n:04d}]" for n in range(expected)], run
+        # (the asset checks may still be running: the batch completes at result_events, before them)
+        assert all(s["status"] == "SUCCESS" for s in run["stepStats"] if s["stepKey"].startswith("renditions.")), run
         time.sleep(12)  # a few more ticks
         gap = _sensor_tick_gap(settings)
         assert (gap < 2.5) if tuning == "on" else (gap >= 4.5), f"median gap between sensor ticks {gap:.2f} s"
