@@ -9,7 +9,7 @@ printed with its terms so that each one can be checked and replaced by a measure
 
 Measured inputs (docs/benchmarks.md): --cpu-s-per-image, the standard 12 MP rendition job on one core after
 the encoder change (232 ms, bench/encoders.py); --chunk-overhead-s, a chunk step's start to its first image
-less that image (bench/fanout.py: 0.4-0.6 s with the image; 0.5 s kept).
+less that image (bench/fanout.py --full: median 0.92 s with its first 2 MP image; 0.8 s kept).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def main() -> None:
     add("--step-workers", type=int, default=3)
     add("--efficiency", type=float, default=0.9, help="image workers' scaling per core")
     add("--pod-start-s", type=float, default=20.0, help="a step pod from scheduling to its step starting (parameter)")
-    add("--chunk-overhead-s", type=float, default=0.5, help="measured: bench/fanout.py")
+    add("--chunk-overhead-s", type=float, default=0.8, help="measured: bench/fanout.py --full")
     add("--cpu-s-per-image", type=float, default=0.232, help="measured: bench/encoders.py, 12 MP job, one core")
     add("--io-s-per-image", type=float, default=0.05, help="reading ~5 MB from ADLS, writing ~1 MB (parameter)")
     add("--azure-latency-s", type=float, default=0.5, help="one Vision + Content Safety request (parameter)")
