@@ -768,3 +768,23 @@ def test_the_image_builds_serves_the_code_location_and_the_web_app():
     finally:
         for n in names_run:
             _docker("rm", "-f", n, check=False)
+
+
+def test_the_largest_batch_manifest_fits_one_message_of_the_batch_queue():
+    """A batch goes on the queue as one message, its manifest: the biggest a manifest may be (10,000 images,
+    each with a 255-character name) must fit the queue's maxMessageSizeInKilobytes (Premium's default, 1 MB,
+    holds about 4,000 short-named images)."""
+    from datetime import datetime, timezone
+
+    from orchestration.domain.manifest import BatchManifest, ManifestImage, raw_path
+
+    most = BatchManifest.model_fields["images"].metadata[-1].max_length
+    batch = "b-20261205-120000-0123abcd"
+    manifest = BatchManifest(batch_id=batch, user_id="u-" + "x" * 32, created_at=datetime.now(timezone.utc),
+                             metadata={"title": "t" * 200}, images=[
+        ManifestImage(image_id=f"i{n:05d}", name="n" * 251 + ".jpg", size=50 * 1024 * 1024, sha256="f" * 64,
+                      sniffed_type="image/jpeg", lake_path=raw_path(batch, f"i{n:05d}")) for n in range(most)])
+    body = len(manifest.model_dump_json().encode())
+    queue = next(r for r in _template()["resources"] if r["type"] == "Microsoft.ServiceBus/namespaces/queues")
+    assert most == 10_000 and body <= queue["properties"]["maxMessageSizeInKilobytes"] * 1024, body
+    assert body > 1024 * 1024  # (what the default would have refused)

@@ -63,6 +63,11 @@ SB_EVENTS = ["Microsoft.ServiceBus.ActiveMessagesAvailableWithNoListeners",
              "Microsoft.ServiceBus.ActiveMessagesAvailablePeriodicNotifications"]
 
 
+
+# The batch queue's largest message (Premium: up to 100 MB): room for a manifest of the most images a batch may
+# have (BatchManifest's limit, 10,000) with their longest names.
+QUEUE_MAX_MESSAGE_KB = 10240
+
 def p(name: str) -> str:
     return f"[parameters('{name}')]"
 
@@ -385,6 +390,8 @@ def servicebus(s: Settings) -> list[dict]:
                 "deadLetteringOnMessageExpiration": True,
                 "defaultMessageTimeToLive": "P14D",
                 "maxSizeInMegabytes": 5120,
+                # A batch's manifest is one message: 10,000 images are about 2.5 MB, over Premium's 1 MB default.
+                "maxMessageSizeInKilobytes": QUEUE_MAX_MESSAGE_KB,
             },
         },
     ]
