@@ -190,6 +190,8 @@ class Settings(BaseSettings):
                                 "refuses them too: it gets the same limit).")
     max_files_per_batch: int = Field(500, gt=0, description="Files per batch.")
     max_metadata_bytes: int = Field(16 * 1024, gt=0, description="Size cap of the user's key/value metadata.")
+    max_zip_bytes: int = Field(200 * 1000 * 1000, gt=0, description="Most bytes one ZIP download of the web app "
+                               "holds (it is made in the web app's memory; the pod has 1 GiB).")
 
     # Queue (Service Bus semantics)
     queue_lock_seconds: float = Field(60.0, gt=0, description="Peek-lock duration.")

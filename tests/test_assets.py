@@ -408,3 +408,27 @@ def test_understood_events_of_a_reprocess_wait_for_the_broker_like_the_others(in
     back = _Recorder()
     assert deliver_events(services.metadata, back, load_manifest(services.lake, batch)) == 5  # the new ones
     assert {e["type"] for e in back.events} == {"image.understood"}
+
+
+def test_the_sent_list_holds_short_digests_and_only_the_current_processings_events(instance, settings, uploaded):
+    """The batch document's record of acknowledged events stays small enough for a 10,000-image batch under
+    Cosmos DB's 2 MB per item: 16 hex digits per event, and after a reprocessing under another version only
+    that version's events (each still sent once, the old ones never again)."""
+    from orchestration.domain.processing import SENT_FIELD, deliver_events, load_manifest, sent_key
+    from orchestration.settings import load_settings
+
+    services, upload = uploaded
+    batch = upload.batch_id
+    first = _Recorder()
+    assert _run(instance, settings, batch, results=first).success
+    sent = services.metadata.read("batches", batch, "alice")[SENT_FIELD]
+    ids = {e["event_id"] for e in first.events}
+    assert sorted(sent) == sorted({sent_key(i) for i in ids}) and all(len(k) == 16 for k in sent)
+    assert deliver_events(services.metadata, _Recorder(), load_manifest(services.lake, batch)) == 0  # all known
+
+    other = load_settings(**{**settings.model_dump(), "webp_method": (settings.webp_method + 1) % 7})
+    again = _Recorder()
+    assert _run(instance, other, batch, results=again).success
+    now = set(services.metadata.read("batches", batch, "alice")[SENT_FIELD])
+    assert now == {sent_key(e["event_id"]) for e in again.events}  # the first processing's are gone
+    assert len([e for e in again.events if e["type"] == "batch.completed"]) == 1

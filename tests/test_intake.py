@@ -189,3 +189,19 @@ def test_a_path_that_is_not_a_file_says_what_it_is(tmp_path):
         expand_paths([tmp_path / "pipe"])
     with pytest.raises(IntakeError, match="no such file"):
         expand_paths([tmp_path / "missing.jpg"])
+
+
+def test_a_batch_whose_record_would_not_fit_the_store_is_refused_before_anything_is_stored(offline_settings):
+    """Cosmos DB keeps at most 2 MB per item, and a batch's document lists its files and its sent events: a
+    batch that would outgrow it is refused with how to split it, before any file is stored or queued; the
+    most a laptop-named 10,000-photo batch needs still fits."""
+    from orchestration.domain.intake import BATCH_RECORD_LIMIT, batch_record_bytes
+
+    services = wiring.services(offline_settings.model_copy(update={"max_files_per_batch": 20_000}))
+    assert batch_record_bytes([f"IMG_{n:04d}.JPG" for n in range(10_000)], {"title": "Trip"}) <= BATCH_RECORD_LIMIT
+    items = [IntakeItem.from_bytes(f"{'long name of a photo ' * 4}{n}.jpg", b"x") for n in range(12_000)]
+    with pytest.raises(IntakeError, match=r"12000 files make a batch record of about 3\.\d MB.*batches of up to "
+                                          r"about \d{4} files"):
+        upload_batch(services, items, user_id="ann")
+    assert list(services.lake.list("raw/")) == [] and not list(services.metadata.query("batches"))
+    assert services.queue.active_message_count() == 0

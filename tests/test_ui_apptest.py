@@ -664,3 +664,71 @@ def test_a_new_batch_arriving_does_not_collapse_the_one_being_viewed(env, settin
     assert viewing().proto.expanded and not arrived.proto.expanded  # the one being looked at stays open
     assert len(at.get("image")) == 1  # its gallery too; the new one waits, collapsed, below it (nothing moves)
     assert [e.label.split("**")[1] for e in at.expander if "**" in e.label] == ["Viewing", "Arrived"]
+
+
+def _status_of(names: list[str], *, withheld: int | None = None) -> dict:
+    """A batch status as ``batch_for_user`` gives it: processed images with two renditions each."""
+    images = []
+    for n, name in enumerate(names):
+        moderation = {"decision": "flag", "review": "delete"} if n == withheld else {"decision": "allow"}
+        images.append({"image_id": f"i{n:04d}", "name": name, "outcome": "processed", "size": 1000 + n,
+                       "moderation": moderation, "renditions": [
+                           {"name": "large", "format": "JPEG", "path": f"processed/b/i{n:04d}/large.jpg", "bytes": 500},
+                           {"name": "thumb", "format": "WEBP", "path": f"processed/b/i{n:04d}/thumb.webp", "bytes": 50}]})
+    return {"batch_id": "b", "user_id": "u", "status": "completed", "images": images}
+
+
+def test_zip_names_stay_inside_the_folder_and_never_collide(settings):
+    """Every name once as Windows, macOS and Linux see it (case, Unicode form, trailing dots), never the ZIP's
+    own report, never out of the folder, a long name keeps its extension; withheld images are not in it."""
+    import unicodedata
+
+    names = ["a.jpg", "a.jpg", "a-2.jpg", "A.JPG", "a.jpg.", "../../etc/passwd", "C:\\\\evil.jpg", "MISSING.txt",
+             unicodedata.normalize("NFD", "café.jpg"), unicodedata.normalize("NFC", "café.jpg"), "x" * 300 + ".jpeg",
+             "secret.jpg"]
+    status = _status_of(names, withheld=len(names) - 1)
+    got = [name for name, _, _ in data.download_entries(status, settings, data.ORIGINALS)]
+    assert len(got) == len(names) - 1 and "secret.jpg" not in got  # (the withheld one is not offered)
+    folded = [unicodedata.normalize("NFC", g).lower().rstrip(". ") for g in got]
+    assert len(set(folded)) == len(folded) and "missing.txt" not in folded, got
+    assert all("/" not in g and "\\" not in g and not g.startswith(".") and ":" not in g for g in got), got
+    assert got[:3] == ["a.jpg", "a-2.jpg", "a-2-2.jpg"] and got[5] == "passwd"
+    assert got[-1].endswith(".jpeg") and len(got[-1]) == 180
+    renditions = data.download_entries(status, settings, "all renditions")
+    assert len(renditions) == 2 * (len(names) - 1) and sum(size for *_, size in renditions) == 550 * (len(names) - 1)
+
+
+def test_a_zip_too_large_for_the_web_app_is_refused_with_the_reason(env, settings, monkeypatch):
+    big = settings.model_copy(update={"max_zip_bytes": 1000})
+    entries = data.download_entries(_status_of(["a.jpg", "b.jpg"]), big, "large JPEG")
+    assert data.zip_too_large(entries, big.max_zip_bytes) is None  # 2 × 500 bytes
+    assert "choose one rendition" in data.zip_too_large(data.download_entries(_status_of(["a.jpg", "b.jpg"]), big,
+                                                                              "all renditions"), 1000)
+    batch = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG)], user_id=uid(ALICE_PLUS)).batch_id
+    _process(settings, batch)
+    monkeypatch.setenv("IMGPIPE_MAX_ZIP_BYTES", "1000")  # (read when the app first builds its settings)
+    at = _app(ALICE_PLUS, "views/results.py")
+    at.selectbox(key=f"zip-pick-{batch}").set_value("originals").run()
+    assert any("more than one download may hold" in w.value for w in at.warning)
+    assert not [b for b in at.get("download_button") if "ZIP" in b.proto.label]
+
+
+def test_a_download_checks_the_batch_when_clicked_not_when_the_page_was_drawn(env, settings):
+    """An image an operator deleted in review after the page was drawn is not downloadable from that page
+    (neither its renditions nor its original), though the page's copy still lists it; the other image is."""
+    from orchestration.domain.manifest import raw_path
+
+    batch = upload_batch(env, [IntakeItem.from_bytes("a.jpg", JPEG), IntakeItem.from_bytes("b.jpg", JPEG)],
+                         user_id=uid(ALICE_PLUS)).batch_id
+    _process(settings, batch)
+    from orchestration.domain.understanding import record_review
+
+    _flag(env, batch, "i0001")  # (shown blurred: the page offers its downloads)
+    drawn = data.batch_for_user(env, uid(ALICE_PLUS), batch)
+    assert data.servable_paths(drawn, settings, originals=True) >= {raw_path(batch, "i0001")}
+    assert record_review(env.metadata, env.lake, batch, uid(ALICE_PLUS), "i0001", "delete", "ops")
+    read = data.fresh_reader(env, drawn, originals=True)
+    gone, kept = (next(i for i in drawn["images"] if i["image_id"] == k) for k in ("i0001", "i0002"))
+    assert read(raw_path(batch, "i0001")) is None and read(gone["renditions"][0]["path"]) is None
+    assert read(raw_path(batch, "i0002")) == JPEG and read(kept["renditions"][0]["path"])
+    assert data.fresh_reader(env, drawn, originals=False)(raw_path(batch, "i0002")) is None  # operators: no originals

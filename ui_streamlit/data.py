@@ -259,45 +259,90 @@ def download_choices(status: dict, settings) -> list[str]:
     return [*kinds, *(["all renditions"] if len(kinds) > 1 else []), *([ORIGINALS] if servable else [])]
 
 
-def safe_name(name: str) -> str:
-    """A file name that stays inside the folder it is unpacked into: the last path component, printable,
-    no leading dots."""
-    base = re.split(r"[\\/]", str(name))[-1]
-    base = "".join(c for c in base if c.isprintable() and c not in ':*?"<>|').strip().lstrip(".")
-    return base[:180] or "image"
+def safe_name(name: str, limit: int = 180) -> str:
+    """A file name that stays inside the folder it is unpacked into: the last path component, printable, no
+    leading dots, no trailing dots or spaces (Windows drops them), NFC; a long name loses the end of its stem,
+    never its extension."""
+    import unicodedata
+
+    base = re.split(r"[\\/]", unicodedata.normalize("NFC", str(name)))[-1]
+    base = "".join(c for c in base if c.isprintable() and c not in ':*?"<>|').strip().lstrip(".").rstrip(". ")
+    stem, dot, ext = base.rpartition(".")
+    if dot and len(ext) <= 10:
+        return f"{stem[:limit - len(ext) - 1]}.{ext}" if stem else (base[:limit] or "image")
+    return base[:limit] or "image"
 
 
-def download_entries(status: dict, settings, choice: str, *, originals: bool = True) -> list[tuple[str, str]]:
-    """``(name in the ZIP, lake path)`` for ``choice`` (one of ``download_choices``), only servable images'
-    (never a withheld one), each name once (two photos both called IMG_1.JPG become IMG_1.JPG, IMG_1-2.JPG).
-    ``originals=False`` (an operator's read-only view) leaves the uploaded files out."""
+ZIP_REPORT = "MISSING.txt"  # inside a ZIP: what the lake could not give when it was made
+
+
+def download_entries(status: dict, settings, choice: str, *, originals: bool = True) -> list[tuple[str, str, int]]:
+    """``(name in the ZIP, lake path, bytes)`` for ``choice`` (one of ``download_choices``), only servable
+    images' (never a withheld one). Each name once, as Windows, macOS and Linux all see it (case, Unicode form,
+    trailing dots): two photos both called IMG_1.JPG become IMG_1.JPG and IMG_1-2.JPG, and a third called
+    IMG_1-2.JPG becomes IMG_1-2-2.JPG. ``originals=False`` (an operator's read-only view) leaves the uploaded
+    files out."""
     servable = servable_paths(status, settings)
-    picked: list[tuple[str, str]] = []
+    picked: list[tuple[str, str, int]] = []
     for img in status["images"]:
         rends = [r for r in img["renditions"] if r["path"] in servable]
         if not rends:
             continue
-        stem, _, ext = safe_name(img["name"]).rpartition(".")
-        stem = stem or ext
+        stem = safe_name(img["name"]).rpartition(".")[0] or safe_name(img["name"])
         if choice == ORIGINALS:
             if originals:
-                picked.append((safe_name(img["name"]), raw_path(status["batch_id"], img["image_id"])))
+                picked.append((safe_name(img["name"]), raw_path(status["batch_id"], img["image_id"]),
+                               int(img.get("size") or 0)))
             continue
         for r in rends:
             if choice in ("all renditions", f"{r['name']} {r['format']}"):
-                picked.append((f"{stem}_{r['name']}.{r['path'].rsplit('.', 1)[-1]}", r["path"]))
-    seen: dict[str, int] = {}
+                picked.append((f"{stem}_{r['name']}.{r['path'].rsplit('.', 1)[-1]}", r["path"], int(r.get("bytes") or 0)))
+    used = {ZIP_REPORT.lower()}
     unique = []
-    for name, path in picked:
-        n = seen[name.lower()] = seen.get(name.lower(), 0) + 1
-        if n > 1:
-            stem, dot, ext = name.rpartition(".")
-            name = f"{stem}-{n}{dot}{ext}" if dot else f"{name}-{n}"
-        unique.append((name, path))
+    for name, path, size in picked:
+        stem, dot, ext = name.rpartition(".")
+        stem, dot = (stem, dot) if dot else (name, "")
+        candidate, n = name, 1
+        while candidate.lower() in used:
+            n += 1
+            candidate = f"{stem}-{n}{dot}{ext if dot else ''}"
+        used.add(candidate.lower())
+        unique.append((candidate, path, size))
     return unique
 
 
-def write_zip(entries: list[tuple[str, str]], read, *, spool_bytes: int = 64 * 1024 * 1024) -> bytes:
+def fresh_reader(services: Services, status: dict, *, originals: bool, on_error=None):
+    """``read(path)`` for a download, checked against the batch as the store has it now, not as the page read it
+    (seconds or minutes ago: an operator may have deleted an image in review since), the servable set worked
+    out once for all the files; each read straight from the lake (large files stay out of the page's cache).
+    ``read`` gives None for a path not servable now, or one the lake cannot give (``on_error(path)`` hears of
+    it)."""
+    now = batch_for_user(services, status["user_id"], status["batch_id"])
+    allowed = servable_paths(now, services.settings, originals=originals) if now else set()
+
+    def read(path: str) -> bytes | None:
+        if path not in allowed:
+            return None
+        try:
+            return services.lake.read(path)
+        except Exception:  # noqa: BLE001 - gone meanwhile, or the lake is unreachable
+            if on_error:
+                on_error(path)
+            return None
+    return read
+
+
+def zip_too_large(entries: list[tuple[str, str, int]], limit: int) -> str | None:
+    """Why these files cannot be one download (None when they can): the web app builds a ZIP in memory, so it
+    keeps each under ``limit`` bytes (IMGPIPE_MAX_ZIP_BYTES)."""
+    total = sum(size for _, _, size in entries)
+    if total <= limit:
+        return None
+    return (f"{total / 1e6:,.0f} MB is more than one download may hold ({limit / 1e6:,.0f} MB): choose one "
+            "rendition, or download images one at a time.")
+
+
+def write_zip(entries: list[tuple[str, str, int]], read, *, spool_bytes: int = 64 * 1024 * 1024) -> bytes:
     """The files as one ZIP, read one at a time with ``read(path)`` (bytes, or None when the lake cannot give
     it now: listed in MISSING.txt inside the ZIP instead of failing the download). Stored, not recompressed
     (JPEG, WebP and AVIF are compressed already); spooled to disk past ``spool_bytes`` while it is made.
@@ -308,14 +353,14 @@ def write_zip(entries: list[tuple[str, str]], read, *, spool_bytes: int = 64 * 1
     out = tempfile.SpooledTemporaryFile(max_size=spool_bytes)
     missing = []
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
-        for name, path in entries:
+        for name, path, _size in entries:
             blob = read(path)
             if blob is None:
                 missing.append(name)
                 continue
             z.writestr(name, blob)
         if missing:
-            z.writestr("MISSING.txt", "Not available when this ZIP was made (try again later):\n"
+            z.writestr(ZIP_REPORT, "Not available when this ZIP was made (try again later):\n"
                        + "\n".join(missing) + "\n")
     out.seek(0)
     with out:

@@ -212,6 +212,12 @@ def upload_batch(
         raise IntakeError("a batch needs at least one file")
     if len(items) > settings.max_files_per_batch:
         raise IntakeError(f"{len(items)} files; a batch holds at most {settings.max_files_per_batch}")
+    record = batch_record_bytes([item.name for item in items], meta)
+    if record > BATCH_RECORD_LIMIT:
+        fits = int(len(items) * BATCH_RECORD_LIMIT / record)
+        raise IntakeError(f"{len(items)} files make a batch record of about {record / 1e6:.1f} MB; the metadata "
+                          f"store keeps at most {BATCH_RECORD_LIMIT / 1e6:.1f} MB per record: upload them as "
+                          f"batches of up to about {fits} files")
     offered = sum(item.size for item in items if item.size <= settings.max_file_bytes)
     batch_id = new_batch_id()
     try:  # checked and taken in one step (orchestration/domain/quota.py): concurrent uploads cannot pass it
@@ -227,6 +233,18 @@ def upload_batch(
         except Exception:  # noqa: BLE001 - the store is away: the reservation lapses after quota.ORPHAN_AFTER
             pass
         raise
+
+
+# Cosmos DB keeps at most 2 MB per item. A batch's document lists its files (about 100 bytes each besides the
+# name) and the digests of the events sent for it (2 per image, 19 bytes each, for the current processing and,
+# while a reprocessing runs, the one before): what would not fit is refused here, before anything is stored.
+BATCH_RECORD_LIMIT = 2_000_000  # (of 2 MiB: room for the rest of the document)
+
+
+def batch_record_bytes(names: list[str], metadata: Mapping[str, str]) -> int:
+    """The most the batch's document may grow to (see BATCH_RECORD_LIMIT)."""
+    return 2_000 + len(json.dumps(dict(metadata))) + sum(
+        100 + len(json.dumps(_display_name(n))) + 2 * 2 * 19 for n in names)
 
 
 class NothingAcceptable(IntakeError):

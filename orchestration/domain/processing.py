@@ -384,24 +384,38 @@ def result_events(manifest: BatchManifest, docs: list[dict]) -> list[dict]:
     return events
 
 
-# The batch document lists the ids of the events the broker has acknowledged (``events_sent``): a run
-# re-executed after a failure sends only what is missing, so consumers see each event once.
+# The batch document lists the events the broker has acknowledged (``events_sent``): a run re-executed after a
+# failure sends only what is missing, so consumers see each event once. Each is kept as a 64-bit digest of its
+# id (16 hex digits, not the ~70-character id): a 10,000-image batch's two events per image then take 0.4 MB of
+# the document, not 1.4 MB, under Cosmos DB's 2 MB per item. (Ids written before are still recognised.)
 SENT_FIELD = "events_sent"
+
+
+def sent_key(event_id: str) -> str:
+    return hashlib.sha256(event_id.encode()).hexdigest()[:16]
 
 
 def unsent(events: Iterable[dict], batch_doc: dict | None) -> list[dict]:
     sent = set((batch_doc or {}).get(SENT_FIELD) or ())
-    return [e for e in events if e["event_id"] not in sent]
+    return [e for e in events if sent_key(e["event_id"]) not in sent and e["event_id"] not in sent]
 
 
-def record_sent(store: MetadataStore, manifest: BatchManifest, event_ids: Iterable[str], **fields) -> None:
+def record_sent(store: MetadataStore, manifest: BatchManifest, event_ids: Iterable[str], *,
+                keep: set[str] | None = None, **fields) -> None:
     """Add ``event_ids`` (acknowledged by the broker) to the batch document's sent list, and set ``fields``:
-    one conditional write (etag), deleted wins (``BatchDeleted``)."""
-    ids = set(event_ids)
-    if not ids and not fields:
+    one conditional write (etag), deleted wins (``BatchDeleted``). With ``keep`` (the ids of the batch's events
+    as its documents are now), what is not among them is dropped: events of an earlier processing are never
+    sent again, so a reprocessed batch's list does not grow by a set per version."""
+    ids = {sent_key(i) for i in event_ids}
+    if not ids and not fields and keep is None:
         return
-    change_batch(store, manifest.batch_id, manifest.user_id,
-                 lambda doc: {**doc, **fields, SENT_FIELD: sorted(set(doc.get(SENT_FIELD) or ()) | ids)})
+    current = None if keep is None else {sent_key(i) for i in keep} | set(keep)
+
+    def change(doc: dict) -> dict:
+        sent = set(doc.get(SENT_FIELD) or ()) | ids
+        return {**doc, **fields, SENT_FIELD: sorted(sent if current is None else sent & current)}
+
+    change_batch(store, manifest.batch_id, manifest.user_id, change)
 
 
 # The delivery state of a completed batch's events, kept on its document (``imgpipe status`` shows it):
@@ -429,6 +443,7 @@ def deliver_events(store: MetadataStore, results: ResultStream, manifest: BatchM
         results.publish(manifest.user_id, completed_event)
         results.flush(timeout_seconds)
     record_sent(store, manifest, [completed_event["event_id"]] if announce else [],
+                keep={e["event_id"] for e in (*image_events, completed_event)},
                 **{EVENTS_PENDING: False, "events_error": None, "events_pending_since": None})
     return len(missing) + announce
 

@@ -41,7 +41,7 @@ def batch_status(services: Services, batch_id: str, user_id: str | None = None) 
                     **understanding_summary(d),
                     "renditions": [
                         {"name": r["name"], "format": r.get("format"), "width": r["width"], "height": r["height"],
-                         "path": r["path"]}
+                         "path": r["path"], "bytes": r.get("bytes")}
                         for r in d.get("renditions", [])
                     ],
                 }

@@ -36,15 +36,15 @@ def _lake_bytes(path: str) -> bytes:
     return svc.lake.read(path)
 
 
-def _owned_bytes(status: dict, path: str, *, cached: bool = True) -> bytes | None:
-    """A rendition's bytes (or, for the owner, an original's), only if ``path`` is one of this batch's and its
-    image is not withheld by moderation (None otherwise, or when the lake cannot give it now: the caller shows
-    a placeholder). ``status`` came from ``data.batch_for_user`` for the signed-in user, so it is theirs: no
-    further metadata reads. Downloads pass ``cached=False``: large files are not kept in the page's cache."""
-    if path not in data.servable_paths(status, svc.settings, originals=not status.get("read_only_for")):
+def _owned_bytes(status: dict, path: str) -> bytes | None:
+    """A thumbnail's bytes, only if ``path`` is one of this batch's renditions and its image is not withheld by
+    moderation (None otherwise, or when the lake cannot give it now: the caller shows a placeholder).
+    ``status`` came from ``data.batch_for_user`` for the signed-in user, so it is theirs: no further metadata
+    reads. (Downloads check the batch again when clicked: ``_fresh_reader``.)"""
+    if path not in data.servable_paths(status, svc.settings):
         return None
     try:
-        return _lake_bytes(path) if cached else svc.lake.read(path)
+        return _lake_bytes(path)
     except Exception:  # noqa: BLE001 - missing (deleted meanwhile) or the lake is unreachable
         guard.log.warning("rendition %s could not be read", path, exc_info=True)
         return None
@@ -180,8 +180,13 @@ def _details(status: dict, img: dict, how: str) -> None:
     picked = st.selectbox("File", options, format_func=lambda o: data.plain(o[1]), key=f"pick-{key}")
     stem = data.safe_name(img["name"]).rpartition(".")[0] or "image"
     name = data.safe_name(img["name"]) if picked[0] == "original" else f"{stem}_{picked[0]}.{picked[2].rsplit('.', 1)[-1]}"
-    st.download_button(f"Download {picked[0]}", data=lambda path=picked[2]: _owned_bytes(status, path, cached=False) or b"",
+    st.download_button(f"Download {picked[0]}", data=lambda path=picked[2]: _fresh_reader(status)(path) or b"",
                        file_name=name, key=f"dl-{key}", icon=":material/download:", on_click="ignore")
+
+
+def _fresh_reader(status: dict):
+    return data.fresh_reader(svc, status, originals=not status.get("read_only_for"),
+                             on_error=lambda path: guard.log.warning("download of %s failed", path, exc_info=True))
 
 
 def _downloads(status: dict) -> None:
@@ -195,10 +200,14 @@ def _downloads(status: dict) -> None:
         choices = [c for c in choices if c != data.ORIGINALS]
     choice = st.selectbox("Files", choices, key=f"zip-pick-{status['batch_id']}")
     entries = data.download_entries(status, svc.settings, choice, originals=mine)
+    too_large = data.zip_too_large(entries, svc.settings.max_zip_bytes)
+    if too_large:
+        st.warning(too_large, icon=":material/folder_zip:")
+        return
     title = data.safe_name((status.get("metadata") or {}).get("title") or status["batch_id"])
     st.download_button(
         f"Download {choice} as ZIP ({len(entries)} file{'' if len(entries) == 1 else 's'})",
-        data=lambda: data.write_zip(entries, lambda p: _owned_bytes(status, p, cached=False)),
+        data=lambda: data.write_zip(entries, _fresh_reader(status)),
         file_name=f"{title}-{choice.replace(' ', '-')}.zip", mime="application/zip", on_click="ignore",
         key=f"zip-{status['batch_id']}", icon=":material/folder_zip:")
 
