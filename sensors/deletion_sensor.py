@@ -77,18 +77,24 @@ def note_partitions(metadata: MetadataStore, asset_keys: Sequence[AssetKey], not
                     ) -> tuple[list[AssetObservation], list[list[str]]]:
     """The observations that record deletes and restores on the batches' partitions, and what to clear next tick.
 
-    ``noted`` (from the cursor) are the ``[batch_id, user_id, state]`` whose observations the last tick
-    returned: Dagster has stored them with that tick, so their marks are cleared now, and only now. A crash
-    in between records a state twice, never not at all."""
-    for batch_id, user_id, state in noted:
+    ``noted`` (from the cursor) are the ``[batch_id, user_id, state, at]`` whose observations the last tick
+    returned: Dagster has stored them with that tick, so their marks are cleared now, and only now, and only
+    if the mark is still that change (``at``: when the batch was deleted or restored), so a delete, Undo and
+    delete again within one tick is recorded in full. A crash in between records a change twice, never not
+    at all."""
+    def when(doc: dict, state: str) -> str | None:
+        return doc.get("deleted_at" if state == DELETED else "restored_at")
+
+    for batch_id, user_id, state, at in noted:
         update(metadata, "batches", batch_id, user_id,
-               lambda d, state=state: {k: v for k, v in d.items() if k != retention.PARTITION_NOTE}
-               if d.get(retention.PARTITION_NOTE) == state else None)
+               lambda d, state=state, at=at: {k: v for k, v in d.items() if k != retention.PARTITION_NOTE}
+               if d.get(retention.PARTITION_NOTE) == state and when(d, state) == at else None)
     done = {tuple(n) for n in noted}
     events, now_noted = [], []
     for state in (DELETED, "restored"):
         for doc in metadata.query("batches", {retention.PARTITION_NOTE: state}, limit=PER_TICK):
-            if (doc["batch_id"], doc["user_id"], state) in done:
+            change = [doc["batch_id"], doc["user_id"], state, when(doc, state)]
+            if tuple(change) in done:
                 continue
             about = ({"state": state, "deleted_at": doc.get("deleted_at"), "deleted_by": doc.get("deleted_by"),
                       "restorable_until": doc.get("restorable_until")} if state == DELETED
@@ -97,7 +103,7 @@ def note_partitions(metadata: MetadataStore, asset_keys: Sequence[AssetKey], not
                                         metadata={k: v for k, v in about.items() if v},
                                         description=f"batch {state}")
                        for key in asset_keys]
-            now_noted.append([doc["batch_id"], doc["user_id"], state])
+            now_noted.append(change)
     return events, now_noted
 
 

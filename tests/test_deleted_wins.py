@@ -221,6 +221,17 @@ def test_the_deletion_sensor_records_a_delete_and_a_restore_on_the_batch_partiti
     assert {e.metadata["state"].value for e in third.asset_events} == {"restored"} and len(third.asset_events) == 2
     assert tick(third.cursor).asset_events == []
 
+    # Delete, Undo and delete again (by an operator) between two ticks: the last delete is recorded, by its
+    # own author and time, though the tick clears the delete it recorded before.
+    retention.delete_batch(services, batch_id, "ann", deleted_by="ann")
+    fourth = tick(None)
+    retention.restore_batch(services, batch_id, "ann")
+    again = retention.delete_batch(services, batch_id, None, deleted_by="ops")
+    fifth = tick(fourth.cursor)
+    assert {(e.metadata["state"].value, e.metadata["deleted_by"].value) for e in fifth.asset_events} == {
+        ("deleted", "ops")} and fifth.asset_events[0].metadata["deleted_at"].value == again["deleted_at"]
+    assert tick(fifth.cursor).asset_events == []
+
 
 def test_run_keys_of_later_generations():
     assert run_key("b-1", 0) == "b-1" and parse_run_key("b-1") == ("b-1", 0)
