@@ -434,6 +434,7 @@ def result_events(context: AssetExecutionContext, lake: LakePort, metadata: Meta
         context.log.warning(f"events of batch {manifest.batch_id} not delivered (kept; the events sensor "
                             f"sends them when the broker is back): {error}")
         set_batch(store, manifest.batch_id, manifest.user_id, events_error=error)
+    steps.remove_step_outputs(lake_client, manifest.batch_id)
     yield MaterializeResult(metadata={"events_sent_now": sent, "delivered": error is None,
                                       "delivery_error": error or "",
                                       "topic": getattr(results, "topic", ""), "key": manifest.user_id})

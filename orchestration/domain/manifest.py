@@ -69,7 +69,7 @@ def outcomes_path(batch_id: str) -> str:
 def step_output_path(batch_id: str, parts) -> str:
     """Where a step of the batch's run hands a value to the next step through the lake (a fanned-out run's
     chunk lists and chunk results: step pods share no disk): under the batch's processed/ prefix, so deleting
-    or restoring the batch covers it; ``write_outcomes`` removes it once the batch's outcomes are written.
+    or restoring the batch covers it; result_events removes it once the batch is complete.
     ``parts``: the run id, step key, output name (and mapping key) of the value."""
     safe = ["".join(c if c.isalnum() or c in "._-" else "_" for c in str(p)) for p in parts]
     return f"processed/{batch_id}/_steps/{'/'.join(safe)}.json"

@@ -205,7 +205,7 @@ def process_images(lake: Lake, manifest: BatchManifest, image_ids: Iterable[str]
 
 def write_outcomes(lake: Lake, batch_id: str, ordered: list[dict], *, config: CoreConfig = CoreConfig()) -> None:
     """The batch's outcomes.json (every image, in manifest order), then the removal of what it no longer
-    names (``remove_stale_renditions``; a fanned-out run's chunk results under ``_chunks/`` too)."""
+    names (``remove_stale_renditions``; the runs' hand-overs under ``_steps/`` stay until result_events)."""
     lake.write(
         outcomes_path(batch_id),
         json.dumps({"processing_version": processing_version(config), "images": ordered}, indent=1).encode(),
@@ -234,10 +234,20 @@ def remove_stale_renditions(lake: Lake, batch_id: str, outcomes: Iterable[dict])
     outcomes no longer name — after a reprocessing that dropped a format or a rendition, or an image that
     is now rejected — so the lake holds exactly one current set per image. Returns the deleted paths."""
     keep = {r["path"] for o in outcomes for r in o.get("renditions") or ()} | {outcomes_path(batch_id)}
-    stale = [p for p in lake.list(f"processed/{batch_id}/") if p not in keep]
+    steps_dir = f"processed/{batch_id}/_steps/"  # (the run's hand-overs: result_events removes them)
+    stale = [p for p in lake.list(f"processed/{batch_id}/") if p not in keep and not p.startswith(steps_dir)]
     for path in stale:
         lake.delete(path)
     return stale
+
+
+def remove_step_outputs(lake: Lake, batch_id: str) -> int:
+    """Delete what the batch's runs handed from step to step through the lake (``step_output_path``), once the
+    batch is complete: kept until then, so a re-execution of any step (merge_chunks included) finds its inputs."""
+    gone = list(lake.list(f"processed/{batch_id}/_steps/"))
+    for path in gone:
+        lake.delete(path)
+    return len(gone)
 
 
 def load_outcomes(lake: Lake, batch_id: str) -> list[dict]:
