@@ -52,6 +52,10 @@ def processed(settings):
     instance.add_dynamic_partitions(batches_partitions.name, [batch])
     assert materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
                        resources=resources_from_settings(settings)).success
+    # The run's step hand-overs (processed/<batch>/_steps/) went to the trash when it completed, on the real
+    # clock; nothing else is in the trash yet. Emptied, so that the test's clock is the only one that counts.
+    assert all("/_steps/" in d.path for d in real.lake.list_deleted(""))
+    real.lake.purge_expired(now=datetime.now(timezone.utc) + timedelta(days=settings.lake_soft_delete_days + 1))
     clock = Clock(T0)
     services = Services(settings=settings,
                         lake=LocalLake(settings.lake_dir, soft_delete_days=settings.lake_soft_delete_days, clock=clock),
