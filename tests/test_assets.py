@@ -17,7 +17,7 @@ from orchestration.resources import resources_from_settings
 from orchestration.devtools.sample import make_sample_batch
 from orchestration.domain.status import batch_status
 from orchestration import wiring
-from tests.support.results import LakeFailingOn
+from tests.support.results import LakeFailingOn, Recorder
 
 
 @pytest.fixture
@@ -136,22 +136,6 @@ def test_failed_run_can_be_reexecuted(instance, settings, uploaded):
     assert len(events) == len({e["event_id"] for e in events}) == 13  # 7 images, 5 understood, completed
 
 
-class _Recorder:
-    """A ResultStream that records what was published, and in which step (from the run's current step)."""
-
-    def __init__(self):
-        self.events: list[dict] = []
-
-    def publish(self, key, event):
-        self.events.append(dict(event))
-
-    def flush(self, timeout_seconds=30.0):
-        pass
-
-    def close(self):
-        pass
-
-
 def test_each_image_event_is_sent_while_the_batch_is_processing(instance, settings, uploaded):
     """Per-image results stream from the renditions step itself (as each image is done), not after the
     whole batch: materialising only raw_images + renditions already sent all 7 image events; the
@@ -160,7 +144,7 @@ def test_each_image_event_is_sent_while_the_batch_is_processing(instance, settin
 
     services, upload = uploaded
     batch = upload.batch_id
-    recorder = _Recorder()
+    recorder = Recorder()
     instance.add_dynamic_partitions(batches_partitions.name, [batch])
     resources = {**resources_from_settings(settings), "results": recorder}
     first = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
@@ -283,18 +267,18 @@ def test_a_broker_that_lost_its_log_gets_every_event_back_from_the_documents(ins
     from orchestration.domain.retention import delete_batch
 
     services, upload = uploaded
-    sent = _Recorder()
+    sent = Recorder()
     assert _run(instance, settings, upload.batch_id, results=sent).success
     assert len(sent.events) == 13
     deleted = upload_batch(services, [IntakeItem.from_path(p) for p in make_sample_batch(tmp_path / "d")],
                            user_id="bob").batch_id
-    assert _run(instance, settings, deleted, results=_Recorder()).success
+    assert _run(instance, settings, deleted, results=Recorder()).success
     delete_batch(services, deleted, "bob", deleted_by="bob")
     waiting = upload_batch(services, [IntakeItem.from_path(p) for p in make_sample_batch(tmp_path / "n")],
                            user_id="carol").batch_id  # received, no run yet: nothing to give back
     week_ago = datetime.now(timezone.utc) - timedelta(days=7)
 
-    replayed = _Recorder()
+    replayed = Recorder()
     assert replay_events(services.metadata, services.lake, replayed, since=week_ago) == 13
     by_id = lambda events: sorted(events, key=lambda e: e["event_id"])  # noqa: E731
     assert by_id(replayed.events) == by_id(sent.events)
@@ -305,11 +289,11 @@ def test_a_broker_that_lost_its_log_gets_every_event_back_from_the_documents(ins
     # not (the run's own record of them, events_sent, may lag behind the broker), and no batch.completed.
     doc = services.metadata.read("batches", upload.batch_id, "alice")
     services.metadata.upsert("batches", {**doc, "status": "processing", SENT_FIELD: []})
-    midway = _Recorder()
+    midway = Recorder()
     assert replay_events(services.metadata, services.lake, midway, since=week_ago) == 12
     assert {e["type"] for e in midway.events} == {"image.processed", "image.rejected", "image.understood"}
     # Batches created before the window are left out.
-    assert replay_events(services.metadata, services.lake, _Recorder(),
+    assert replay_events(services.metadata, services.lake, Recorder(),
                          since=datetime.now(timezone.utc) + timedelta(minutes=1)) == 0
 
 
@@ -329,7 +313,7 @@ def test_one_understanding_asset_is_redone_alone_and_renditions_stay(instance, s
     files = {p: services.lake.read(p) for p in services.lake.list(f"processed/{batch}/")}
     stricter = load_settings(**{**settings.model_dump(), "face_min_score": 0.97})
     again = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
-                        resources={**resources_from_settings(stricter), "results": _Recorder()},
+                        resources={**resources_from_settings(stricter), "results": Recorder()},
                         selection=AssetSelection.assets("faces"))
     assert again.success
     assert {m.asset_key.to_user_string() for m in again.get_asset_materialization_events()
@@ -369,7 +353,7 @@ def test_with_understanding_off_batches_complete_without_it(instance, settings, 
 
     services, upload = uploaded
     off = load_settings(**{**settings.model_dump(), "understanding": "off"})
-    recorder = _Recorder()
+    recorder = Recorder()
     instance.add_dynamic_partitions(batches_partitions.name, [upload.batch_id])
     result = materialize([*batch_assets, *batch_asset_checks], partition_key=upload.batch_id, instance=instance,
                          resources={**resources_from_settings(off), "results": recorder})
@@ -397,7 +381,7 @@ def test_understood_events_of_a_reprocess_wait_for_the_broker_like_the_others(in
 
     services, upload = uploaded
     batch = upload.batch_id
-    assert _run(instance, settings, batch, results=_Recorder()).success
+    assert _run(instance, settings, batch, results=Recorder()).success
     assert not services.metadata.read("batches", batch, "alice").get("events_pending")
     stricter = load_settings(**{**settings.model_dump(), "face_min_score": 0.97})
     down = materialize([*batch_assets, *batch_asset_checks], partition_key=batch, instance=instance,
@@ -405,7 +389,7 @@ def test_understood_events_of_a_reprocess_wait_for_the_broker_like_the_others(in
                        selection=AssetSelection.assets("faces"))
     assert down.success
     assert services.metadata.read("batches", batch, "alice")["events_pending"]
-    back = _Recorder()
+    back = Recorder()
     assert deliver_events(services.metadata, back, load_manifest(services.lake, batch)) == 5  # the new ones
     assert {e["type"] for e in back.events} == {"image.understood"}
 
@@ -419,15 +403,15 @@ def test_the_sent_list_holds_short_digests_and_only_the_current_processings_even
 
     services, upload = uploaded
     batch = upload.batch_id
-    first = _Recorder()
+    first = Recorder()
     assert _run(instance, settings, batch, results=first).success
     sent = services.metadata.read("batches", batch, "alice")[SENT_FIELD]
     ids = {e["event_id"] for e in first.events}
     assert sorted(sent) == sorted({sent_key(i) for i in ids}) and all(len(k) == 16 for k in sent)
-    assert deliver_events(services.metadata, _Recorder(), load_manifest(services.lake, batch)) == 0  # all known
+    assert deliver_events(services.metadata, Recorder(), load_manifest(services.lake, batch)) == 0  # all known
 
     other = load_settings(**{**settings.model_dump(), "webp_method": (settings.webp_method + 1) % 7})
-    again = _Recorder()
+    again = Recorder()
     assert _run(instance, other, batch, results=again).success
     now = set(services.metadata.read("batches", batch, "alice")[SENT_FIELD])
     assert now == {sent_key(e["event_id"]) for e in again.events}  # the first processing's are gone

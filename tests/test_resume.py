@@ -14,6 +14,7 @@ from dagster import (
 )
 
 from assets.batch import batch_asset_checks, batch_assets
+from tests.support.results import Recorder
 from orchestration import wiring
 from orchestration.devtools.sample import jpeg_bytes, synthetic_photo
 from orchestration.domain import processing as steps
@@ -94,22 +95,6 @@ def test_the_stamp_follows_the_version_and_the_whole_configuration(tmp_path):
 
 M = 6  # images of the batch: 5 photos and a truncated JPEG (rejected by a worker)
 N = 3  # documents the first attempt stores before it dies
-
-
-class Recorder:
-    """A ResultStream that records what was published."""
-
-    def __init__(self):
-        self.events: list[dict] = []
-
-    def publish(self, key, event):
-        self.events.append(dict(event))
-
-    def flush(self, timeout_seconds=30.0):
-        pass
-
-    def close(self):
-        pass
 
 
 class CountingLake:

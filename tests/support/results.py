@@ -7,6 +7,22 @@ from __future__ import annotations
 from orchestration.adapters.kafka.connection import ResultStreamError
 
 
+class Recorder:
+    """A ResultStream that records what was published (a broker that acknowledges everything)."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def publish(self, key, event):
+        self.events.append(dict(event))
+
+    def flush(self, timeout_seconds=30.0):
+        pass
+
+    def close(self):
+        pass
+
+
 class BrokerDown:
     def publish(self, key, event) -> None:
         raise ResultStreamError("Kafka broker at 127.0.0.1:1 is not reachable: NoBrokersAvailable")
